@@ -1,0 +1,39 @@
+"""convserve: the thin client of the convserve convolution service.
+
+Depends only on grpcio, protobuf and numpy. ``convserve.Client`` computes
+``scipy.signal.convolve``/``correlate`` and ``torch.nn.ConvNd`` layers on a server.
+"""
+
+from .client import BaseClient, Client, ComputeInfo, ServerInfo
+from .errors import (
+    CancelledError,
+    ConvserveError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseClient",
+    "CancelledError",
+    "Client",
+    "ComputeInfo",
+    "ConvserveError",
+    "DeadlineExceededError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "ResourceExhaustedError",
+    "ServerInfo",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "__version__",
+]

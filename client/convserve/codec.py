@@ -1,0 +1,151 @@
+"""numpy <-> ``convserve.v1.Tensor``: one dtype table each way, validated before bytes are touched.
+
+Encoding writes the array's elements little-endian in C order. Decoding checks the dtype, every
+dimension and ``len(data) == prod(shape) * itemsize`` first, then wraps the bytes without copying
+(the returned array is read-only and shares the message's buffer).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidArgumentError
+from .v1 import convserve_pb2 as pb
+
+NUMPY_BY_DTYPE: dict[int, np.dtype[Any]] = {
+    pb.DTYPE_BOOL: np.dtype("?"),
+    pb.DTYPE_UINT8: np.dtype("u1"),
+    pb.DTYPE_INT8: np.dtype("i1"),
+    pb.DTYPE_UINT16: np.dtype("<u2"),
+    pb.DTYPE_INT16: np.dtype("<i2"),
+    pb.DTYPE_UINT32: np.dtype("<u4"),
+    pb.DTYPE_INT32: np.dtype("<i4"),
+    pb.DTYPE_UINT64: np.dtype("<u8"),
+    pb.DTYPE_INT64: np.dtype("<i8"),
+    pb.DTYPE_FLOAT16: np.dtype("<f2"),
+    pb.DTYPE_FLOAT32: np.dtype("<f4"),
+    pb.DTYPE_FLOAT64: np.dtype("<f8"),
+    pb.DTYPE_COMPLEX64: np.dtype("<c8"),
+    pb.DTYPE_COMPLEX128: np.dtype("<c16"),
+}
+DTYPE_BY_NAME: dict[str, int] = {dt.name: code for code, dt in NUMPY_BY_DTYPE.items()}
+SUPPORTED_DTYPE_NAMES: tuple[str, ...] = tuple(DTYPE_BY_NAME)
+
+# No real array has more dimensions than numpy allows; a dimension beyond 2**62 is absurd.
+MAX_NDIM = 64
+MAX_DIMENSION = 2**62
+
+
+def dtype_code(dtype: npt.DTypeLike, field: str) -> int:
+    """Return the wire enum of a numpy dtype, or raise InvalidArgumentError naming ``field``."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as exc:
+        raise _invalid(field, f"expected a numpy dtype, got {dtype!r}") from exc
+    code = DTYPE_BY_NAME.get(name)
+    if code is None:
+        raise _invalid(field, f"dtype {name} is not supported; expected one of {', '.join(SUPPORTED_DTYPE_NAMES)}")
+    return code
+
+
+def dtype_name(code: int) -> str:
+    """Return the numpy name of a wire dtype enum (``"unknown(N)"`` when it is not one)."""
+    dt = NUMPY_BY_DTYPE.get(code)
+    return dt.name if dt is not None else f"unknown({code})"
+
+
+def encode(array: npt.ArrayLike, field: str = "tensor") -> pb.Tensor:
+    """Encode an array (or array-like) as a Tensor message.
+
+    Parameters
+    ----------
+    array : array_like
+        Any numpy array or nested sequence of a supported dtype.
+    field : str
+        Name used in error messages.
+
+    Returns
+    -------
+    convserve.v1.convserve_pb2.Tensor
+        The tensor, with little-endian C-order bytes.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If the dtype is not supported (object, string, datetime...).
+    """
+    try:
+        arr = np.asarray(array)
+    except (ValueError, TypeError) as exc:
+        raise _invalid(field, f"cannot be converted to an array: {exc}") from exc
+    code = dtype_code(arr.dtype, f"{field}.dtype")
+    wire = NUMPY_BY_DTYPE[code]
+    data = np.ascontiguousarray(arr, dtype=wire).tobytes()
+    return pb.Tensor(dtype=code, shape=arr.shape, data=data)
+
+
+def check_header(tensor: pb.Tensor, field: str, max_elements: int | None = None) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """Validate a Tensor's dtype, shape and byte count without reading its data.
+
+    Returns
+    -------
+    (numpy.dtype, tuple of int)
+        The element type and the shape.
+
+    Raises
+    ------
+    InvalidArgumentError
+        On an unknown dtype, too many dimensions, a negative or absurd dimension, a byte count
+        that does not match the shape, or more elements than ``max_elements``.
+    """
+    dtype = NUMPY_BY_DTYPE.get(tensor.dtype)
+    if dtype is None:
+        raise _invalid(f"{field}.dtype", f"unknown dtype {tensor.dtype}; expected one of {', '.join(SUPPORTED_DTYPE_NAMES)}")
+    shape = tuple(int(d) for d in tensor.shape)
+    if len(shape) > MAX_NDIM:
+        raise _invalid(f"{field}.shape", f"{len(shape)} dimensions; at most {MAX_NDIM} are supported")
+    for axis, size in enumerate(shape):
+        if size < 0 or size > MAX_DIMENSION:
+            raise _invalid(f"{field}.shape", f"dimension {axis} is {size}; expected 0 <= size <= {MAX_DIMENSION}")
+    count = math.prod(shape)
+    if max_elements is not None and count > max_elements:
+        raise _invalid(f"{field}.shape", f"{count} elements exceed the limit of {max_elements}")
+    expected = count * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise _invalid(
+            f"{field}.data",
+            f"{len(tensor.data)} bytes do not match shape {list(shape)} of {dtype.name} ({expected} bytes expected)",
+        )
+    return dtype, shape
+
+
+def decode(tensor: pb.Tensor, field: str = "tensor", max_elements: int | None = None) -> npt.NDArray[Any]:
+    """Decode a Tensor message into a read-only numpy array that shares the message's bytes.
+
+    Parameters
+    ----------
+    tensor : convserve.v1.convserve_pb2.Tensor
+        The message.
+    field : str
+        Name used in error messages.
+    max_elements : int, optional
+        Refuse tensors with more elements than this.
+
+    Returns
+    -------
+    numpy.ndarray
+        Native-byte-order view when the host is little-endian, else a converted copy.
+    """
+    dtype, shape = check_header(tensor, field, max_elements)
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    native = dtype.newbyteorder("=")
+    return array if native == dtype else array.astype(native)
+
+
+def _invalid(field: str, message: str) -> InvalidArgumentError:
+    """Build an InvalidArgumentError with one field violation."""
+    return InvalidArgumentError(f"{field}: {message}", field_violations=((field, message),))

@@ -1,0 +1,51 @@
+"""The ``convserve`` command: ``serve`` runs the server; ``health`` checks one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import settings as settings_module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``convserve`` command."""
+    parser = argparse.ArgumentParser(prog="convserve", description="Convolution as a gRPC service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server (default 127.0.0.1:50051)")
+    settings_module.add_arguments(serve)
+    health = commands.add_parser("health", help="exit 0 if the server at --target is SERVING")
+    health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``convserve`` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return _health(args.target, args.timeout)
+    try:
+        settings = settings_module.load(vars(args))
+    except settings_module.SettingsError as exc:
+        print(f"convserve: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    from .app import run
+
+    return run(settings)
+
+
+def _health(target: str, timeout: float) -> int:
+    """Query grpc.health.v1 at ``target``; 0 when SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            print(f"{target}: {error.code().name}", file=sys.stderr)
+            return 1
+    print(f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1

@@ -1,0 +1,253 @@
+"""The convolution layer of a CNN, numerically the same as ``torch.nn.Conv1d/2d/3d``.
+
+Pure numpy: the padded input is viewed as windows with
+``sliding_window_view`` (im2col), copied once into a ``(groups, N*P, C_in/groups*K)``
+matrix and multiplied by the weights with one batched ``np.matmul``. It
+computes cross-correlation, as deep-learning frameworks do, then applies the
+optional ReLU and max/avg pooling (see :mod:`.pooling`).
+
+Every argument is checked before any work, with torch's rules; a bad one
+raises :class:`~.errors.InvalidArgumentError` naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal, overload
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+
+from .errors import InvalidArgumentError
+from .info import CallInfo
+from .pooling import apply_pool, int_tuple, is_int, validate_pool
+
+PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
+ACTIVATIONS: tuple[str, ...] = ("relu",)
+_NUMPY_PAD_MODE: dict[str, str] = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Below this many multiply-adds, float32 work is done in float64 (cheap, exact-ish).
+_FLOAT64_ACCUMULATE_MACS = 1 << 24
+
+
+def _float_array(value: object, field: str) -> NDArray[Any]:
+    """``np.asarray(value)``, required to be float32 or float64."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(field, f"expected a float32 or float64 array, got an unconvertible {type(value).__name__}: {exc}") from exc
+    if arr.dtype not in _FLOAT_DTYPES:
+        raise InvalidArgumentError(field, f"dtype must be float32 or float64 (as torch's conv layers), got {arr.dtype}")
+    return arr
+
+
+def _resolve_padding(
+    padding: object, nd: int, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> list[tuple[int, int]]:
+    """Return (before, after) padding per spatial dim, with torch's ``same`` split."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [(0, 0)] * nd
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise InvalidArgumentError("padding", f"padding='same' is not supported for strided convolutions, got stride {stride}")
+            pads = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                pads.append((total // 2, total - total // 2))
+            return pads
+        raise InvalidArgumentError("padding", f"expected an int, a tuple of {nd} ints, 'same' or 'valid', got {padding!r}")
+    return [(p, p) for p in int_tuple(padding, nd, "padding", "padding", 0)]
+
+
+def _pad(x: NDArray[Any], pads: list[tuple[int, int]], padding_mode: str) -> NDArray[Any]:
+    """Pad the spatial axes of ``(N, C, *spatial)`` as torch's ``padding_mode`` does."""
+    if not any(b or a for b, a in pads):
+        return x
+    pad_width = [(0, 0), (0, 0)] + pads
+    result: NDArray[Any] = np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
+    return result
+
+
+@overload
+def conv_layer(
+    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
+    groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
+    return_info: Literal[False] = ...,
+) -> NDArray[Any]: ...
+@overload
+def conv_layer(
+    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
+    groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
+    *, return_info: Literal[True],
+) -> tuple[NDArray[Any], CallInfo]: ...
+@overload
+def conv_layer(
+    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
+    groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
+    return_info: bool = ...,
+) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]: ...
+
+
+def conv_layer(
+    input: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    activation: str | None = None,
+    pool: Any = None,
+    return_info: bool = False,
+) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]:
+    """Apply a CNN convolution layer, as ``torch.nn.ConvNd``, then ReLU and pooling.
+
+    Parameters
+    ----------
+    input : array_like
+        ``(N, C_in, *spatial)`` or unbatched ``(C_in, *spatial)``; float32 or float64;
+        1, 2 or 3 spatial dimensions (given by ``weight.ndim - 2``).
+    weight : array_like
+        ``(C_out, C_in / groups, *kernel)``, same dtype as ``input``.
+    bias : array_like, optional
+        ``(C_out,)``. An ndarray must have ``input``'s dtype; other array-likes are cast.
+    stride, dilation : int or tuple of int
+        Positive; one value per spatial dimension or one for all.
+    padding : int, tuple of int, "same" or "valid"
+        Non-negative. ``"same"`` needs stride 1 and puts the extra sample at the end
+        for an even total padding, as torch.
+    groups : int
+        Divides both ``C_in`` and ``C_out``.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        As torch's module: reflect needs padding < input size, circular <= input size.
+    activation : {None, "relu"}
+        Applied after the bias (``""`` and ``"none"`` also mean no activation).
+    pool : dict, optional
+        ``{"kind": "max" | "avg", "kernel_size": k, "stride": k, "padding": 0}`` with
+        ``torch.nn.functional.max_poolNd`` / ``avg_poolNd`` default semantics.
+    return_info : bool
+        Also return a :class:`~.info.CallInfo`.
+
+    Returns
+    -------
+    ndarray or (ndarray, CallInfo)
+        ``(N, C_out, *out_spatial)`` (unbatched if ``input`` was), ``input``'s dtype.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Any malformed or inconsistent argument (``.field`` names it), before any work.
+    """
+    x = _float_array(input, "input")
+    w = _float_array(weight, "weight")
+    if w.ndim not in (3, 4, 5):
+        raise InvalidArgumentError("weight", f"expected a 3-D, 4-D or 5-D weight (C_out, C_in/groups, *kernel), got shape {w.shape}")
+    nd = w.ndim - 2
+    if x.ndim not in (nd + 1, nd + 2):
+        raise InvalidArgumentError(
+            "input",
+            f"expected a {nd + 1}-D (unbatched) or {nd + 2}-D (batched) input for a {nd}-D convolution "
+            f"with weight of shape {w.shape}, got {x.ndim}-D input of shape {x.shape}",
+        )
+    if x.dtype != w.dtype:
+        raise InvalidArgumentError("weight", f"input and weight must have the same dtype, got input {x.dtype} and weight {w.dtype}")
+    if 0 in x.shape:
+        raise InvalidArgumentError("input", f"every dimension must be non-empty, got shape {x.shape}")
+    if 0 in w.shape:
+        raise InvalidArgumentError("weight", f"every dimension must be non-empty, got shape {w.shape}")
+    batched = x.ndim == nd + 2
+    xb = x if batched else x[np.newaxis]
+    n, c_in = xb.shape[0], xb.shape[1]
+    spatial = tuple(int(s) for s in xb.shape[2:])
+    c_out = w.shape[0]
+    kernel = tuple(int(k) for k in w.shape[2:])
+
+    if not is_int(groups) or groups < 1:
+        raise InvalidArgumentError("groups", f"expected a positive int, got {groups!r}")
+    groups = int(groups)
+    if c_in % groups:
+        raise InvalidArgumentError("groups", f"C_in ({c_in}) must be divisible by groups ({groups})")
+    if c_out % groups:
+        raise InvalidArgumentError("groups", f"C_out ({c_out}) must be divisible by groups ({groups})")
+    if w.shape[1] * groups != c_in:
+        raise InvalidArgumentError(
+            "weight",
+            f"expected weight.shape[1] == C_in / groups = {c_in} / {groups} = {c_in // groups}, "
+            f"got weight of shape {w.shape} for input of shape {x.shape}",
+        )
+
+    b: NDArray[Any] | None = None
+    if bias is not None:
+        b = _float_array(bias, "bias")
+        if isinstance(bias, np.ndarray) and b.dtype != x.dtype:
+            raise InvalidArgumentError("bias", f"bias must have the input's dtype {x.dtype}, got {b.dtype}")
+        b = b.astype(x.dtype, copy=False)
+        if b.shape != (c_out,):
+            raise InvalidArgumentError("bias", f"expected shape (C_out,) = ({c_out},), got {b.shape}")
+
+    strides = int_tuple(stride, nd, "stride", "stride", 1)
+    dilations = int_tuple(dilation, nd, "dilation", "dilation", 1)
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise InvalidArgumentError("padding_mode", f"expected one of {list(PADDING_MODES)}, got {padding_mode!r}")
+    pads = _resolve_padding(padding, nd, kernel, strides, dilations)
+    for size, (before, after) in zip(spatial, pads):
+        if padding_mode == "reflect" and max(before, after) >= size:
+            raise InvalidArgumentError(
+                "padding", f"reflect padding must be less than the input size, got padding {pads} for spatial shape {spatial}"
+            )
+        if padding_mode == "circular" and max(before, after) > size:
+            raise InvalidArgumentError(
+                "padding", f"circular padding must be at most the input size, got padding {pads} for spatial shape {spatial}"
+            )
+    effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations))
+    padded = tuple(size + bfr + aft for size, (bfr, aft) in zip(spatial, pads))
+    if any(e > p for e, p in zip(effective, padded)):
+        raise InvalidArgumentError(
+            "weight",
+            f"kernel size can't be greater than the padded input size: padded input {padded}, "
+            f"(dilated) kernel {effective}",
+        )
+    out_spatial = tuple((p - e) // s + 1 for p, e, s in zip(padded, effective, strides))
+
+    if activation in ("", "none"):
+        activation = None
+    if activation is not None and activation not in ACTIVATIONS:
+        raise InvalidArgumentError("activation", f"expected None or 'relu', got {activation!r}")
+    pool_spec = validate_pool(pool, out_spatial)
+
+    started = time.perf_counter()
+    xp = _pad(xb, pads, padding_mode)
+    windows = sliding_window_view(xp, effective, axis=tuple(range(2, 2 + nd)))
+    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
+    windows = windows[index + tuple(slice(None, None, d) for d in dilations)]  # (N, C, *O, *K)
+
+    cg, cog = c_in // groups, c_out // groups
+    positions = math.prod(out_spatial)
+    taps = cg * math.prod(kernel)
+    windows = windows.reshape((n, groups, cg) + out_spatial + kernel)
+    perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
+    cols = windows.transpose(perm).reshape(groups, n * positions, taps)  # one copy
+    wmat = w.reshape(groups, cog, taps).transpose(0, 2, 1)
+    if x.dtype == np.float32 and groups * n * positions * taps * cog <= _FLOAT64_ACCUMULATE_MACS:
+        cols = cols.astype(np.float64)
+        wmat = wmat.astype(np.float64)
+    out: NDArray[Any] = np.matmul(cols, wmat)  # (G, N*P, C_out/G)
+    out = out.reshape((groups, n) + out_spatial + (cog,))
+    out = out.transpose((1, 0, 2 + nd) + tuple(range(2, 2 + nd))).reshape((n, c_out) + out_spatial)
+    if b is not None:
+        out = out + b.astype(out.dtype).reshape((1, c_out) + (1,) * nd)
+    out = np.ascontiguousarray(out, dtype=x.dtype)
+    if activation == "relu":
+        np.maximum(out, 0, out=out)  # NaN propagates, as torch.relu
+    if pool_spec is not None:
+        out = apply_pool(out, pool_spec)
+    if not batched:
+        out = out[0]
+    elapsed = time.perf_counter() - started
+    if return_info:
+        return out, CallInfo(method="im2col_gemm", compute_seconds=elapsed, warnings=())
+    return out

@@ -1,0 +1,217 @@
+"""The pure part of a Convolve/Correlate call: validated shapes, dtypes and the method to run.
+
+``plan_signal_call`` reads the inputs' shapes and dtypes (and, for exactness and NaN checks,
+their values) and returns a :class:`SignalPlan`; nothing is computed yet. Every bad argument is
+found here, before any work starts. ``auto`` is a pure function of shapes, dtypes and options.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyfftw
+
+from . import integers
+from .errors import InvalidArgumentError
+from .options import (
+    BOUNDARIES, BOUNDARY_ALIASES, METHODS, MODES, as_input, choose, normalize_axes,
+    normalize_fill_value, normalize_output_dtype, output_shape,
+)
+
+# Relative cost of one multiply-add of the direct engine and of one FFT butterfly (n log2 n).
+DIRECT_COST_PER_TAP = 1.0
+FFT_COST_PER_POINT_LOG = 1.5
+# overlap-add pays off once the signal is this many times longer than the kernel.
+OVERLAP_ADD_MIN_RATIO = 16
+OVERLAP_ADD_MIN_KERNEL = 64
+
+
+@dataclass
+class SignalPlan:
+    """Everything needed to compute one call, decided before any work."""
+
+    x: npt.NDArray[Any]  # in1, boundary-extended when the boundary needs it
+    h: npt.NDArray[Any]  # in2 broadcast to x's ndim, flipped and conjugated for correlate
+    axes: tuple[int, ...]
+    mode: str
+    starts: list[int]  # per axis: first full-convolution index of the output
+    lengths: list[int]  # per axis: output length
+    out_dtype: np.dtype[Any]
+    work_dtype: np.dtype[Any]
+    method: str
+    exact_integer: bool
+    output_shape: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_signal_call(
+    in1: npt.ArrayLike,
+    in2: npt.ArrayLike,
+    mode: str,
+    method: str,
+    axes: Any,
+    boundary: str,
+    fill_value: Any,
+    output_dtype: Any,
+    correlate: bool,
+) -> SignalPlan:
+    """Validate a call and decide how to compute it (see ``engine.convolve`` for the arguments)."""
+    mode = choose(mode, MODES, "mode")
+    method = choose(method, METHODS, "method")
+    boundary = choose(boundary, BOUNDARIES, "boundary", BOUNDARY_ALIASES)
+    x = as_input(in1, "in1")
+    h = as_input(in2, "in2")
+    scalar = x.ndim == 0 and h.ndim == 0
+    if scalar:
+        x, h = x.reshape(1), h.reshape(1)
+    natural = np.result_type(x.dtype, h.dtype)
+    out_dtype = normalize_output_dtype(output_dtype, natural)
+    complex_work = out_dtype.kind == "c" or natural.kind == "c"
+    fill = normalize_fill_value(fill_value, complex_work)
+    conv_axes = normalize_axes(axes, x.ndim) if x.ndim else ()
+    if x.ndim == 0:
+        raise InvalidArgumentError("in2", "in1 is a scalar but in2 is not; both must have the same dimensionality")
+    h = _align_kernel(x, h, conv_axes, axes is not None)
+    if correlate:
+        h = np.flip(h, axis=conv_axes)
+        if h.dtype.kind == "c":
+            h = np.conj(h)
+    sizes_x = [x.shape[a] for a in conv_axes]
+    sizes_h = [h.shape[a] for a in conv_axes]
+    starts, lengths = _output_window(mode, sizes_x, sizes_h)
+    needs_extension = mode in ("full", "same") and (boundary != "fill" or fill != 0)
+    if mode == "circular" and (boundary != "fill" or fill != 0):
+        raise InvalidArgumentError("boundary", "mode 'circular' is periodic by definition; leave boundary='fill', fill_value=0")
+    if needs_extension:
+        x = _extend(x, conv_axes, sizes_h, boundary, fill)
+        starts = [s + m - 1 for s, m in zip(starts, sizes_h)]
+    exact = out_dtype.kind in "biu"
+    plan_warnings: list[str] = []
+    if exact:
+        bound = integers.worst_case_bound(x, h)
+        work = integers.accumulator_for(bound, out_dtype, x.dtype.kind in "bu" and h.dtype.kind in "bu")
+    else:
+        work = _float_work_dtype(x.dtype, h.dtype, out_dtype, complex_work)
+    shape = output_shape(x.shape, h.shape, conv_axes, lengths)
+    chosen = _choose_method(method, mode, x, h, conv_axes, lengths, exact, plan_warnings)
+    return SignalPlan(
+        x=x, h=h, axes=conv_axes, mode=mode, starts=starts, lengths=lengths, out_dtype=out_dtype,
+        work_dtype=work, method=chosen, exact_integer=exact,
+        output_shape=() if scalar else tuple(shape), warnings=plan_warnings,
+    )
+
+
+def _align_kernel(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: tuple[int, ...], axes_given: bool) -> npt.NDArray[Any]:
+    """Give ``h`` x's number of dimensions (DESIGN section 2's shape rule) and check broadcasting."""
+    if h.ndim != x.ndim:
+        if axes_given and h.ndim == len(axes):
+            shape = [1] * x.ndim
+            for axis, size in zip(axes, h.shape):
+                shape[axis] = size
+            h = h.reshape(shape)
+        else:
+            expected = f"{x.ndim}" + (f" or len(axes) = {len(axes)}" if axes_given else "")
+            raise InvalidArgumentError(
+                "in2", f"has {h.ndim} dimensions; expected the same dimensionality as in1 ({expected})"
+            )
+    for axis in range(x.ndim):
+        if axis not in axes and x.shape[axis] != h.shape[axis] and 1 not in (x.shape[axis], h.shape[axis]):
+            raise InvalidArgumentError(
+                "in2",
+                f"size {h.shape[axis]} on axis {axis}, which is not convolved, does not match in1's size "
+                f"{x.shape[axis]}; expected equal sizes or 1",
+            )
+    return h
+
+
+def _output_window(mode: str, sizes_x: list[int], sizes_h: list[int]) -> tuple[list[int], list[int]]:
+    """First full-convolution index and length of the output on each convolved axis."""
+    if mode == "full":
+        return [0] * len(sizes_x), [n + m - 1 for n, m in zip(sizes_x, sizes_h)]
+    if mode == "same":
+        return [(m - 1) // 2 for m in sizes_h], list(sizes_x)
+    if mode == "circular":
+        if any(m > n for n, m in zip(sizes_x, sizes_h)):
+            raise InvalidArgumentError(
+                "in2", f"shape {sizes_h} is longer than in1 {sizes_x} on a convolved axis; mode 'circular' needs in2 no longer than in1"
+            )
+        return [0] * len(sizes_x), list(sizes_x)
+    x_larger = all(n >= m for n, m in zip(sizes_x, sizes_h))
+    h_larger = all(m >= n for n, m in zip(sizes_x, sizes_h))
+    if not (x_larger or h_larger):
+        raise InvalidArgumentError(
+            "in2",
+            f"for 'valid' mode, one must be at least as large as the other in every dimension; "
+            f"in1 is {sizes_x} and in2 is {sizes_h} on the convolved axes",
+        )
+    return [min(n, m) - 1 for n, m in zip(sizes_x, sizes_h)], [abs(n - m) + 1 for n, m in zip(sizes_x, sizes_h)]
+
+
+_PAD_MODE = {"fill": "constant", "wrap": "wrap", "symmetric": "symmetric", "reflect": "reflect", "edge": "edge"}
+
+
+def _extend(x: npt.NDArray[Any], axes: tuple[int, ...], sizes_h: list[int], boundary: str, fill: complex | float) -> npt.NDArray[Any]:
+    """Extend ``x`` by M-1 samples on both sides of each convolved axis, as numpy.pad names it."""
+    pad = [(0, 0)] * x.ndim
+    for axis, m in zip(axes, sizes_h):
+        pad[axis] = (m - 1, m - 1)
+    if boundary == "reflect" and any(x.shape[a] == 1 and m > 1 for a, m in zip(axes, sizes_h)):
+        raise InvalidArgumentError("boundary", "'reflect' needs at least 2 samples on every convolved axis of in1")
+    if boundary == "fill":
+        dtype = np.result_type(x.dtype, np.asarray(fill).dtype) if fill != 0 else x.dtype
+        return np.pad(x.astype(dtype, copy=False), pad, mode="constant", constant_values=fill)
+    return np.pad(x, pad, mode=_PAD_MODE[boundary])  # type: ignore[call-overload]
+
+
+def _float_work_dtype(a: np.dtype[Any], b: np.dtype[Any], out: np.dtype[Any], complex_work: bool) -> np.dtype[Any]:
+    """Single precision when the output and both inputs are at most single; double otherwise."""
+    small = {"f2", "f4", "c8", "b1", "u1", "i1", "u2", "i2"}
+    single = out.itemsize <= (8 if out.kind == "c" else 4) and all(f"{d.kind}{d.itemsize}" in small for d in (a, b))
+    if complex_work:
+        return np.dtype(np.complex64 if single else np.complex128)
+    return np.dtype(np.float32 if single else np.float64)
+
+
+def _choose_method(
+    method: str,
+    mode: str,
+    x: npt.NDArray[Any],
+    h: npt.NDArray[Any],
+    axes: tuple[int, ...],
+    lengths: list[int],
+    exact: bool,
+    notes: list[str],
+) -> str:
+    """Resolve ``auto`` with the cost model and keep integer results exact and NaN local."""
+    sizes = [(x.shape[a], h.shape[a]) for a in axes]
+    fft_size = math.prod(pyfftw.next_fast_len(n + m - 1) for n, m in sizes)
+    if exact and method in ("fft", "overlap_add", "auto") and not integers.fft_is_exact(x, h, fft_size):
+        if method != "auto":
+            notes.append(f"method '{method}' cannot give exact integers at this range; ran 'direct' instead")
+        return "direct"
+    finite = exact or (bool(np.isfinite(x).all()) and bool(np.isfinite(h).all()))
+    if method != "auto":
+        if not finite and method != "direct":
+            notes.append(f"an input holds NaN or Inf; method '{method}' spreads it over the output (use 'direct' to keep it local)")
+        if method == "overlap_add" and mode == "circular":
+            notes.append("overlap-add does not apply to circular mode; ran 'fft'")
+            return "fft"
+        return method
+    if not finite:
+        notes.append("an input holds NaN or Inf; ran 'direct' to keep it local")
+        return "direct"
+    batch = math.prod(max(x.shape[a], h.shape[a]) for a in range(x.ndim) if a not in axes)
+    taps = min(math.prod(n for n, _ in sizes), math.prod(m for _, m in sizes))
+    direct_cost = DIRECT_COST_PER_TAP * batch * math.prod(lengths) * taps
+    fft_cost = FFT_COST_PER_POINT_LOG * 3 * batch * fft_size * math.log2(max(fft_size, 2))
+    if direct_cost <= fft_cost:
+        return "direct"
+    longest = max(range(len(sizes)), key=lambda i: sizes[i][0] / sizes[i][1])
+    n, m = sizes[longest]
+    if mode != "circular" and m >= OVERLAP_ADD_MIN_KERNEL and n >= OVERLAP_ADD_MIN_RATIO * m:
+        return "overlap_add"
+    return "fft"

@@ -1,0 +1,87 @@
+"""One validated settings object for the server, filled from flags and ``CONVSERVE_*`` variables.
+
+Every field has a default, a flag (``--max-elements``) and an environment variable
+(``CONVSERVE_MAX_ELEMENTS``); a flag wins over the variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """An invalid setting; its message is one line naming the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server settings (see the README's settings table)."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=50051, metadata={"help": "port to listen on (0: any free port)"})
+    workers: int = field(default=os.cpu_count() or 1, metadata={"help": "threads computing requests"})
+    max_concurrent_requests: int = field(
+        default=2 * (os.cpu_count() or 1), metadata={"help": "requests computing or queued at once; more get RESOURCE_EXHAUSTED"}
+    )
+    max_elements: int = field(default=2**28, metadata={"help": "largest number of elements of any tensor"})
+    max_request_bytes: int = field(default=512 * MIB, metadata={"help": "largest request message in bytes"})
+    max_output_bytes: int = field(default=1024 * MIB, metadata={"help": "largest result in bytes"})
+    fftw_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "FFTW threads per transform"})
+    grace_seconds: float = field(default=10.0, metadata={"help": "time in-flight calls get to finish on shutdown"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+    def __post_init__(self) -> None:
+        positive = ("workers", "max_concurrent_requests", "max_elements", "max_request_bytes", "max_output_bytes", "fftw_threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
+        if self.max_concurrent_requests < self.workers:
+            raise SettingsError(
+                f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least workers ({self.workers})"
+            )
+        if self.grace_seconds < 0:
+            raise SettingsError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if not self.host:
+            raise SettingsError("host must not be empty")
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting."""
+    return f"CONVSERVE_{name.upper()}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per setting (default: unset, so the environment or default applies)."""
+    for item in dataclasses.fields(Settings):
+        flag = "--" + item.name.replace("_", "-")
+        kind = item.type if isinstance(item.type, type) else {"int": int, "float": float, "str": str}[str(item.type)]
+        parser.add_argument(flag, dest=item.name, type=kind, default=None,
+                            help=f"{item.metadata['help']} (env {env_name(item.name)}, default {item.default})")
+
+
+def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from flags (``None`` values ignored) over ``CONVSERVE_*`` variables over defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(Settings):
+        kind = {"int": int, "float": float, "str": str}[item.type if isinstance(item.type, str) else item.type.__name__]
+        flag_value = (flags or {}).get(item.name)
+        if flag_value is not None:
+            values[item.name] = flag_value
+        elif env_name(item.name) in environ:
+            text = environ[env_name(item.name)]
+            try:
+                values[item.name] = kind(text)
+            except ValueError:
+                raise SettingsError(f"{env_name(item.name)}={text!r} is not a valid {kind.__name__}") from None
+    return Settings(**values)

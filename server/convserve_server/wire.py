@@ -1,0 +1,140 @@
+"""Request messages -> engine arguments, and engine results -> response messages.
+
+Every enum, tensor and list is checked here (INVALID_ARGUMENT naming the field) before any work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from convserve import codec
+from convserve.v1 import convserve_pb2 as pb
+
+from .engine.errors import InvalidArgumentError
+from .engine.info import CallInfo
+from .settings import Settings
+
+_MODES = {pb.MODE_UNSPECIFIED: "full", pb.MODE_FULL: "full", pb.MODE_SAME: "same", pb.MODE_VALID: "valid", pb.MODE_CIRCULAR: "circular"}
+_METHODS = {pb.METHOD_UNSPECIFIED: "auto", pb.METHOD_AUTO: "auto", pb.METHOD_DIRECT: "direct", pb.METHOD_FFT: "fft", pb.METHOD_OVERLAP_ADD: "overlap_add"}
+_BOUNDARIES = {
+    pb.BOUNDARY_UNSPECIFIED: "fill", pb.BOUNDARY_FILL: "fill", pb.BOUNDARY_WRAP: "wrap",
+    pb.BOUNDARY_SYMMETRIC: "symmetric", pb.BOUNDARY_REFLECT: "reflect", pb.BOUNDARY_EDGE: "edge",
+}
+_PADDING_MODES = {
+    pb.PADDING_MODE_UNSPECIFIED: "zeros", pb.PADDING_MODE_ZEROS: "zeros", pb.PADDING_MODE_REFLECT: "reflect",
+    pb.PADDING_MODE_REPLICATE: "replicate", pb.PADDING_MODE_CIRCULAR: "circular",
+}
+_ACTIVATIONS = {pb.ACTIVATION_UNSPECIFIED: None, pb.ACTIVATION_NONE: None, pb.ACTIVATION_RELU: "relu"}
+_POOL_KINDS = {pb.POOL_KIND_MAX: "max", pb.POOL_KIND_AVG: "avg"}
+_PRESETS = {pb.PADDING_PRESET_SAME: "same", pb.PADDING_PRESET_VALID: "valid"}
+
+
+def _enum(value: int, table: dict[int, Any], field: str) -> Any:
+    """Map a wire enum value, refusing values this server does not know."""
+    if value not in table:
+        raise InvalidArgumentError(field, f"unknown value {value}")
+    return table[value]
+
+
+def _tensor(message: Any, name: str, settings: Settings) -> npt.NDArray[Any]:
+    """Decode a required tensor field (codec errors become engine InvalidArgumentError)."""
+    if not message.HasField(name):
+        raise InvalidArgumentError(name, "is required")
+    try:
+        return codec.decode(getattr(message, name), name, settings.max_elements)
+    except ValueError as exc:  # convserve.InvalidArgumentError
+        violations = getattr(exc, "field_violations", ())
+        field, text = violations[0] if violations else (name, str(exc))
+        raise InvalidArgumentError(field, text) from None
+
+
+def signal_arguments(request: pb.SignalRequest, settings: Settings) -> dict[str, Any]:
+    """Engine keyword arguments of a Convolve/Correlate request."""
+    in1 = _tensor(request, "in1", settings)
+    in2 = _tensor(request, "in2", settings)
+    output_dtype = None
+    if request.output_dtype != pb.DTYPE_UNSPECIFIED:
+        if request.output_dtype not in codec.NUMPY_BY_DTYPE:
+            raise InvalidArgumentError("output_dtype", f"unknown value {request.output_dtype}")
+        output_dtype = codec.NUMPY_BY_DTYPE[request.output_dtype].newbyteorder("=")
+    fill = complex(request.fill_value.real, request.fill_value.imag)
+    if not all(math.isfinite(v) for v in (fill.real, fill.imag)):
+        raise InvalidArgumentError("fill_value", f"must be finite; got {fill}")
+    return {
+        "in1": in1,
+        "in2": in2,
+        "mode": _enum(request.mode, _MODES, "mode"),
+        "method": _enum(request.method, _METHODS, "method"),
+        "axes": list(request.axes.values) if request.HasField("axes") else None,
+        "boundary": _enum(request.boundary, _BOUNDARIES, "boundary"),
+        "fill_value": fill if fill.imag else fill.real,
+        "output_dtype": output_dtype,
+    }
+
+
+def _ints(values: Any, field: str, default: int) -> int | tuple[int, ...]:
+    """A repeated int64 option: empty -> default, one value -> int, else a tuple."""
+    items = tuple(int(v) for v in values)
+    if not items:
+        return default
+    return items[0] if len(items) == 1 else items
+
+
+def conv_layer_arguments(request: pb.ConvLayerRequest, settings: Settings) -> dict[str, Any]:
+    """Engine keyword arguments of a ConvLayer request."""
+    arguments: dict[str, Any] = {
+        "input": _tensor(request, "input", settings),
+        "weight": _tensor(request, "weight", settings),
+        "bias": _tensor(request, "bias", settings) if request.HasField("bias") else None,
+        "stride": _ints(request.stride, "stride", 1),
+        "dilation": _ints(request.dilation, "dilation", 1),
+        "groups": request.groups or 1,
+        "padding_mode": _enum(request.padding_mode, _PADDING_MODES, "padding_mode"),
+        "activation": _enum(request.activation, _ACTIVATIONS, "activation"),
+        "pool": None,
+    }
+    padding = request.padding
+    if padding.preset != pb.PADDING_PRESET_UNSPECIFIED:
+        arguments["padding"] = _enum(padding.preset, _PRESETS, "padding.preset")
+    else:
+        arguments["padding"] = _ints(padding.sizes, "padding", 0)
+    _check_padded_size(arguments, settings)
+    if request.HasField("pool"):
+        pool = request.pool
+        if not pool.kernel_size:
+            raise InvalidArgumentError("pool.kernel_size", "is required when pool is set")
+        arguments["pool"] = {
+            "kind": _enum(pool.kind, _POOL_KINDS, "pool.kind"),
+            "kernel_size": _ints(pool.kernel_size, "pool.kernel_size", 1),
+            "stride": _ints(pool.stride, "pool.stride", 0) or None,
+            "padding": _ints(pool.padding, "pool.padding", 0),
+        }
+    return arguments
+
+
+def _check_padded_size(arguments: dict[str, Any], settings: Settings) -> None:
+    """Refuse explicit padding that would make the padded input larger than the element limit."""
+    padding = arguments["padding"]
+    if isinstance(padding, str):
+        return
+    shape = arguments["input"].shape
+    spatial = shape[2:] if len(shape) > 2 else shape[1:]
+    pads = (padding,) * len(spatial) if isinstance(padding, int) else padding
+    if len(pads) != len(spatial):
+        return  # the engine reports the length mismatch
+    padded = math.prod(shape[: len(shape) - len(spatial)]) * math.prod(s + 2 * p for s, p in zip(spatial, pads))
+    if padded > settings.max_elements:
+        raise InvalidArgumentError("padding", f"the padded input would hold {padded} elements; the limit is {settings.max_elements}")
+
+
+def compute_info(info: CallInfo) -> pb.ComputeInfo:
+    """The ComputeInfo message of an engine CallInfo."""
+    return pb.ComputeInfo(method=info.method, compute_seconds=info.compute_seconds, warnings=list(info.warnings))
+
+
+def result_tensor(array: npt.NDArray[Any]) -> pb.Tensor:
+    """Encode a result array."""
+    return codec.encode(np.asarray(array), "result")
