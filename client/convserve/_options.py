@@ -16,9 +16,9 @@ from . import codec
 from .errors import InvalidArgumentError
 from .v1 import convserve_pb2 as pb
 
-MODES = {"full": pb.MODE_FULL, "same": pb.MODE_SAME, "valid": pb.MODE_VALID, "circular": pb.MODE_CIRCULAR}
-METHODS = {"auto": pb.METHOD_AUTO, "direct": pb.METHOD_DIRECT, "fft": pb.METHOD_FFT, "overlap_add": pb.METHOD_OVERLAP_ADD}
-BOUNDARIES = {
+MODES: dict[str, Any] = {"full": pb.MODE_FULL, "same": pb.MODE_SAME, "valid": pb.MODE_VALID, "circular": pb.MODE_CIRCULAR}
+METHODS: dict[str, Any] = {"auto": pb.METHOD_AUTO, "direct": pb.METHOD_DIRECT, "fft": pb.METHOD_FFT, "overlap_add": pb.METHOD_OVERLAP_ADD}
+BOUNDARIES: dict[str, Any] = {
     "fill": pb.BOUNDARY_FILL,
     "wrap": pb.BOUNDARY_WRAP,
     "symmetric": pb.BOUNDARY_SYMMETRIC,
@@ -31,13 +31,13 @@ BOUNDARIES = {
     "mirror": pb.BOUNDARY_REFLECT,
     "nearest": pb.BOUNDARY_EDGE,
 }
-PADDING_MODES = {
+PADDING_MODES: dict[str, Any] = {
     "zeros": pb.PADDING_MODE_ZEROS,
     "reflect": pb.PADDING_MODE_REFLECT,
     "replicate": pb.PADDING_MODE_REPLICATE,
     "circular": pb.PADDING_MODE_CIRCULAR,
 }
-POOL_KINDS = {"max": pb.POOL_KIND_MAX, "avg": pb.POOL_KIND_AVG}
+POOL_KINDS: dict[str, Any] = {"max": pb.POOL_KIND_MAX, "avg": pb.POOL_KIND_AVG}
 
 
 def invalid(field: str, message: str) -> InvalidArgumentError:
@@ -45,7 +45,7 @@ def invalid(field: str, message: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"{field}: {message}", field_violations=((field, message),))
 
 
-def enum_value(value: Any, table: Mapping[str, int], field: str) -> int:
+def enum_value(value: Any, table: Mapping[str, Any], field: str) -> Any:
     """Look a string option up in ``table`` (case-insensitive)."""
     if isinstance(value, str) and value.lower() in table:
         return table[value.lower()]
@@ -122,7 +122,7 @@ def conv_layer_request(
     if bias is not None:
         request.bias.CopyFrom(codec.encode(bias, "bias"))
     if isinstance(padding, str):
-        presets = {"same": pb.PADDING_PRESET_SAME, "valid": pb.PADDING_PRESET_VALID}
+        presets: dict[str, Any] = {"same": pb.PADDING_PRESET_SAME, "valid": pb.PADDING_PRESET_VALID}
         request.padding.preset = enum_value(padding, presets, "padding")
     else:
         request.padding.sizes.extend(int_list(padding, "padding", minimum=0))

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from .errors import InvalidArgumentError
 from .v1 import convserve_pb2 as pb
 
-NUMPY_BY_DTYPE: dict[int, np.dtype[Any]] = {
+NUMPY_BY_DTYPE: dict[Any, np.dtype[Any]] = {
     pb.DTYPE_BOOL: np.dtype("?"),
     pb.DTYPE_UINT8: np.dtype("u1"),
     pb.DTYPE_INT8: np.dtype("i1"),
@@ -32,7 +32,7 @@ NUMPY_BY_DTYPE: dict[int, np.dtype[Any]] = {
     pb.DTYPE_COMPLEX64: np.dtype("<c8"),
     pb.DTYPE_COMPLEX128: np.dtype("<c16"),
 }
-DTYPE_BY_NAME: dict[str, int] = {dt.name: code for code, dt in NUMPY_BY_DTYPE.items()}
+DTYPE_BY_NAME: dict[str, Any] = {dt.name: code for code, dt in NUMPY_BY_DTYPE.items()}
 SUPPORTED_DTYPE_NAMES: tuple[str, ...] = tuple(DTYPE_BY_NAME)
 
 # No real array has more dimensions than numpy allows; a dimension beyond 2**62 is absurd.
@@ -40,7 +40,7 @@ MAX_NDIM = 64
 MAX_DIMENSION = 2**62
 
 
-def dtype_code(dtype: npt.DTypeLike, field: str) -> int:
+def dtype_code(dtype: npt.DTypeLike, field: str) -> Any:
     """Return the wire enum of a numpy dtype, or raise InvalidArgumentError naming ``field``."""
     try:
         name = np.dtype(dtype).name

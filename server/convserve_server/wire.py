@@ -6,7 +6,7 @@ Every enum, tensor and list is checked here (INVALID_ARGUMENT naming the field) 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +32,7 @@ _POOL_KINDS = {pb.POOL_KIND_MAX: "max", pb.POOL_KIND_AVG: "avg"}
 _PRESETS = {pb.PADDING_PRESET_SAME: "same", pb.PADDING_PRESET_VALID: "valid"}
 
 
-def _enum(value: int, table: dict[int, Any], field: str) -> Any:
+def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
     """Map a wire enum value, refusing values this server does not know."""
     if value not in table:
         raise InvalidArgumentError(field, f"unknown value {value}")

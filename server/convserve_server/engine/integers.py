@@ -65,4 +65,4 @@ def fft_is_exact(x: npt.NDArray[Any], h: npt.NDArray[Any], transform_size: int) 
     norm_x = float(np.linalg.norm(x.astype(np.float64).ravel()))
     norm_h = float(np.linalg.norm(h.astype(np.float64).ravel()))
     error = 10 * np.finfo(np.float64).eps * math.log2(transform_size + 1) * norm_x * norm_h
-    return error < 0.05
+    return bool(error < 0.05)
