@@ -23,7 +23,8 @@ class RunningServer:
 
 def start_server(*flags: str, env: dict[str, str] | None = None) -> RunningServer:
     """Start ``convserve serve --port 0`` in a subprocess; return once it listens."""
-    command = [sys.executable, "-m", "convserve_server", "serve", "--host", "127.0.0.1", "--port", "0", *flags]
+    defaults = [] if "--metrics-port" in flags else ["--metrics-port", "-1"]
+    command = [sys.executable, "-m", "convserve_server", "serve", "--host", "127.0.0.1", "--port", "0", *defaults, *flags]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, **(env or {})},

@@ -44,7 +44,7 @@ def test_port_in_use_is_a_clear_error() -> None:
     first = start_server()
     try:
         port = first.target.rsplit(":", 1)[1]
-        result = subprocess.run([sys.executable, "-m", "convserve_server", "serve", "--port", port],
+        result = subprocess.run([sys.executable, "-m", "convserve_server", "serve", "--port", port, "--metrics-port", "-1"],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 1
         assert port in result.stderr and "in use" in result.stderr

@@ -1,4 +1,4 @@
-"""Build, start and stop the gRPC server (health, reflection, graceful shutdown)."""
+"""Build, start and stop the gRPC server: health, reflection, metrics, TLS/auth, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 
 import grpc
 from convserve.v1 import convserve_pb2 as pb
@@ -14,6 +15,7 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import logs, metrics, security
 from .pool import WorkerPool
 from .servicer import ConvolutionServicer
 from .settings import Settings
@@ -28,61 +30,79 @@ class StartupError(RuntimeError):
     """The server could not start (for example, its port is taken)."""
 
 
-def create_server(settings: Settings) -> tuple[grpc.aio.Server, int, health.HealthServicer, WorkerPool]:
-    """Create (not start) the server; return it, its bound port, its health servicer and its pool."""
+@dataclass
+class Server:
+    """A created (not yet started) server and the parts that shutdown needs."""
+
+    grpc_server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    pool: WorkerPool
+
+
+def create_server(settings: Settings) -> Server:
+    """Create the server and bind its port (raises StartupError when the port is taken)."""
     os.environ.setdefault("CONVSERVE_FFTW_THREADS", str(settings.fftw_threads))
-    limit = settings.max_request_bytes + MESSAGE_OVERHEAD
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", settings.max_output_bytes + MESSAGE_OVERHEAD),
-        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
-    ])
-    pool = WorkerPool(settings.workers, settings.max_concurrent_requests)
+    interceptors = [security.TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_request_bytes + MESSAGE_OVERHEAD),
+            ("grpc.max_send_message_length", settings.max_output_bytes + MESSAGE_OVERHEAD),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+        ],
+    )
+    pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes)
+    pool.on_change = metrics.pool_changed
     pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool), server)
-    health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
+    credentials = security.server_credentials(settings)
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {address}: the port is in use or the address is not local ({exc})") from None
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise StartupError(f"cannot listen on {address}: the port is in use or the address is not local")
-    return server, port, health_servicer, pool
+        raise StartupError(f"cannot listen on {address}: port {settings.port} is in use or the address is not local")
+    return Server(server, port, health_servicer, pool)
 
 
 async def serve(settings: Settings) -> None:
     """Run the server until SIGTERM or SIGINT, then stop gracefully."""
-    server, port, health_servicer, pool = create_server(settings)
-    await server.start()
+    if not settings.is_loopback and not settings.tls_cert and not settings.auth_token:
+        print(f"convserve: WARNING: listening on {settings.host} without TLS or a token: anyone who can reach "
+              "this address can use the server (set --tls-cert/--tls-key and/or --auth-token)", file=sys.stderr, flush=True)
+    server = create_server(settings)
+    metrics_port = -1
+    if settings.metrics_port >= 0:
+        try:
+            metrics_port = metrics.serve_metrics(settings.host, settings.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {exc.strerror}") from None
+    await server.grpc_server.start()
     for name in ("", SERVICE_NAME):
-        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
-    print(f"convserve listening on {settings.host}:{port}", flush=True)
+        await server.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    print(f"convserve listening on {settings.host}:{server.port}", flush=True)
+    if metrics_port >= 0:
+        print(f"convserve metrics on http://{settings.host}:{metrics_port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: finishing in-flight calls (grace %.1f s)", settings.grace_seconds)
-    for name in ("", SERVICE_NAME):
-        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(settings.grace_seconds)
-    pool.shutdown()
+    log.info("shutting down: new calls get UNAVAILABLE, in-flight calls finish", extra={"grace_seconds": settings.grace_seconds})
+    await server.health.enter_graceful_shutdown()
+    await server.grpc_server.stop(settings.grace_seconds)
+    server.pool.shutdown()
     print("convserve stopped", flush=True)
-
-
-async def _set_health(servicer: health.HealthServicer, name: str, status: int) -> None:
-    """Set a health status on the sync or aio health servicer."""
-    result = servicer.set(name, status)
-    if asyncio.iscoroutine(result):
-        await result
 
 
 def run(settings: Settings) -> int:
     """Configure logging and run the server; return the process exit code."""
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

@@ -1,55 +1,108 @@
-"""The worker pool: runs compute off the event loop, with bounded admission.
+"""The worker pool: runs compute off the event loop, with admission bounded by memory and count.
 
-At most ``max_concurrent_requests`` calls are admitted (computing on ``workers`` threads or
-waiting for one); the next is refused at once with :class:`Overloaded`, never queued without
-bound. numpy and FFTW release the GIL, so threads compute on every core.
+A request is admitted only if its estimated memory fits what is left of the budget and fewer
+than ``max_in_flight`` requests are admitted; otherwise it is refused at once (never queued
+without bound). A request that could never fit the budget is refused as such. numpy and FFTW
+release the GIL, so the threads compute on every core. When the caller goes away, the request's
+cancel token is set; the engine stops at its next block and only then is the budget released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
+
+from .engine import cancellation
 
 Result = TypeVar("Result")
 
 
 class Overloaded(Exception):
-    """The pool is full; retry after ``pushback_ms``."""
+    """The server is full right now; retry after ``pushback_ms``."""
 
-    def __init__(self, in_flight: int, limit: int, pushback_ms: int) -> None:
-        super().__init__(f"server busy: {in_flight} requests in flight, the limit is {limit}; retry in {pushback_ms} ms")
+    def __init__(self, message: str, pushback_ms: int) -> None:
+        super().__init__(message)
         self.pushback_ms = pushback_ms
 
 
-class WorkerPool:
-    """A thread pool with a bound on admitted work."""
+class LimitExceeded(Exception):
+    """A request that can never fit a configured limit (never worth retrying)."""
 
-    def __init__(self, workers: int, max_in_flight: int, pushback_ms: int = 50) -> None:
+
+class WorkerPool:
+    """A thread pool with admission by estimated memory and by count."""
+
+    def __init__(self, workers: int, max_in_flight: int, memory_budget: int, pushback_ms: int = 50) -> None:
         self.workers = workers
         self.max_in_flight = max_in_flight
+        self.memory_budget = memory_budget
         self.pushback_ms = pushback_ms
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convserve-worker")
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._reserved = 0
+        self.on_change: Callable[[int, int], None] = lambda in_flight, reserved: None
 
     @property
     def in_flight(self) -> int:
-        """Requests admitted and not yet finished."""
+        """Requests admitted and not yet finished (including cancelled ones still stopping)."""
         return self._in_flight
 
-    async def run(self, function: Callable[..., Result], *args: Any) -> Result:
-        """Run ``function(*args)`` on a worker, or raise Overloaded at once when full."""
+    @property
+    def reserved_bytes(self) -> int:
+        """Memory reserved by admitted requests."""
+        return self._reserved
+
+    def _admit(self, cost: int) -> None:
+        if cost > self.memory_budget:
+            raise LimitExceeded(
+                f"this request needs an estimated {cost} bytes of working memory; the server's budget is "
+                f"{self.memory_budget} bytes (memory_budget_bytes), so it can never run here"
+            )
         with self._lock:
             if self._in_flight >= self.max_in_flight:
-                raise Overloaded(self._in_flight, self.max_in_flight, self.pushback_ms)
+                raise Overloaded(
+                    f"server busy: {self._in_flight} requests in flight, the limit is {self.max_in_flight}; "
+                    f"retry in {self.pushback_ms} ms", self.pushback_ms)
+            if self._reserved + cost > self.memory_budget:
+                raise Overloaded(
+                    f"server busy: this request needs an estimated {cost} bytes and {self.memory_budget - self._reserved} "
+                    f"of the {self.memory_budget}-byte budget are free; retry in {self.pushback_ms} ms", self.pushback_ms)
             self._in_flight += 1
+            self._reserved += cost
+            self.on_change(self._in_flight, self._reserved)
+
+    def _release(self, cost: int) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._reserved -= cost
+            self.on_change(self._in_flight, self._reserved)
+
+    async def run(self, function: Callable[..., Result], *args: Any, cost: int = 0) -> Result:
+        """Run ``function(*args)`` on a worker; raise Overloaded or LimitExceeded at once if it cannot be admitted."""
+        self._admit(cost)
+        token = threading.Event()
+        context = contextvars.copy_context()
+
+        def work() -> Result:
+            with cancellation.scope(token):
+                cancellation.check()  # cancelled while queued: do not start
+                return function(*args)
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
+            future: Future[Result] = self._executor.submit(context.run, work)
+        except BaseException:
+            self._release(cost)
+            raise
+        future.add_done_callback(lambda _: self._release(cost))  # budget freed only when the work stops
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            token.set()
+            raise
 
     def shutdown(self) -> None:
         """Finish queued work and stop the threads."""

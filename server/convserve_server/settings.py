@@ -33,11 +33,24 @@ class Settings:
     max_request_bytes: int = field(default=512 * MIB, metadata={"help": "largest request message in bytes"})
     max_output_bytes: int = field(default=1024 * MIB, metadata={"help": "largest result in bytes"})
     fftw_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "FFTW threads per transform"})
+    memory_budget_bytes: int = field(
+        default=4096 * MIB, metadata={"help": "estimated working memory of all admitted requests together"}
+    )
+    max_concurrent_streams: int = field(
+        default=64, metadata={"help": "HTTP/2 streams per connection (bounds what can arrive before admission)"}
+    )
     grace_seconds: float = field(default=10.0, metadata={"help": "time in-flight calls get to finish on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_format: str = field(default="json", metadata={"help": "json (one object per line) or text"})
+    metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port on host (-1: off, 0: any free port)"})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain file: enables TLS"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key file of tls_cert"})
+    tls_client_ca: str = field(default="", metadata={"help": "PEM CA file: clients must present a certificate it signed (mTLS)"})
+    auth_token: str = field(default="", metadata={"help": "bearer token clients must send (authorization: Bearer ...); empty: off"})
 
     def __post_init__(self) -> None:
-        positive = ("workers", "max_concurrent_requests", "max_elements", "max_request_bytes", "max_output_bytes", "fftw_threads")
+        positive = ("workers", "max_concurrent_requests", "max_elements", "max_request_bytes", "max_output_bytes",
+                    "fftw_threads", "memory_budget_bytes", "max_concurrent_streams")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -53,6 +66,23 @@ class Settings:
             raise SettingsError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if not self.host:
             raise SettingsError("host must not be empty")
+        if not -1 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics_port must be -1 (off) or between 0 and 65535, got {self.metrics_port}")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"log_format must be json or text, got {self.log_format!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise SettingsError(f"{name}: no such file {path!r}")
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the server listens on a loopback address only."""
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
 
 
 def env_name(name: str) -> str:

@@ -10,13 +10,10 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from .engine.errors import InvalidArgumentError, OutOfRangeError
-from .pool import Overloaded
+from .engine.cancellation import Cancelled
+from .pool import LimitExceeded, Overloaded
 
 log = logging.getLogger("convserve.server")
-
-
-class LimitExceeded(Exception):
-    """A request that can never fit a configured limit (never worth retrying)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +47,8 @@ def failure_for(error: BaseException, request_id: str) -> Failure:
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), (("grpc-retry-pushback-ms", str(error.pushback_ms)),))
     if isinstance(error, LimitExceeded):
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), (("grpc-retry-pushback-ms", "-1"),))
+    if isinstance(error, Cancelled):
+        return Failure(grpc.StatusCode.CANCELLED, str(error))
     if isinstance(error, MemoryError):
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this request",
                        (("grpc-retry-pushback-ms", "-1"),))

@@ -51,6 +51,25 @@ def _tensor(message: Any, name: str, settings: Settings) -> npt.NDArray[Any]:
         raise InvalidArgumentError(field, text) from None
 
 
+def tensor_fields(request: Any) -> tuple[str, ...]:
+    """Names of the tensor fields of a compute request."""
+    if isinstance(request, pb.SignalRequest):
+        return ("in1", "in2")
+    return ("input", "weight", "bias")
+
+
+def check_headers(request: Any, settings: Settings) -> None:
+    """Validate every present tensor's dtype, shape and byte count (no data is read)."""
+    for name in tensor_fields(request):
+        if request.HasField(name):
+            try:
+                codec.check_header(getattr(request, name), name, settings.max_elements)
+            except ValueError as exc:
+                violations = getattr(exc, "field_violations", ())
+                field, text = violations[0] if violations else (name, str(exc))
+                raise InvalidArgumentError(field, text) from None
+
+
 def signal_arguments(request: pb.SignalRequest, settings: Settings) -> dict[str, Any]:
     """Engine keyword arguments of a Convolve/Correlate request."""
     in1 = _tensor(request, "in1", settings)

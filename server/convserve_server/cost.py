@@ -1,0 +1,73 @@
+"""Working-memory estimates of a request, from its tensors' headers only (before any decoding).
+
+The estimates are deliberately conservative: inputs, the transform-size work arrays of the FFT
+path (padded inputs, spectra, product) and the output. They only need the declared shapes and
+dtypes, so malformed requests still get an estimate (the validation that follows refuses them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from convserve import codec
+from convserve.v1 import convserve_pb2 as pb
+
+# Work arrays of the FFT path, in units of the full-size array: padded x, padded h, two spectra
+# (half size, complex: one real-size each), the product and the inverse.
+FFT_WORK_ARRAYS = 5
+
+
+def _shape(tensor: pb.Tensor) -> list[int]:
+    """Declared shape with negative sizes clamped (validation reports them later)."""
+    return [max(0, int(d)) for d in tensor.shape]
+
+
+def _itemsize(tensor: pb.Tensor) -> int:
+    dtype = codec.NUMPY_BY_DTYPE.get(tensor.dtype)
+    return dtype.itemsize if dtype is not None else 1
+
+
+def signal_request_bytes(request: pb.SignalRequest) -> int:
+    """Estimated peak bytes of a Convolve/Correlate request."""
+    s1, s2 = _shape(request.in1), _shape(request.in2)
+    received = len(request.in1.data) + len(request.in2.data)
+    ndim = max(len(s1), len(s2), 1)
+    s1 = [1] * (ndim - len(s1)) + s1
+    s2 = [1] * (ndim - len(s2)) + s2
+    complex_data = any(t.dtype in (pb.DTYPE_COMPLEX64, pb.DTYPE_COMPLEX128) for t in (request.in1, request.in2))
+    work_itemsize = 16 if complex_data else 8
+    full = math.prod(a + b - 1 if a and b else 0 for a, b in zip(s1, s2))
+    return received + FFT_WORK_ARRAYS * full * work_itemsize + full * 16
+
+
+def conv_layer_request_bytes(request: pb.ConvLayerRequest) -> int:
+    """Estimated peak bytes of a ConvLayer request (input, padded input, im2col columns, output)."""
+    x, w = _shape(request.input), _shape(request.weight)
+    received = len(request.input.data) + len(request.weight.data) + len(request.bias.data)
+    itemsize = 8  # float64 accumulation may be used for small layers
+    if len(x) < 2 or len(w) < 3:
+        return received
+    spatial = x[-(len(w) - 2):]
+    pads = [int(p) for p in request.padding.sizes] or [0]
+    if len(pads) == 1:
+        pads = pads * len(spatial)
+    if request.padding.preset == pb.PADDING_PRESET_SAME:
+        pads = [k for k in w[2:]]
+    padded = math.prod(s + 2 * p for s, p in zip(spatial, pads + [0] * len(spatial)))
+    batch_channels = math.prod(x[: len(x) - len(spatial)])
+    kernel = math.prod(w[2:])
+    out_channels = w[0]
+    batch = math.prod(x[: len(x) - len(spatial) - 1]) if len(x) > len(spatial) + 1 else 1
+    columns = batch_channels * kernel * padded
+    output = batch * out_channels * padded
+    return received + itemsize * (batch_channels * padded + columns + 2 * output)
+
+
+def estimate(request: Any) -> int:
+    """Estimated peak bytes of any compute request."""
+    if isinstance(request, pb.SignalRequest):
+        return signal_request_bytes(request)
+    if isinstance(request, pb.ConvLayerRequest):
+        return conv_layer_request_bytes(request)
+    return 0
