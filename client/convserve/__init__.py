@@ -4,7 +4,9 @@ Depends only on grpcio, protobuf and numpy. ``convserve.Client`` computes
 ``scipy.signal.convolve``/``correlate`` and ``torch.nn.ConvNd`` layers on a server.
 """
 
-from .client import BaseClient, Client, ComputeInfo, ServerInfo
+from ._base import BaseClient, ComputeInfo, RetryPolicy, ServerInfo
+from .aio import AsyncClient
+from .client import Client
 from .errors import (
     CancelledError,
     ConvserveError,
@@ -21,6 +23,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "RetryPolicy",
     "BaseClient",
     "CancelledError",
     "Client",

@@ -1,120 +1,40 @@
-"""``convserve.Client``: numpy arrays in, numpy arrays out, over gRPC.
-
-Following httpx's layout, :class:`BaseClient` does everything that needs no I/O (building
-requests, decoding responses) and :class:`Client` adds the blocking calls.
-"""
+"""``convserve.Client``: the blocking client (numpy arrays in, numpy arrays out, over gRPC)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 from types import TracebackType
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence
 
 import grpc
-import numpy as np
 import numpy.typing as npt
 
-from . import _options, codec
+from ._base import _DEFAULT, Axes, BaseClient, ServerInfo
 from .errors import from_rpc_error
 from .v1 import convserve_pb2 as pb
 from .v1 import convserve_pb2_grpc as pb_grpc
-
-DEFAULT_TARGET = "127.0.0.1:50051"
-# Large enough for a 64 MiB image (plus its kernel) in one message; the server's limit is its own.
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
-Response = TypeVar("Response")
-
-
-@dataclass(frozen=True)
-class ComputeInfo:
-    """What the server did: the method that ran, its compute time and any warnings."""
-
-    method: str
-    compute_seconds: float
-    warnings: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """The server's version, limits and capabilities."""
-
-    version: str
-    max_elements: int
-    max_request_bytes: int
-    max_output_bytes: int
-    max_concurrent_requests: int
-    dtypes: tuple[str, ...]
-    methods: tuple[str, ...]
-    fftw_threads: int
-    wisdom: str
-    workers: int
-
-
-class BaseClient:
-    """Everything a client does without I/O: request building and response decoding."""
-
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.channel_options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
-
-    @staticmethod
-    def _info(message: pb.ComputeInfo) -> ComputeInfo:
-        return ComputeInfo(message.method, message.compute_seconds, tuple(message.warnings))
-
-    def _signal_result(self, response: pb.SignalResponse, return_info: bool) -> Any:
-        result = np.array(codec.decode(response.result, "result"))  # a writable copy for the caller
-        return (result, self._info(response.info)) if return_info else result
-
-    def _layer_result(self, response: pb.ConvLayerResponse, return_info: bool) -> Any:
-        result = np.array(codec.decode(response.output, "output"))
-        return (result, self._info(response.info)) if return_info else result
-
-    @staticmethod
-    def _server_info(message: pb.ServerInfo) -> ServerInfo:
-        return ServerInfo(
-            version=message.version,
-            max_elements=message.limits.max_elements,
-            max_request_bytes=message.limits.max_request_bytes,
-            max_output_bytes=message.limits.max_output_bytes,
-            max_concurrent_requests=message.limits.max_concurrent_requests,
-            dtypes=tuple(codec.dtype_name(d) for d in message.dtypes),
-            methods=tuple(pb.Method.Name(m).removeprefix("METHOD_").lower() for m in message.methods),
-            fftw_threads=message.fftw_threads,
-            wisdom=message.wisdom,
-            workers=message.workers,
-        )
 
 
 class Client(BaseClient):
     """A blocking convserve client; use it as a context manager.
 
-    Parameters
-    ----------
-    target : str
-        ``host:port`` of the server (default ``127.0.0.1:50051``).
-    timeout : float, optional
-        Deadline of each call in seconds (default: none).
-    max_message_bytes : int
-        Largest message sent or received.
+    Takes the arguments of :class:`convserve.BaseClient` (target, timeout, token, TLS files,
+    retry policy, message limit).
 
     Examples
     --------
     >>> import numpy as np, convserve
     >>> die = np.full(6, 1 / 6)
-    >>> with convserve.Client() as client:           # doctest: +SKIP
-    ...     two_dice = client.convolve(die, die)     # P(sum = 2..12)
+    >>> with convserve.Client("127.0.0.1:50051") as client:   # doctest: +SKIP
+    ...     two_dice = client.convolve(die, die)                # P(sum = 2..12)
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        super().__init__(target, timeout=timeout, max_message_bytes=max_message_bytes)
-        self._channel = grpc.insecure_channel(target, options=self.channel_options)
+    def __init__(self, target: str = "127.0.0.1:50051", **options: Any) -> None:
+        super().__init__(target, **options)
+        if self.credentials is None:
+            self._channel = grpc.insecure_channel(target, options=self.channel_options)
+        else:
+            self._channel = grpc.secure_channel(target, self.credentials, options=self.channel_options)
         self._stub = pb_grpc.ConvolutionServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -127,24 +47,26 @@ class Client(BaseClient):
         """Close the channel."""
         self._channel.close()
 
-    def _call(self, method: Callable[..., Response], request: Any) -> Response:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+    def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
+        """One RPC with the deadline, credentials and the retry rule; errors become ConvserveError."""
+        deadline = self._timeout(timeout)
+        ends = None if deadline is None else time.monotonic() + deadline
+        attempt = 0
+        while True:
+            left = None if ends is None else max(0.0, ends - time.monotonic())
+            try:
+                return method(request, timeout=left, metadata=self.metadata)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+            wait = self.retry.delay(attempt, error) if self._client_retries(request) else None
+            if wait is None or (ends is not None and time.monotonic() + wait >= ends):
+                raise error
+            time.sleep(wait)
+            attempt += 1
 
-    def convolve(
-        self,
-        in1: npt.ArrayLike,
-        in2: npt.ArrayLike,
-        mode: str = "full",
-        method: str = "auto",
-        axes: int | Sequence[int] | None = None,
-        boundary: str = "fill",
-        fill_value: complex = 0,
-        output_dtype: npt.DTypeLike | None = None,
-        return_info: bool = False,
-    ) -> Any:
+    def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
+                 axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
+                 output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
         """Convolve two N-dimensional arrays on the server, as ``scipy.signal.convolve``.
 
         Parameters
@@ -165,6 +87,8 @@ class Client(BaseClient):
             Result type (default: scipy's); integer results never wrap around.
         return_info : bool
             Also return a :class:`ComputeInfo`.
+        timeout : float or None, optional
+            Deadline of this call in seconds (default: the client's).
 
         Returns
         -------
@@ -179,42 +103,24 @@ class Client(BaseClient):
         ConvserveError
             Any other failure, with its gRPC status code.
         """
-        request = _options.signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._signal_result(self._call(self._stub.Convolve, request), return_info)
+        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._signal_result(self._call(self._stub.Convolve, request, timeout), return_info)
 
-    def correlate(
-        self,
-        in1: npt.ArrayLike,
-        in2: npt.ArrayLike,
-        mode: str = "full",
-        method: str = "auto",
-        axes: int | Sequence[int] | None = None,
-        boundary: str = "fill",
-        fill_value: complex = 0,
-        output_dtype: npt.DTypeLike | None = None,
-        return_info: bool = False,
-    ) -> Any:
+    def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
+                  axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
+                  output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
         """Cross-correlate two N-dimensional arrays on the server, as ``scipy.signal.correlate``.
 
-        The arguments, result and errors are those of :meth:`convolve`.
+        The arguments, result and errors are those of :meth:`convolve`; in2 is conjugated for complex data.
         """
-        request = _options.signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._signal_result(self._call(self._stub.Correlate, request), return_info)
+        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._signal_result(self._call(self._stub.Correlate, request, timeout), return_info)
 
-    def conv_layer(
-        self,
-        input: npt.ArrayLike,
-        weight: npt.ArrayLike,
-        bias: npt.ArrayLike | None = None,
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | str = 0,
-        dilation: int | Sequence[int] = 1,
-        groups: int = 1,
-        padding_mode: str = "zeros",
-        activation: str | None = None,
-        pool: Mapping[str, Any] | None = None,
-        return_info: bool = False,
-    ) -> Any:
+    def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
+                   stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+                   dilation: int | Sequence[int] = 1, groups: int = 1, padding_mode: str = "zeros",
+                   activation: str | None = None, pool: Mapping[str, Any] | None = None,
+                   return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
         """A CNN convolution layer, as ``torch.nn.Conv1d/2d/3d``, then optional ReLU and pooling.
 
         Parameters
@@ -226,25 +132,30 @@ class Client(BaseClient):
         bias : array_like, optional
             ``(C_out,)``.
         stride, dilation : int or tuple of int
+            One value for every spatial dimension, or one per dimension.
         padding : int, tuple of int, "same" or "valid"
+            Implicit padding on both sides (``same``: stride 1 only, as torch).
         groups : int
+            Blocked connections from input to output channels.
         padding_mode : {"zeros", "reflect", "replicate", "circular"}
+            What fills the padding.
         activation : {None, "relu"}
+            Applied after the bias.
         pool : dict, optional
             ``{"kind": "max" | "avg", "kernel_size": k, "stride": k, "padding": 0}``.
         return_info : bool
             Also return a :class:`ComputeInfo`.
+        timeout : float or None, optional
+            Deadline of this call in seconds (default: the client's).
 
         Returns
         -------
         numpy.ndarray or (numpy.ndarray, ComputeInfo)
             ``(N, C_out, *spatial_out)`` (unbatched input: no N axis).
         """
-        request = _options.conv_layer_request(
-            input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool
-        )
-        return self._layer_result(self._call(self._stub.ConvLayer, request), return_info)
+        request = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
+        return self._layer_result(self._call(self._stub.ConvLayer, request, timeout), return_info)
 
-    def server_info(self) -> ServerInfo:
+    def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""
-        return self._server_info(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest()))
+        return self._server_info(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout))

@@ -1,0 +1,221 @@
+"""What every client does without I/O: channel configuration, the retry rule, request building
+and response decoding (the httpx pattern: ``Client`` and ``AsyncClient`` add only the I/O)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from . import _options, codec
+from .errors import ConvserveError
+from .v1 import convserve_pb2 as pb
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 60.0
+# Large enough for a 64 MiB image (plus its kernel) in one message; the server's limit is its own.
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+# gRPC retries transparently only requests that fit its per-call retry buffer (256 KiB by default);
+# larger ones are retried by the client itself under the same rule.
+RETRY_BUFFER_BYTES = 256 * 1024
+SERVICE = "convserve.v1.ConvolutionService"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries on UNAVAILABLE and on RESOURCE_EXHAUSTED with a non-negative pushback.
+
+    Attributes
+    ----------
+    max_attempts : int
+        Attempts in all, the first included (gRPC caps this at 5).
+    initial_backoff, max_backoff : float
+        Seconds; the n-th wait is random in [0, min(max_backoff, initial * multiplier**n)].
+    multiplier : float
+        Growth of the backoff.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def service_config(self) -> str:
+        """The gRPC service config that makes gRPC apply this policy itself."""
+        return json.dumps({"methodConfig": [{
+            "name": [{"service": SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": self.max_attempts,
+                "initialBackoff": f"{self.initial_backoff}s",
+                "maxBackoff": f"{self.max_backoff}s",
+                "backoffMultiplier": self.multiplier,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            },
+        }]})
+
+    def delay(self, attempt: int, error: ConvserveError) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None when ``error`` must not be retried."""
+        if attempt + 1 >= self.max_attempts:
+            return None
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            pass
+        elif error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_pushback_ms is not None and error.retry_pushback_ms >= 0:
+            return error.retry_pushback_ms / 1000.0
+        else:
+            return None
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * self.multiplier**attempt))
+
+
+@dataclass(frozen=True)
+class ComputeInfo:
+    """What the server did: the method that ran, its compute time and any warnings."""
+
+    method: str
+    compute_seconds: float
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The server's version, limits and capabilities."""
+
+    version: str
+    max_elements: int
+    max_request_bytes: int
+    max_output_bytes: int
+    max_concurrent_requests: int
+    dtypes: tuple[str, ...]
+    methods: tuple[str, ...]
+    fftw_threads: int
+    wisdom: str
+    workers: int
+
+
+def _read(value: str | bytes | Path | None) -> bytes | None:
+    """PEM content from bytes, or from a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+class BaseClient:
+    """Everything a client does without I/O.
+
+    Parameters
+    ----------
+    target : str
+        ``host:port`` of the server, or several as ``ipv4:h1:p1,h2:p2`` (gRPC name syntax).
+    timeout : float or None
+        Default deadline of each call in seconds; each call may override it.
+    token : str, optional
+        Bearer token sent as ``authorization: Bearer <token>``.
+    root_certificates : str, bytes or Path, optional
+        PEM CA bundle that signed the server's certificate; enables TLS.
+    client_certificate, client_key : str, bytes or Path, optional
+        PEM certificate chain and key for mutual TLS.
+    tls : bool
+        Use TLS with the system's CA bundle even without ``root_certificates``.
+    retry : RetryPolicy
+        Retry rule (gRPC's own retries for small requests, the client's for large ones).
+    max_message_bytes : int
+        Largest message sent or received.
+    load_balancing : str
+        gRPC load-balancing policy over the target's addresses (``round_robin`` spreads calls over replicas).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        root_certificates: str | bytes | Path | None = None,
+        client_certificate: str | bytes | Path | None = None,
+        client_key: str | bytes | Path | None = None,
+        tls: bool = False,
+        retry: RetryPolicy = RetryPolicy(),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        load_balancing: str = "round_robin",
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        config = json.loads(retry.service_config())
+        config["loadBalancingConfig"] = [{load_balancing: {}}]
+        self.channel_options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(config)),
+        ]
+        self.credentials: grpc.ChannelCredentials | None = None
+        if tls or root_certificates is not None or client_certificate is not None:
+            if (client_certificate is None) != (client_key is None):
+                raise ValueError("client_certificate and client_key must be given together")
+            self.credentials = grpc.ssl_channel_credentials(
+                _read(root_certificates), _read(client_key), _read(client_certificate)
+            )
+
+    def _timeout(self, timeout: float | None | object) -> float | None:
+        """The call's deadline: the per-call value, or the client's default."""
+        return self.timeout if timeout is _DEFAULT else timeout  # type: ignore[return-value]
+
+    def _client_retries(self, request: Any) -> bool:
+        """Whether the client must retry ``request`` itself (too large for gRPC's retry buffer)."""
+        return int(request.ByteSize()) > RETRY_BUFFER_BYTES
+
+    @staticmethod
+    def _signal_request(in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str, method: str, axes: Any,
+                        boundary: str, fill_value: complex, output_dtype: npt.DTypeLike | None) -> pb.SignalRequest:
+        return _options.signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+
+    @staticmethod
+    def _layer_request(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None, stride: Any,
+                       padding: Any, dilation: Any, groups: int, padding_mode: str, activation: str | None,
+                       pool: Mapping[str, Any] | None) -> pb.ConvLayerRequest:
+        return _options.conv_layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
+
+    @staticmethod
+    def _info(message: pb.ComputeInfo) -> ComputeInfo:
+        return ComputeInfo(message.method, message.compute_seconds, tuple(message.warnings))
+
+    def _signal_result(self, response: pb.SignalResponse, return_info: bool) -> Any:
+        result = np.array(codec.decode(response.result, "result"))  # a writable array the caller owns
+        return (result, self._info(response.info)) if return_info else result
+
+    def _layer_result(self, response: pb.ConvLayerResponse, return_info: bool) -> Any:
+        result = np.array(codec.decode(response.output, "output"))
+        return (result, self._info(response.info)) if return_info else result
+
+    @staticmethod
+    def _server_info(message: pb.ServerInfo) -> ServerInfo:
+        return ServerInfo(
+            version=message.version,
+            max_elements=message.limits.max_elements,
+            max_request_bytes=message.limits.max_request_bytes,
+            max_output_bytes=message.limits.max_output_bytes,
+            max_concurrent_requests=message.limits.max_concurrent_requests,
+            dtypes=tuple(codec.dtype_name(d) for d in message.dtypes),
+            methods=tuple(pb.Method.Name(m).removeprefix("METHOD_").lower() for m in message.methods),
+            fftw_threads=message.fftw_threads,
+            wisdom=message.wisdom,
+            workers=message.workers,
+        )
+
+
+class _Default:
+    """Marker: the argument was not given (so None can mean "no deadline")."""
+
+    def __repr__(self) -> str:
+        return "<client default>"
+
+
+_DEFAULT: Any = _Default()
+Axes = int | Sequence[int] | None

@@ -1,0 +1,92 @@
+"""``convserve.AsyncClient``: the asyncio twin of :class:`convserve.Client`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+from typing import Any, Callable, Mapping, Sequence
+
+import grpc
+import numpy.typing as npt
+
+from ._base import _DEFAULT, Axes, BaseClient, ServerInfo
+from .errors import from_rpc_error
+from .v1 import convserve_pb2 as pb
+from .v1 import convserve_pb2_grpc as pb_grpc
+
+
+class AsyncClient(BaseClient):
+    """An asyncio convserve client; use it as an async context manager.
+
+    Same arguments and methods as :class:`convserve.Client`, each method a coroutine.
+
+    Examples
+    --------
+    >>> async with convserve.AsyncClient() as client:     # doctest: +SKIP
+    ...     two_dice = await client.convolve(die, die)
+    """
+
+    def __init__(self, target: str = "127.0.0.1:50051", **options: Any) -> None:
+        super().__init__(target, **options)
+        if self.credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=self.channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, self.credentials, options=self.channel_options)
+        self._stub = pb_grpc.ConvolutionServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
+        """One RPC with the deadline, credentials and the retry rule; errors become ConvserveError."""
+        deadline = self._timeout(timeout)
+        ends = None if deadline is None else time.monotonic() + deadline
+        attempt = 0
+        while True:
+            left = None if ends is None else max(0.0, ends - time.monotonic())
+            try:
+                return await method(request, timeout=left, metadata=self.metadata)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+            wait = self.retry.delay(attempt, error) if self._client_retries(request) else None
+            if wait is None or (ends is not None and time.monotonic() + wait >= ends):
+                raise error
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
+                       axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
+                       output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *,
+                       timeout: Any = _DEFAULT) -> Any:
+        """Convolve on the server, as ``scipy.signal.convolve`` (see :meth:`convserve.Client.convolve`)."""
+        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._signal_result(await self._call(self._stub.Convolve, request, timeout), return_info)
+
+    async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
+                        axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
+                        output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *,
+                        timeout: Any = _DEFAULT) -> Any:
+        """Cross-correlate on the server, as ``scipy.signal.correlate`` (see :meth:`convserve.Client.correlate`)."""
+        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._signal_result(await self._call(self._stub.Correlate, request, timeout), return_info)
+
+    async def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
+                         stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+                         dilation: int | Sequence[int] = 1, groups: int = 1, padding_mode: str = "zeros",
+                         activation: str | None = None, pool: Mapping[str, Any] | None = None,
+                         return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+        """A CNN layer, as ``torch.nn.ConvNd`` (see :meth:`convserve.Client.conv_layer`)."""
+        request = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
+        return self._layer_result(await self._call(self._stub.ConvLayer, request, timeout), return_info)
+
+    async def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
+        """Return the server's version, limits and capabilities."""
+        return self._server_info(await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout))
