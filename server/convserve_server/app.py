@@ -82,16 +82,16 @@ async def serve(settings: Settings) -> None:
             metrics_port = metrics.serve_metrics(settings.host, settings.metrics_port)
         except OSError as exc:
             raise StartupError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {exc.strerror}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await server.grpc_server.start()
     for name in ("", SERVICE_NAME):
         await server.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"convserve listening on {settings.host}:{server.port}", flush=True)
     if metrics_port >= 0:
         print(f"convserve metrics on http://{settings.host}:{metrics_port}/metrics", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: new calls get UNAVAILABLE, in-flight calls finish", extra={"grace_seconds": settings.grace_seconds})
     await server.health.enter_graceful_shutdown()
