@@ -46,8 +46,14 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.initial_backoff <= 0 or self.max_backoff <= 0 or self.multiplier < 1:
+            raise ValueError(f"invalid retry policy {self}: max_attempts >= 1, positive backoffs, multiplier >= 1")
+
     def service_config(self) -> str:
-        """The gRPC service config that makes gRPC apply this policy itself."""
+        """The gRPC service config that makes gRPC apply this policy itself (none for a single attempt)."""
+        if self.max_attempts == 1:
+            return json.dumps({"methodConfig": [{"name": [{"service": SERVICE}]}]})
         return json.dumps({"methodConfig": [{
             "name": [{"service": SERVICE}],
             "retryPolicy": {

@@ -53,7 +53,8 @@ def create_server(settings: Settings) -> Server:
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ],
     )
-    pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes)
+    pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes,
+                      settings.busy_pushback_ms)
     pool.on_change = metrics.pool_changed
     pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool), server)
     health_servicer = health.aio.HealthServicer()

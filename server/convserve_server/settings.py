@@ -39,6 +39,7 @@ class Settings:
     max_concurrent_streams: int = field(
         default=64, metadata={"help": "HTTP/2 streams per connection (bounds what can arrive before admission)"}
     )
+    busy_pushback_ms: int = field(default=50, metadata={"help": "retry pushback sent with RESOURCE_EXHAUSTED when the server is full"})
     grace_seconds: float = field(default=10.0, metadata={"help": "time in-flight calls get to finish on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="json", metadata={"help": "json (one object per line) or text"})
@@ -50,7 +51,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ("workers", "max_concurrent_requests", "max_elements", "max_request_bytes", "max_output_bytes",
-                    "fftw_threads", "memory_budget_bytes", "max_concurrent_streams")
+                    "fftw_threads", "memory_budget_bytes", "max_concurrent_streams", "busy_pushback_ms")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
