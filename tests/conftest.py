@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -21,12 +22,12 @@ class RunningServer:
     target: str
 
 
-def start_server(*flags: str, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(*flags: str, env: dict[str, str] | None = None, stderr: Any = subprocess.DEVNULL) -> RunningServer:
     """Start ``convserve serve --port 0`` in a subprocess; return once it listens."""
     defaults = [] if "--metrics-port" in flags else ["--metrics-port", "-1"]
     command = [sys.executable, "-m", "convserve_server", "serve", "--host", "127.0.0.1", "--port", "0", *defaults, *flags]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        command, stdout=subprocess.PIPE, stderr=stderr, text=True,
         env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None

@@ -112,6 +112,8 @@ def check_header(tensor: pb.Tensor, field: str, max_elements: int | None = None)
         if size < 0 or size > MAX_DIMENSION:
             raise _invalid(f"{field}.shape", f"dimension {axis} is {size}; expected 0 <= size <= {MAX_DIMENSION}")
     count = math.prod(shape)
+    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise _invalid(f"{field}.shape", f"shape {list(shape)} is larger than any array can be, even with a zero dimension")
     if max_elements is not None and count > max_elements:
         raise _invalid(f"{field}.shape", f"{count} elements exceed the limit of {max_elements}")
     expected = count * dtype.itemsize
