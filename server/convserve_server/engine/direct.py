@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from . import cancellation
 from .options import output_shape
 
 
@@ -47,6 +48,7 @@ def linear_region(
     scratch = np.empty(out_shape, dtype=work_dtype)
     varies = any(h.shape[a] > 1 for a in range(h.ndim) if a not in axes)
     for tap in itertools.product(*(range(m) for m in kernel)):
+        cancellation.check()  # one tap is one block of work
         weight_index = [slice(None)] * h.ndim
         window = [slice(None)] * x.ndim
         for axis, k, m, start, length in zip(axes, tap, kernel, starts, lengths):

@@ -1,0 +1,199 @@
+"""Overload, deadlines, cancellation, retries and SIGTERM with calls in flight (loopback only)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+import convserve
+from convserve.errors import ConvserveError
+
+from .conftest import RunningServer, start_server, stop_server
+
+SLOW_SIGNAL = np.random.default_rng(0).standard_normal(1_000_000)
+SLOW_KERNEL = np.random.default_rng(1).standard_normal(3001)  # ~2 s with method="direct"
+NO_RETRY = convserve.RetryPolicy(max_attempts=1)
+
+
+def _rss_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _busy(server: RunningServer, seconds: float = 0.3) -> concurrent.futures.Future[object]:
+    """Start one slow call on ``server`` in the background and give it time to be admitted."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    client = convserve.Client(server.target, retry=NO_RETRY, timeout=60)
+    future = pool.submit(client.convolve, SLOW_SIGNAL, SLOW_KERNEL, method="direct")
+    future.add_done_callback(lambda _: client.close())
+    pool.shutdown(wait=False)
+    time.sleep(seconds)
+    return future
+
+
+@pytest.fixture()
+def small_server() -> Iterator[RunningServer]:
+    """One worker, one admitted request at a time, a 300 MB budget and a 1 s pushback."""
+    server = start_server("--workers", "1", "--max-concurrent-requests", "1", "--memory-budget-bytes", str(300 * 2**20),
+                          "--busy-pushback-ms", "1000", "--fftw-threads", "1")
+    yield server
+    assert stop_server(server) == 0
+
+
+def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() -> None:
+    budget = 200 * 2**20
+    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--memory-budget-bytes", str(budget),
+                          "--fftw-threads", "1")
+    try:
+        pid = server.process.pid
+        baseline = _rss_kib(pid, "VmRSS") * 1024
+        x = np.random.default_rng(2).standard_normal(1_000_000)
+        h = np.random.default_rng(3).standard_normal(33)
+        expected = np.convolve(x, h)
+        outcomes: list[str] = []
+        rejection_ms: list[float] = []
+
+        def call(_: int) -> None:
+            with convserve.Client(server.target, retry=NO_RETRY, timeout=120) as client:
+                started = time.perf_counter()
+                try:
+                    result = client.convolve(x, h, method="direct")
+                    assert np.allclose(result, expected)
+                    outcomes.append("OK")
+                except ConvserveError as error:
+                    outcomes.append(error.code.name)
+                    rejection_ms.append(1e3 * (time.perf_counter() - started))
+
+        with concurrent.futures.ThreadPoolExecutor(24) as burst:
+            list(burst.map(call, range(48)))
+        assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+        assert outcomes.count("RESOURCE_EXHAUSTED") > 0 and outcomes.count("OK") >= 4
+        peak = _rss_kib(pid, "VmHWM") * 1024
+        # Allowance: gRPC holds up to one received 8 MB request per concurrent call before admission
+        # decides, plus encoding buffers of the admitted ones.
+        allowance = 24 * 2 * x.nbytes + 64 * 2**20
+        assert peak - baseline <= budget + allowance, (peak - baseline, budget, allowance)
+        print(f"\noverload: {outcomes.count('OK')} OK, {outcomes.count('RESOURCE_EXHAUSTED')} RESOURCE_EXHAUSTED, "
+              f"median rejection {np.median(rejection_ms):.1f} ms, peak RSS growth {(peak - baseline) / 2**20:.0f} MiB "
+              f"(budget {budget / 2**20:.0f} MiB)")
+        with convserve.Client(server.target, timeout=60) as client:  # after the burst every request succeeds
+            for _ in range(3):
+                assert np.allclose(client.convolve(x, h), expected)
+    finally:
+        assert stop_server(server) == 0
+
+
+def test_request_that_can_never_fit_is_refused_without_retry(small_server: RunningServer) -> None:
+    with convserve.Client(small_server.target, timeout=30) as client:
+        with pytest.raises(convserve.ResourceExhaustedError) as raised:
+            client.convolve(np.ones(4_000_000), np.ones(4_000_000), method="fft")
+    assert raised.value.retry_pushback_ms == -1
+    assert "budget" in raised.value.details and str(300 * 2**20) in raised.value.details
+
+
+def test_busy_server_pushes_back_and_the_client_retries(small_server: RunningServer) -> None:
+    slow = _busy(small_server)
+    with convserve.Client(small_server.target, retry=NO_RETRY, timeout=30) as impatient:
+        with pytest.raises(convserve.ResourceExhaustedError) as raised:
+            impatient.convolve([1.0, 2.0], [1.0])
+        assert raised.value.retry_pushback_ms == 1000
+    # Small requests are retried by gRPC's retry policy, large ones by the client: both honour the pushback.
+    with convserve.Client(small_server.target, retry=convserve.RetryPolicy(max_attempts=5), timeout=60) as patient:
+        np.testing.assert_allclose(patient.convolve([1.0, 2.0], [1.0]), [1.0, 2.0])
+        large = np.ones(100_000)
+        assert patient.convolve(large, [1.0]).sum() == 100_000
+    slow.result(timeout=60)
+
+
+def test_invalid_argument_is_not_retried(small_server: RunningServer) -> None:
+    calls = []
+    policy = convserve.RetryPolicy(max_attempts=5)
+    with convserve.Client(small_server.target, retry=policy, timeout=30) as client:
+        started = time.perf_counter()
+        with pytest.raises(convserve.InvalidArgumentError):
+            client.convolve(np.ones((3, 5)), np.ones((5, 3)), mode="valid")
+        calls.append(time.perf_counter() - started)
+    assert calls[0] < 1.0
+    error = ConvserveError("x", code=grpc.StatusCode.INVALID_ARGUMENT)
+    assert policy.delay(0, error) is None
+    assert policy.delay(0, ConvserveError("x", code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_pushback_ms=-1)) is None
+    assert policy.delay(0, ConvserveError("x", code=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_pushback_ms=20)) == 0.02
+    assert policy.delay(4, ConvserveError("x", code=grpc.StatusCode.UNAVAILABLE)) is None
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_idle(pid: int, limit: float = 10.0) -> float:
+    """Seconds until the process stops burning CPU (less than 5% over 100 ms)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        before = _cpu_seconds(pid)
+        time.sleep(0.1)
+        if _cpu_seconds(pid) - before < 0.005:
+            return time.perf_counter() - started
+    raise AssertionError("the server kept computing")
+
+
+@pytest.mark.parametrize("method", ["direct"])
+def test_deadline_stops_the_work_and_frees_the_budget(small_server: RunningServer, method: str) -> None:
+    x = np.random.default_rng(5).standard_normal(4_000_000)
+    h = np.random.default_rng(6).standard_normal(3001 if method == "direct" else 65_537)
+    with convserve.Client(small_server.target, retry=NO_RETRY) as client:
+        with pytest.raises(convserve.DeadlineExceededError):
+            client.convolve(x, h, method=method, timeout=0.5)
+        idle_after = _wait_idle(small_server.process.pid)
+        print(f"\n{method}: the server was idle {idle_after * 1e3:.0f} ms after the deadline")
+        # The budget was released: the next request is admitted (max_concurrent_requests is 1).
+        np.testing.assert_allclose(client.convolve([1.0, 1.0], [1.0, 1.0], timeout=10), [1.0, 2.0, 1.0])
+
+
+def test_cancel_stops_the_work(small_server: RunningServer) -> None:
+    import asyncio
+
+    async def cancel_midway() -> None:
+        async with convserve.AsyncClient(small_server.target, retry=NO_RETRY, timeout=60) as client:
+            task = asyncio.ensure_future(client.convolve(SLOW_SIGNAL, np.ones(3001), method="direct"))
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(cancel_midway())
+    _wait_idle(small_server.process.pid)
+    with convserve.Client(small_server.target, timeout=10) as client:
+        np.testing.assert_allclose(client.convolve([1.0], [2.0]), [2.0])
+
+
+def test_sigterm_finishes_calls_in_flight_and_refuses_new_ones() -> None:
+    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--grace-seconds", "60", "--fftw-threads", "1")
+    expected = np.convolve(SLOW_SIGNAL, SLOW_KERNEL)
+    with concurrent.futures.ThreadPoolExecutor(3) as callers:
+        futures = [callers.submit(_call_slow, server.target) for _ in range(3)]
+        time.sleep(0.4)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        with convserve.Client(server.target, retry=NO_RETRY, timeout=5) as late:
+            with pytest.raises(convserve.UnavailableError):
+                late.convolve([1.0], [1.0])
+        for future in futures:
+            np.testing.assert_allclose(future.result(timeout=120), expected, atol=1e-9)
+    assert server.process.wait(timeout=60) == 0
+
+
+def _call_slow(target: str) -> np.ndarray:
+    with convserve.Client(target, retry=NO_RETRY, timeout=120) as client:
+        return client.convolve(SLOW_SIGNAL, SLOW_KERNEL, method="direct")  # type: ignore[no-any-return]
