@@ -45,7 +45,8 @@ def test_unsupported_dtypes_are_refused(value: np.ndarray) -> None:
     (pb.Tensor(dtype=99, shape=[1], data=b"\0"), "x.dtype"),
     (pb.Tensor(dtype=pb.DTYPE_UNSPECIFIED, shape=[1], data=b"\0"), "x.dtype"),
     (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[-1], data=b""), "x.shape"),
-    (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**62, 2**62, 16], data=b""), "x.data"),
+    (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**62, 2**62, 16], data=b""), "x.shape"),
+    (pb.Tensor(dtype=pb.DTYPE_UINT16, shape=[0, 2**62], data=b""), "x.shape"),
     (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**63 - 1], data=b""), "x.shape"),
     (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[1] * 65, data=b"\0"), "x.shape"),
 ])
