@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-from .engine import cancellation
+from .engine import cancellation, resources
 
 Result = TypeVar("Result")
 
@@ -35,8 +36,10 @@ class LimitExceeded(Exception):
 class WorkerPool:
     """A thread pool with admission by estimated memory and by count."""
 
-    def __init__(self, workers: int, max_in_flight: int, memory_budget: int, pushback_ms: int = 50) -> None:
+    def __init__(self, workers: int, max_in_flight: int, memory_budget: int, pushback_ms: int = 50,
+                 cores: int | None = None) -> None:
         self.workers = workers
+        self.cores = cores or os.cpu_count() or 1
         self.max_in_flight = max_in_flight
         self.memory_budget = memory_budget
         self.pushback_ms = pushback_ms
@@ -88,7 +91,8 @@ class WorkerPool:
         context = contextvars.copy_context()
 
         def work() -> Result:
-            with cancellation.scope(token):
+            running = min(self._in_flight, self.workers)  # requests sharing the cores now
+            with cancellation.scope(token), resources.thread_share(self.cores // max(1, running)):
                 cancellation.check()  # cancelled while queued: do not start
                 return function(*args)
 
