@@ -88,6 +88,32 @@ def encode(array: npt.ArrayLike, field: str = "tensor") -> pb.Tensor:
     return pb.Tensor(dtype=code, shape=arr.shape, data=data)
 
 
+def check_declared(dtype_code: int, dims: Any, field: str, max_elements: int | None = None) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    """Validate a declared dtype and shape; return the numpy dtype, the shape and the byte count.
+
+    Raises
+    ------
+    InvalidArgumentError
+        On an unknown dtype, too many dimensions, a negative or absurd dimension, a shape no array
+        can have, or more elements than ``max_elements``.
+    """
+    dtype = NUMPY_BY_DTYPE.get(dtype_code)
+    if dtype is None:
+        raise _invalid(f"{field}.dtype", f"unknown dtype {dtype_code}; expected one of {', '.join(SUPPORTED_DTYPE_NAMES)}")
+    shape = tuple(int(d) for d in dims)
+    if len(shape) > MAX_NDIM:
+        raise _invalid(f"{field}.shape", f"{len(shape)} dimensions; at most {MAX_NDIM} are supported")
+    for axis, size in enumerate(shape):
+        if size < 0 or size > MAX_DIMENSION:
+            raise _invalid(f"{field}.shape", f"dimension {axis} is {size}; expected 0 <= size <= {MAX_DIMENSION}")
+    count = math.prod(shape)
+    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise _invalid(f"{field}.shape", f"shape {list(shape)} is larger than any array can be, even with a zero dimension")
+    if max_elements is not None and count > max_elements:
+        raise _invalid(f"{field}.shape", f"{count} elements exceed the limit of {max_elements}")
+    return dtype, shape, count * dtype.itemsize
+
+
 def check_header(tensor: pb.Tensor, field: str, max_elements: int | None = None) -> tuple[np.dtype[Any], tuple[int, ...]]:
     """Validate a Tensor's dtype, shape and byte count without reading its data.
 
@@ -99,30 +125,27 @@ def check_header(tensor: pb.Tensor, field: str, max_elements: int | None = None)
     Raises
     ------
     InvalidArgumentError
-        On an unknown dtype, too many dimensions, a negative or absurd dimension, a byte count
-        that does not match the shape, or more elements than ``max_elements``.
+        As :func:`check_declared`, and when the byte count does not match the shape.
     """
-    dtype = NUMPY_BY_DTYPE.get(tensor.dtype)
-    if dtype is None:
-        raise _invalid(f"{field}.dtype", f"unknown dtype {tensor.dtype}; expected one of {', '.join(SUPPORTED_DTYPE_NAMES)}")
-    shape = tuple(int(d) for d in tensor.shape)
-    if len(shape) > MAX_NDIM:
-        raise _invalid(f"{field}.shape", f"{len(shape)} dimensions; at most {MAX_NDIM} are supported")
-    for axis, size in enumerate(shape):
-        if size < 0 or size > MAX_DIMENSION:
-            raise _invalid(f"{field}.shape", f"dimension {axis} is {size}; expected 0 <= size <= {MAX_DIMENSION}")
-    count = math.prod(shape)
-    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
-        raise _invalid(f"{field}.shape", f"shape {list(shape)} is larger than any array can be, even with a zero dimension")
-    if max_elements is not None and count > max_elements:
-        raise _invalid(f"{field}.shape", f"{count} elements exceed the limit of {max_elements}")
-    expected = count * dtype.itemsize
+    dtype, shape, expected = check_declared(tensor.dtype, tensor.shape, field, max_elements)
     if len(tensor.data) != expected:
         raise _invalid(
             f"{field}.data",
             f"{len(tensor.data)} bytes do not match shape {list(shape)} of {dtype.name} ({expected} bytes expected)",
         )
     return dtype, shape
+
+
+def wire_bytes(array: npt.NDArray[Any]) -> memoryview:
+    """The array's wire bytes (little-endian, C order) as a flat memoryview, copying only if needed."""
+    code = dtype_code(array.dtype, "tensor.dtype")
+    contiguous = np.ascontiguousarray(array, dtype=NUMPY_BY_DTYPE[code])
+    return contiguous.reshape(-1).view(np.uint8).data
+
+
+def header(array: npt.NDArray[Any], field: str = "tensor") -> pb.Tensor:
+    """A Tensor with the array's dtype and shape and no data (its bytes travel in chunks)."""
+    return pb.Tensor(dtype=dtype_code(array.dtype, f"{field}.dtype"), shape=array.shape)
 
 
 def decode(tensor: pb.Tensor, field: str = "tensor", max_elements: int | None = None) -> npt.NDArray[Any]:

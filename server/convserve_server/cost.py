@@ -28,10 +28,15 @@ def _itemsize(tensor: pb.Tensor) -> int:
     return dtype.itemsize if dtype is not None else 1
 
 
+def declared_bytes(tensor: pb.Tensor) -> int:
+    """Bytes the tensor's header declares (whether its data is inline or streamed)."""
+    return max(len(tensor.data), math.prod(_shape(tensor)) * _itemsize(tensor))
+
+
 def signal_request_bytes(request: pb.SignalRequest) -> int:
     """Estimated peak bytes of a Convolve/Correlate request."""
     s1, s2 = _shape(request.in1), _shape(request.in2)
-    received = len(request.in1.data) + len(request.in2.data)
+    received = declared_bytes(request.in1) + declared_bytes(request.in2)
     ndim = max(len(s1), len(s2), 1)
     s1 = [1] * (ndim - len(s1)) + s1
     s2 = [1] * (ndim - len(s2)) + s2
@@ -44,7 +49,7 @@ def signal_request_bytes(request: pb.SignalRequest) -> int:
 def conv_layer_request_bytes(request: pb.ConvLayerRequest) -> int:
     """Estimated peak bytes of a ConvLayer request (input, padded input, im2col columns, output)."""
     x, w = _shape(request.input), _shape(request.weight)
-    received = len(request.input.data) + len(request.weight.data) + len(request.bias.data)
+    received = declared_bytes(request.input) + declared_bytes(request.weight) + declared_bytes(request.bias)
     itemsize = 8  # float64 accumulation may be used for small layers
     if len(x) < 2 or len(w) < 3:
         return received

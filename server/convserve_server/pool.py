@@ -59,7 +59,8 @@ class WorkerPool:
         """Memory reserved by admitted requests."""
         return self._reserved
 
-    def _admit(self, cost: int) -> None:
+    def reserve(self, cost: int) -> Reservation:
+        """Admit a request of estimated ``cost`` bytes, or raise Overloaded / LimitExceeded at once."""
         if cost > self.memory_budget:
             raise LimitExceeded(
                 f"this request needs an estimated {cost} bytes of working memory; the server's budget is "
@@ -77,6 +78,7 @@ class WorkerPool:
             self._in_flight += 1
             self._reserved += cost
             self.on_change(self._in_flight, self._reserved)
+        return Reservation(self, cost)
 
     def _release(self, cost: int) -> None:
         with self._lock:
@@ -84,9 +86,14 @@ class WorkerPool:
             self._reserved -= cost
             self.on_change(self._in_flight, self._reserved)
 
-    async def run(self, function: Callable[..., Result], *args: Any, cost: int = 0) -> Result:
-        """Run ``function(*args)`` on a worker; raise Overloaded or LimitExceeded at once if it cannot be admitted."""
-        self._admit(cost)
+    async def run(self, function: Callable[..., Result], *args: Any, cost: int = 0,
+                  reservation: Reservation | None = None) -> Result:
+        """Run ``function(*args)`` on a worker under ``reservation`` (or a new one for ``cost`` bytes).
+
+        The reservation is released when the work has stopped, not when the caller stops waiting.
+        """
+        if reservation is None:
+            reservation = self.reserve(cost)
         token = threading.Event()
         context = contextvars.copy_context()
 
@@ -99,9 +106,9 @@ class WorkerPool:
         try:
             future: Future[Result] = self._executor.submit(context.run, work)
         except BaseException:
-            self._release(cost)
+            reservation.release()
             raise
-        future.add_done_callback(lambda _: self._release(cost))  # budget freed only when the work stops
+        future.add_done_callback(lambda _: reservation.release())
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -111,3 +118,21 @@ class WorkerPool:
     def shutdown(self) -> None:
         """Finish queued work and stop the threads."""
         self._executor.shutdown(wait=True)
+
+
+class Reservation:
+    """Admitted memory and a slot of the pool; :meth:`release` gives them back (once)."""
+
+    def __init__(self, pool: WorkerPool, cost: int) -> None:
+        self._pool = pool
+        self.cost = cost
+        self._released = False
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Give the slot and the memory back; later calls do nothing."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._pool._release(self.cost)

@@ -39,16 +39,23 @@ def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
     return table[value]
 
 
-def _tensor(message: Any, name: str, settings: Settings) -> npt.NDArray[Any]:
-    """Decode a required tensor field (codec errors become engine InvalidArgumentError)."""
+def as_engine_error(exc: ValueError, name: str) -> InvalidArgumentError:
+    """The engine's InvalidArgumentError for a codec error (a convserve.InvalidArgumentError)."""
+    violations = getattr(exc, "field_violations", ())
+    field, text = violations[0] if violations else (name, str(exc))
+    return InvalidArgumentError(field, text)
+
+
+def _tensor(message: Any, name: str, settings: Settings, arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> npt.NDArray[Any]:
+    """Decode a required tensor field, or take it from ``arrays`` (assembled from chunks)."""
+    if arrays is not None and name in arrays:
+        return arrays[name]
     if not message.HasField(name):
         raise InvalidArgumentError(name, "is required")
     try:
         return codec.decode(getattr(message, name), name, settings.max_elements)
     except ValueError as exc:  # convserve.InvalidArgumentError
-        violations = getattr(exc, "field_violations", ())
-        field, text = violations[0] if violations else (name, str(exc))
-        raise InvalidArgumentError(field, text) from None
+        raise as_engine_error(exc, name) from None
 
 
 def tensor_fields(request: Any) -> tuple[str, ...]:
@@ -65,15 +72,14 @@ def check_headers(request: Any, settings: Settings) -> None:
             try:
                 codec.check_header(getattr(request, name), name, settings.max_elements)
             except ValueError as exc:
-                violations = getattr(exc, "field_violations", ())
-                field, text = violations[0] if violations else (name, str(exc))
-                raise InvalidArgumentError(field, text) from None
+                raise as_engine_error(exc, name) from None
 
 
-def signal_arguments(request: pb.SignalRequest, settings: Settings) -> dict[str, Any]:
-    """Engine keyword arguments of a Convolve/Correlate request."""
-    in1 = _tensor(request, "in1", settings)
-    in2 = _tensor(request, "in2", settings)
+def signal_arguments(request: pb.SignalRequest, settings: Settings,
+                     arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> dict[str, Any]:
+    """Engine keyword arguments of a Convolve/Correlate request (tensors from ``arrays`` when given)."""
+    in1 = _tensor(request, "in1", settings, arrays)
+    in2 = _tensor(request, "in2", settings, arrays)
     output_dtype = None
     if request.output_dtype != pb.DTYPE_UNSPECIFIED:
         if request.output_dtype not in codec.NUMPY_BY_DTYPE:
@@ -102,12 +108,13 @@ def _ints(values: Any, field: str, default: int) -> int | tuple[int, ...]:
     return items[0] if len(items) == 1 else items
 
 
-def conv_layer_arguments(request: pb.ConvLayerRequest, settings: Settings) -> dict[str, Any]:
-    """Engine keyword arguments of a ConvLayer request."""
+def conv_layer_arguments(request: pb.ConvLayerRequest, settings: Settings,
+                         arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> dict[str, Any]:
+    """Engine keyword arguments of a ConvLayer request (tensors from ``arrays`` when given)."""
     arguments: dict[str, Any] = {
-        "input": _tensor(request, "input", settings),
-        "weight": _tensor(request, "weight", settings),
-        "bias": _tensor(request, "bias", settings) if request.HasField("bias") else None,
+        "input": _tensor(request, "input", settings, arrays),
+        "weight": _tensor(request, "weight", settings, arrays),
+        "bias": _tensor(request, "bias", settings, arrays) if request.HasField("bias") else None,
         "stride": _ints(request.stride, "stride", 1),
         "dilation": _ints(request.dilation, "dilation", 1),
         "groups": request.groups or 1,

@@ -268,3 +268,97 @@ class ServerInfo(_message.Message):
     wisdom: str
     workers: int
     def __init__(self, version: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., dtypes: _Optional[_Iterable[_Union[DType, str]]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., fftw_threads: _Optional[int] = ..., wisdom: _Optional[str] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("field", "offset", "data")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    offset: int
+    data: bytes
+    def __init__(self, field: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SignalRequestPart(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: SignalRequest
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[SignalRequest, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class ConvLayerRequestPart(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ConvLayerRequest
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[ConvLayerRequest, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class ResponseHeader(_message.Message):
+    __slots__ = ("result", "info")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    result: Tensor
+    info: ComputeInfo
+    def __init__(self, result: _Optional[_Union[Tensor, _Mapping]] = ..., info: _Optional[_Union[ComputeInfo, _Mapping]] = ...) -> None: ...
+
+class ResponsePart(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class StreamConfig(_message.Message):
+    __slots__ = ("kernel", "output_dtype")
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    kernel: Tensor
+    output_dtype: DType
+    def __init__(self, kernel: _Optional[_Union[Tensor, _Mapping]] = ..., output_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("config", "block")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    config: StreamConfig
+    block: Tensor
+    def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., block: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StreamResponse(_message.Message):
+    __slots__ = ("block",)
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    block: Tensor
+    def __init__(self, block: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class SharedTensor(_message.Message):
+    __slots__ = ("region", "offset", "dtype", "shape")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offset: int
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SharedSignalRequest(_message.Message):
+    __slots__ = ("options", "in1", "in2", "result")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    IN1_FIELD_NUMBER: _ClassVar[int]
+    IN2_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    options: SignalRequest
+    in1: SharedTensor
+    in2: SharedTensor
+    result: SharedTensor
+    def __init__(self, options: _Optional[_Union[SignalRequest, _Mapping]] = ..., in1: _Optional[_Union[SharedTensor, _Mapping]] = ..., in2: _Optional[_Union[SharedTensor, _Mapping]] = ..., result: _Optional[_Union[SharedTensor, _Mapping]] = ...) -> None: ...
+
+class SharedResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: ComputeInfo
+    def __init__(self, info: _Optional[_Union[ComputeInfo, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,36 @@ class ConvolutionServiceStub:
                 request_serializer=convserve_dot_v1_dot_convserve__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=convserve_dot_v1_dot_convserve__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.ConvolveChunked = channel.stream_stream(
+                '/convserve.v1.ConvolutionService/ConvolveChunked',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.SignalRequestPart.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.ResponsePart.FromString,
+                _registered_method=True)
+        self.CorrelateChunked = channel.stream_stream(
+                '/convserve.v1.ConvolutionService/CorrelateChunked',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.SignalRequestPart.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.ResponsePart.FromString,
+                _registered_method=True)
+        self.ConvLayerChunked = channel.stream_stream(
+                '/convserve.v1.ConvolutionService/ConvLayerChunked',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.ConvLayerRequestPart.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.ResponsePart.FromString,
+                _registered_method=True)
+        self.ConvolveStream = channel.stream_stream(
+                '/convserve.v1.ConvolutionService/ConvolveStream',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.StreamRequest.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.StreamResponse.FromString,
+                _registered_method=True)
+        self.ConvolveShared = channel.unary_unary(
+                '/convserve.v1.ConvolutionService/ConvolveShared',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.SharedSignalRequest.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.SharedResponse.FromString,
+                _registered_method=True)
+        self.CorrelateShared = channel.unary_unary(
+                '/convserve.v1.ConvolutionService/CorrelateShared',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.SharedSignalRequest.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.SharedResponse.FromString,
+                _registered_method=True)
 
 
 class ConvolutionServiceServicer:
@@ -89,6 +119,48 @@ class ConvolutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConvolveChunked(self, request_iterator, context):
+        """Convolve with tensors streamed as chunks both ways (arrays too large for one message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CorrelateChunked(self, request_iterator, context):
+        """Correlate with tensors streamed as chunks both ways.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConvLayerChunked(self, request_iterator, context):
+        """ConvLayer with tensors streamed as chunks both ways.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConvolveStream(self, request_iterator, context):
+        """Convolve an unbounded signal, block by block, with a fixed kernel (overlap-save).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConvolveShared(self, request, context):
+        """Convolve with inputs and result in the client's shared memory (same host; opt-in on both sides).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CorrelateShared(self, request, context):
+        """Correlate with inputs and result in the client's shared memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConvolutionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +183,36 @@ def add_ConvolutionServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=convserve_dot_v1_dot_convserve__pb2.GetServerInfoRequest.FromString,
                     response_serializer=convserve_dot_v1_dot_convserve__pb2.ServerInfo.SerializeToString,
+            ),
+            'ConvolveChunked': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConvolveChunked,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.SignalRequestPart.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.ResponsePart.SerializeToString,
+            ),
+            'CorrelateChunked': grpc.stream_stream_rpc_method_handler(
+                    servicer.CorrelateChunked,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.SignalRequestPart.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.ResponsePart.SerializeToString,
+            ),
+            'ConvLayerChunked': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConvLayerChunked,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.ConvLayerRequestPart.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.ResponsePart.SerializeToString,
+            ),
+            'ConvolveStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ConvolveStream,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.StreamRequest.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.StreamResponse.SerializeToString,
+            ),
+            'ConvolveShared': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConvolveShared,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.SharedSignalRequest.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.SharedResponse.SerializeToString,
+            ),
+            'CorrelateShared': grpc.unary_unary_rpc_method_handler(
+                    servicer.CorrelateShared,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.SharedSignalRequest.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.SharedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +324,168 @@ class ConvolutionService:
             '/convserve.v1.ConvolutionService/GetServerInfo',
             convserve_dot_v1_dot_convserve__pb2.GetServerInfoRequest.SerializeToString,
             convserve_dot_v1_dot_convserve__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvolveChunked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/convserve.v1.ConvolutionService/ConvolveChunked',
+            convserve_dot_v1_dot_convserve__pb2.SignalRequestPart.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.ResponsePart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CorrelateChunked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/convserve.v1.ConvolutionService/CorrelateChunked',
+            convserve_dot_v1_dot_convserve__pb2.SignalRequestPart.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.ResponsePart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvLayerChunked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/convserve.v1.ConvolutionService/ConvLayerChunked',
+            convserve_dot_v1_dot_convserve__pb2.ConvLayerRequestPart.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.ResponsePart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvolveStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/convserve.v1.ConvolutionService/ConvolveStream',
+            convserve_dot_v1_dot_convserve__pb2.StreamRequest.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvolveShared(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convserve.v1.ConvolutionService/ConvolveShared',
+            convserve_dot_v1_dot_convserve__pb2.SharedSignalRequest.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.SharedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CorrelateShared(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convserve.v1.ConvolutionService/CorrelateShared',
+            convserve_dot_v1_dot_convserve__pb2.SharedSignalRequest.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.SharedResponse.FromString,
             options,
             channel_credentials,
             insecure,
