@@ -25,6 +25,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # larger ones are retried by the client itself under the same rule.
 RETRY_BUFFER_BYTES = 256 * 1024
 SERVICE = "convserve.v1.ConvolutionService"
+# Above this many input bytes a call streams its tensors in 1 MiB chunks (see the README).
+DEFAULT_CHUNK_THRESHOLD = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,14 @@ class RetryPolicy:
         else:
             return None
         return random.uniform(0, min(self.max_backoff, self.initial_backoff * self.multiplier**attempt))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to send: unary (``streamed`` is None) or a chunked header plus the arrays to stream."""
+
+    request: Any
+    streamed: dict[str, npt.NDArray[Any]] | None
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,8 @@ class BaseClient:
         Largest message sent or received.
     load_balancing : str
         gRPC load-balancing policy over the target's addresses (``round_robin`` spreads calls over replicas).
+    chunk_threshold : int
+        Inputs larger than this many bytes in all travel as a chunked stream (1 MiB chunks).
     """
 
     def __init__(
@@ -148,8 +160,10 @@ class BaseClient:
         retry: RetryPolicy = RetryPolicy(),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         load_balancing: str = "round_robin",
+        chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
     ) -> None:
         self.target = target
+        self.chunk_threshold = chunk_threshold
         self.timeout = timeout
         self.retry = retry
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
@@ -177,28 +191,41 @@ class BaseClient:
         """Whether the client must retry ``request`` itself (too large for gRPC's retry buffer)."""
         return int(request.ByteSize()) > RETRY_BUFFER_BYTES
 
-    @staticmethod
-    def _signal_request(in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str, method: str, axes: Any,
-                        boundary: str, fill_value: complex, output_dtype: npt.DTypeLike | None) -> pb.SignalRequest:
-        return _options.signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+    def _signal_request(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str, method: str, axes: Any,
+                        boundary: str, fill_value: complex, output_dtype: npt.DTypeLike | None) -> Prepared:
+        arrays = {"in1": _options.as_array(in1, "in1"), "in2": _options.as_array(in2, "in2")}
+        chunked = self._chunked(arrays)
+        request = _options.signal_request(None if chunked else arrays["in1"], None if chunked else arrays["in2"],
+                                          mode, method, axes, boundary, fill_value, output_dtype)
+        return Prepared(request, arrays if chunked else None)
 
-    @staticmethod
-    def _layer_request(input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None, stride: Any,
+    def _layer_request(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None, stride: Any,
                        padding: Any, dilation: Any, groups: int, padding_mode: str, activation: str | None,
-                       pool: Mapping[str, Any] | None) -> pb.ConvLayerRequest:
-        return _options.conv_layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
+                       pool: Mapping[str, Any] | None) -> Prepared:
+        arrays = {"input": _options.as_array(input, "input"), "weight": _options.as_array(weight, "weight")}
+        if bias is not None:
+            arrays["bias"] = _options.as_array(bias, "bias")
+        chunked = self._chunked(arrays)
+        request = _options.conv_layer_request(
+            None if chunked else arrays["input"], None if chunked else arrays["weight"],
+            None if chunked else arrays.get("bias"), stride, padding, dilation, groups, padding_mode, activation, pool)
+        return Prepared(request, arrays if chunked else None)
+
+    def _chunked(self, arrays: Mapping[str, npt.NDArray[Any]]) -> bool:
+        """Whether these inputs go as a chunked stream (above ``chunk_threshold`` bytes)."""
+        return sum(a.nbytes for a in arrays.values()) > self.chunk_threshold
 
     @staticmethod
-    def _info(message: pb.ComputeInfo) -> ComputeInfo:
-        return ComputeInfo(message.method, message.compute_seconds, tuple(message.warnings))
+    def _from_unary(response: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        tensor = response.result if isinstance(response, pb.SignalResponse) else response.output
+        return np.array(codec.decode(tensor, "result")), response.info  # a writable array the caller owns
 
-    def _signal_result(self, response: pb.SignalResponse, return_info: bool) -> Any:
-        result = np.array(codec.decode(response.result, "result"))  # a writable array the caller owns
-        return (result, self._info(response.info)) if return_info else result
-
-    def _layer_result(self, response: pb.ConvLayerResponse, return_info: bool) -> Any:
-        result = np.array(codec.decode(response.output, "output"))
-        return (result, self._info(response.info)) if return_info else result
+    @staticmethod
+    def _finish(result: tuple[npt.NDArray[Any], pb.ComputeInfo], return_info: bool) -> Any:
+        array, info = result
+        if not return_info:
+            return array
+        return array, ComputeInfo(info.method, info.compute_seconds, tuple(info.warnings))
 
     @staticmethod
     def _server_info(message: pb.ServerInfo) -> ServerInfo:

@@ -67,9 +67,19 @@ def int_list(value: Any, field: str, minimum: int) -> list[int]:
     return result
 
 
+def as_array(value: npt.ArrayLike, field: str) -> npt.NDArray[Any]:
+    """An array of a supported dtype (array-likes converted as numpy does)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise invalid(field, f"cannot be converted to an array: {exc}") from exc
+    codec.dtype_code(array.dtype, f"{field}.dtype")
+    return array
+
+
 def signal_request(
-    in1: npt.ArrayLike,
-    in2: npt.ArrayLike,
+    in1: npt.ArrayLike | None,
+    in2: npt.ArrayLike | None,
     mode: str,
     method: str,
     axes: int | Sequence[int] | None,
@@ -79,12 +89,13 @@ def signal_request(
 ) -> pb.SignalRequest:
     """Build the request of Convolve and Correlate."""
     request = pb.SignalRequest(
-        in1=codec.encode(in1, "in1"),
-        in2=codec.encode(in2, "in2"),
         mode=enum_value(mode, MODES, "mode"),
         method=enum_value(method, METHODS, "method"),
         boundary=enum_value(boundary, BOUNDARIES, "boundary"),
     )
+    for name, value in (("in1", in1), ("in2", in2)):
+        if value is not None:  # None: the tensor travels in chunks
+            getattr(request, name).CopyFrom(codec.encode(value, name))
     if axes is not None:
         request.axes.SetInParent()
         request.axes.values.extend(int_list(axes, "axes", minimum=-(2**62)) if not _empty(axes) else [])
@@ -100,8 +111,8 @@ def signal_request(
 
 
 def conv_layer_request(
-    input: npt.ArrayLike,
-    weight: npt.ArrayLike,
+    input: npt.ArrayLike | None,
+    weight: npt.ArrayLike | None,
     bias: npt.ArrayLike | None,
     stride: int | Sequence[int],
     padding: int | Sequence[int] | str,
@@ -113,14 +124,13 @@ def conv_layer_request(
 ) -> pb.ConvLayerRequest:
     """Build the request of ConvLayer."""
     request = pb.ConvLayerRequest(
-        input=codec.encode(input, "input"),
-        weight=codec.encode(weight, "weight"),
         stride=int_list(stride, "stride", minimum=1),
         dilation=int_list(dilation, "dilation", minimum=1),
         padding_mode=enum_value(padding_mode, PADDING_MODES, "padding_mode"),
     )
-    if bias is not None:
-        request.bias.CopyFrom(codec.encode(bias, "bias"))
+    for name, value in (("input", input), ("weight", weight), ("bias", bias)):
+        if value is not None:  # None: absent (bias) or travelling in chunks
+            getattr(request, name).CopyFrom(codec.encode(value, name))
     if isinstance(padding, str):
         presets: dict[str, Any] = {"same": pb.PADDING_PRESET_SAME, "valid": pb.PADDING_PRESET_VALID}
         request.padding.preset = enum_value(padding, presets, "padding")

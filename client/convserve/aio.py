@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping, Sequence
 import grpc
 import numpy.typing as npt
 
-from ._base import _DEFAULT, Axes, BaseClient, ServerInfo
+from . import _chunking
+from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo
 from .errors import from_rpc_error
 from .v1 import convserve_pb2 as pb
 from .v1 import convserve_pb2_grpc as pb_grpc
@@ -62,21 +63,32 @@ class AsyncClient(BaseClient):
             await asyncio.sleep(wait)
             attempt += 1
 
+    async def _run(self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any,
+                   timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        """Send a prepared request unary or as a chunked stream; return the result and its info."""
+        if prepared.streamed is None:
+            return self._from_unary(await self._call(unary, prepared.request, timeout))
+        parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
+        try:
+            return await _chunking.assemble_async(chunked(parts, timeout=self._timeout(timeout), metadata=self.metadata))
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from None
+
     async def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                        axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
                        output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *,
                        timeout: Any = _DEFAULT) -> Any:
         """Convolve on the server, as ``scipy.signal.convolve`` (see :meth:`convserve.Client.convolve`)."""
-        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._signal_result(await self._call(self._stub.Convolve, request, timeout), return_info)
+        prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._finish(await self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout), return_info)
 
     async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                         axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
                         output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *,
                         timeout: Any = _DEFAULT) -> Any:
         """Cross-correlate on the server, as ``scipy.signal.correlate`` (see :meth:`convserve.Client.correlate`)."""
-        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._signal_result(await self._call(self._stub.Correlate, request, timeout), return_info)
+        prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._finish(await self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout), return_info)
 
     async def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
                          stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
@@ -84,8 +96,8 @@ class AsyncClient(BaseClient):
                          activation: str | None = None, pool: Mapping[str, Any] | None = None,
                          return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
         """A CNN layer, as ``torch.nn.ConvNd`` (see :meth:`convserve.Client.conv_layer`)."""
-        request = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
-        return self._layer_result(await self._call(self._stub.ConvLayer, request, timeout), return_info)
+        prepared = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
+        return self._finish(await self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), return_info)
 
     async def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""

@@ -9,7 +9,8 @@ from typing import Any, Callable, Mapping, Sequence
 import grpc
 import numpy.typing as npt
 
-from ._base import _DEFAULT, Axes, BaseClient, ServerInfo
+from . import _chunking
+from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo
 from .errors import from_rpc_error
 from .v1 import convserve_pb2 as pb
 from .v1 import convserve_pb2_grpc as pb_grpc
@@ -64,6 +65,17 @@ class Client(BaseClient):
             time.sleep(wait)
             attempt += 1
 
+    def _run(self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any,
+             timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        """Send a prepared request unary or as a chunked stream; return the result and its info."""
+        if prepared.streamed is None:
+            return self._from_unary(self._call(unary, prepared.request, timeout))
+        parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
+        try:
+            return _chunking.assemble(chunked(parts, timeout=self._timeout(timeout), metadata=self.metadata))
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from None
+
     def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                  axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
                  output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
@@ -103,8 +115,8 @@ class Client(BaseClient):
         ConvserveError
             Any other failure, with its gRPC status code.
         """
-        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._signal_result(self._call(self._stub.Convolve, request, timeout), return_info)
+        prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._finish(self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout), return_info)
 
     def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                   axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
@@ -113,8 +125,8 @@ class Client(BaseClient):
 
         The arguments, result and errors are those of :meth:`convolve`; in2 is conjugated for complex data.
         """
-        request = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._signal_result(self._call(self._stub.Correlate, request, timeout), return_info)
+        prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        return self._finish(self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout), return_info)
 
     def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
                    stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
@@ -153,8 +165,8 @@ class Client(BaseClient):
         numpy.ndarray or (numpy.ndarray, ComputeInfo)
             ``(N, C_out, *spatial_out)`` (unbatched input: no N axis).
         """
-        request = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
-        return self._layer_result(self._call(self._stub.ConvLayer, request, timeout), return_info)
+        prepared = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
+        return self._finish(self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), return_info)
 
     def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""

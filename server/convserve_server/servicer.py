@@ -2,38 +2,38 @@
 
 On the event loop a handler only checks the tensors' headers (cheap), estimates the request's
 working memory and asks the pool for admission; decoding, planning, compute and encoding run on
-a worker. Errors are mapped in one place (:mod:`convserve_server.status`).
+a worker. Chunked calls reserve their admission from the header, before any data is accepted.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Callable
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from . import __version__, cost, metrics, wire
+from . import __version__, chunks, cost, wire
+from .calls import CallRecord
 from .engine import conv_layer
 from .engine import fft as fft_engine
+from .engine.errors import InvalidArgumentError
 from .engine.info import CallInfo
 from .engine.planner import plan_signal_call
 from .engine.signal import execute
-from .pool import LimitExceeded, Overloaded, WorkerPool
+from .pool import LimitExceeded, WorkerPool
 from .settings import Settings
-from .status import failure_for
 
-log = logging.getLogger("convserve.server")
-REQUEST_ID_KEY = "x-request-id"
+Arrays = dict[str, npt.NDArray[Any]]
 
 
 class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
-    """Serves Convolve, Correlate, ConvLayer and GetServerInfo."""
+    """Serves every RPC of convserve.v1.ConvolutionService except the streaming convolution."""
 
     def __init__(self, settings: Settings, pool: WorkerPool, wisdom_state: Callable[[], str] = lambda: "none") -> None:
         self.settings = settings
@@ -41,13 +41,25 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         self.wisdom_state = wisdom_state
 
     async def Convolve(self, request: pb.SignalRequest, context: grpc.aio.ServicerContext) -> pb.SignalResponse:  # noqa: N802
-        return await self._serve("Convolve", context, request, self._signal, request, False)
+        return await self._unary("Convolve", context, request, lambda: self._signal(request, None, False))
 
     async def Correlate(self, request: pb.SignalRequest, context: grpc.aio.ServicerContext) -> pb.SignalResponse:  # noqa: N802
-        return await self._serve("Correlate", context, request, self._signal, request, True)
+        return await self._unary("Correlate", context, request, lambda: self._signal(request, None, True))
 
     async def ConvLayer(self, request: pb.ConvLayerRequest, context: grpc.aio.ServicerContext) -> pb.ConvLayerResponse:  # noqa: N802
-        return await self._serve("ConvLayer", context, request, self._conv_layer, request)
+        return await self._unary("ConvLayer", context, request, lambda: self._layer(request, None))
+
+    async def ConvolveChunked(self, parts: AsyncIterator[pb.SignalRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
+        async for part in self._chunked("ConvolveChunked", context, parts, lambda h, a: self._signal(h, a, False)):
+            yield part
+
+    async def CorrelateChunked(self, parts: AsyncIterator[pb.SignalRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
+        async for part in self._chunked("CorrelateChunked", context, parts, lambda h, a: self._signal(h, a, True)):
+            yield part
+
+    async def ConvLayerChunked(self, parts: AsyncIterator[pb.ConvLayerRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
+        async for part in self._chunked("ConvLayerChunked", context, parts, self._layer):
+            yield part
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:  # noqa: N802
         s = self.settings
@@ -62,42 +74,62 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             workers=self.pool.workers,
         )
 
-    async def _serve(self, rpc: str, context: grpc.aio.ServicerContext, request: Any,
-                     work: Callable[..., Any], *args: Any) -> Any:
-        """Admit and run ``work(*args)`` on the pool; turn any failure into a status with a request id."""
-        request_id = uuid.uuid4().hex[:16]
-        started = time.perf_counter()
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-        received = sum(len(getattr(request, name).data) for name in wire.tensor_fields(request))
-        metrics.BYTES_IN.labels(rpc).inc(received)
-        code = grpc.StatusCode.OK
+    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, request: Any,
+                     work: Callable[[], tuple[npt.NDArray[Any], CallInfo]]) -> Any:
+        """Admit and run ``work`` on the pool; encode its result; map any failure to a status."""
+        record = CallRecord(rpc, context, sum(len(getattr(request, n).data) for n in wire.tensor_fields(request)))
         try:
             wire.check_headers(request, self.settings)
-            estimate = cost.estimate(request)
-            response = await self.pool.run(work, *args, cost=estimate)
+            result, info = await self.pool.run(work, cost=cost.estimate(request))
         except Exception as error:  # every failure becomes a status; the server keeps serving
-            failure = failure_for(error, request_id)
-            code = failure.code
-            if isinstance(error, (Overloaded, LimitExceeded)):
-                metrics.REJECTIONS.labels("busy" if isinstance(error, Overloaded) else "never_fits").inc()
-            log.info("call failed", extra={"request_id": request_id, "rpc": rpc, "code": code.name,
-                                           "ms": round(1e3 * (time.perf_counter() - started), 2), "detail": failure.message})
-            await context.abort(code, failure.message, trailing_metadata=((REQUEST_ID_KEY, request_id), *failure.trailers))
-            raise  # unreachable: abort raises
+            await record.fail(error)
+            raise  # unreachable: fail() aborts
         except BaseException:  # asyncio.CancelledError: the caller cancelled or the deadline passed
-            code = grpc.StatusCode.CANCELLED
-            log.info("call cancelled", extra={"request_id": request_id, "rpc": rpc,
-                                              "ms": round(1e3 * (time.perf_counter() - started), 2)})
+            record.cancelled()
             raise
-        finally:
-            metrics.REQUESTS.labels(rpc, code.name).inc()
-            metrics.LATENCY.labels(rpc).observe(time.perf_counter() - started)
-        sent = len(response.result.data) if isinstance(response, pb.SignalResponse) else len(response.output.data)
-        metrics.BYTES_OUT.labels(rpc).inc(sent)
-        metrics.METHODS.labels(rpc, response.info.method).inc()
-        log.info("call ok", extra={"request_id": request_id, "rpc": rpc, "method": response.info.method,
-                                   "ms": round(1e3 * (time.perf_counter() - started), 2), "bytes_in": received, "bytes_out": sent})
-        return response
+        tensor = wire.result_tensor(result)
+        record.ok(info.method, len(tensor.data))
+        if isinstance(request, pb.SignalRequest):
+            return pb.SignalResponse(result=tensor, info=wire.compute_info(info))
+        return pb.ConvLayerResponse(output=tensor, info=wire.compute_info(info))
+
+    async def _chunked(self, rpc: str, context: grpc.aio.ServicerContext, parts: AsyncIterator[Any],
+                       work: Callable[[Any, Arrays], tuple[npt.NDArray[Any], CallInfo]]) -> AsyncIterator[pb.ResponsePart]:
+        """Header, then chunks: validate and admit from the header, assemble, compute, stream the result back."""
+        record = CallRecord(rpc, context, 0)
+        reservation = None
+        try:
+            first = await anext(aiter(parts), None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidArgumentError("header", "the first message of a chunked call must be the header")
+            header = first.header
+            fields = wire.tensor_fields(header)
+            assembler = chunks.Assembler(header, fields, self.settings.max_elements)
+            inline = [n for n in fields if header.HasField(n) and n not in assembler.arrays]
+            wire.check_headers(header, self.settings, only=inline)
+            record.add_received(sum(len(getattr(header, n).data) for n in inline))
+            reservation = self.pool.reserve(cost.estimate(header))  # before any data is accepted
+            async for part in parts:
+                if part.WhichOneof("part") != "chunk":
+                    raise InvalidArgumentError("chunk", "only chunks may follow the header")
+                assembler.add(part.chunk)
+                record.add_received(len(part.chunk.data))
+            arrays = assembler.finish()
+            result, info = await self.pool.run(work, header, arrays, reservation=reservation)
+        except Exception as error:
+            if reservation is not None:
+                reservation.release()
+            await record.fail(error)
+            raise
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            record.cancelled()
+            raise
+        field = "result" if isinstance(header, pb.SignalRequest) else "output"
+        for part in chunks.response_parts(result, wire.compute_info(info), field):
+            yield part
+        record.ok(info.method, result.nbytes)
 
     def _check_output(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
         """Refuse a result larger than the configured limits before computing it."""
@@ -109,19 +141,16 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
                 f"{self.settings.max_output_bytes} bytes / {self.settings.max_elements} elements"
             )
 
-    def _signal(self, request: pb.SignalRequest, correlate: bool) -> pb.SignalResponse:
+    def _signal(self, request: pb.SignalRequest, arrays: Arrays | None, correlate: bool) -> tuple[npt.NDArray[Any], CallInfo]:
         """Compute Convolve or Correlate (on a worker thread)."""
-        arguments = wire.signal_arguments(request, self.settings)
-        plan = plan_signal_call(**arguments, correlate=correlate)
+        plan = plan_signal_call(**wire.signal_arguments(request, self.settings, arrays), correlate=correlate)
         self._check_output(plan.output_shape, plan.out_dtype)
         started = time.perf_counter()
         result = execute(plan)
-        info = CallInfo(plan.method, time.perf_counter() - started, tuple(plan.warnings))
-        return pb.SignalResponse(result=wire.result_tensor(result), info=wire.compute_info(info))
+        return result, CallInfo(plan.method, time.perf_counter() - started, tuple(plan.warnings))
 
-    def _conv_layer(self, request: pb.ConvLayerRequest) -> pb.ConvLayerResponse:
+    def _layer(self, request: pb.ConvLayerRequest, arrays: Arrays | None) -> tuple[npt.NDArray[Any], CallInfo]:
         """Compute ConvLayer (on a worker thread)."""
-        arguments = wire.conv_layer_arguments(request, self.settings)
-        output, info = conv_layer(**arguments, return_info=True)
+        output, info = conv_layer(**wire.conv_layer_arguments(request, self.settings, arrays), return_info=True)
         self._check_output(output.shape, output.dtype)
-        return pb.ConvLayerResponse(output=wire.result_tensor(output), info=wire.compute_info(info))
+        return output, info

@@ -65,9 +65,9 @@ def tensor_fields(request: Any) -> tuple[str, ...]:
     return ("input", "weight", "bias")
 
 
-def check_headers(request: Any, settings: Settings) -> None:
-    """Validate every present tensor's dtype, shape and byte count (no data is read)."""
-    for name in tensor_fields(request):
+def check_headers(request: Any, settings: Settings, only: list[str] | None = None) -> None:
+    """Validate every present tensor's (or only those named) dtype, shape and byte count (no data is read)."""
+    for name in tensor_fields(request) if only is None else only:
         if request.HasField(name):
             try:
                 codec.check_header(getattr(request, name), name, settings.max_elements)
