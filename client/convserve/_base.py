@@ -216,6 +216,17 @@ class BaseClient:
         return sum(a.nbytes for a in arrays.values()) > self.chunk_threshold
 
     @staticmethod
+    def _stream_config(kernel: npt.ArrayLike, output_dtype: npt.DTypeLike | None) -> pb.StreamRequest:
+        config = pb.StreamConfig(kernel=codec.encode(kernel, "kernel"))
+        if output_dtype is not None:
+            config.output_dtype = codec.dtype_code(output_dtype, "output_dtype")
+        return pb.StreamRequest(config=config)
+
+    @staticmethod
+    def _stream_block(block: npt.ArrayLike) -> pb.StreamRequest:
+        return pb.StreamRequest(block=codec.encode(block, "block"))
+
+    @staticmethod
     def _from_unary(response: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         tensor = response.result if isinstance(response, pb.SignalResponse) else response.output
         return np.array(codec.decode(tensor, "result")), response.info  # a writable array the caller owns

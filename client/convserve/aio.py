@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from types import TracebackType
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
+import numpy as np
 import numpy.typing as npt
 
-from . import _chunking
+from . import _chunking, codec
 from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo
 from .errors import from_rpc_error
 from .v1 import convserve_pb2 as pb
@@ -98,6 +100,30 @@ class AsyncClient(BaseClient):
         """A CNN layer, as ``torch.nn.ConvNd`` (see :meth:`convserve.Client.conv_layer`)."""
         prepared = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
         return self._finish(await self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), return_info)
+
+    async def convolve_stream(self, blocks: AsyncIterable[npt.ArrayLike] | Iterable[npt.ArrayLike], kernel: npt.ArrayLike,
+                              output_dtype: npt.DTypeLike | None = None, *,
+                              timeout: float | None = None) -> AsyncIterator[npt.NDArray[Any]]:
+        """Convolve an unbounded signal block by block (see :meth:`convserve.Client.convolve_stream`).
+
+        ``blocks`` may be an async iterable or a plain iterable; output blocks are yielded as they are ready.
+        """
+        config = self._stream_config(kernel, output_dtype)
+
+        async def requests() -> AsyncIterator[pb.StreamRequest]:
+            yield config
+            if isinstance(blocks, AsyncIterable):
+                async for block in blocks:
+                    yield self._stream_block(block)
+            else:
+                for block in blocks:
+                    yield self._stream_block(block)
+
+        try:
+            async for response in self._stub.ConvolveStream(requests(), timeout=timeout, metadata=self.metadata):
+                yield np.array(codec.decode(response.block, "block"))
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from None
 
     async def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
+import numpy as np
 import numpy.typing as npt
 
-from . import _chunking
+from . import _chunking, codec
 from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo
 from .errors import from_rpc_error
 from .v1 import convserve_pb2 as pb
@@ -167,6 +169,40 @@ class Client(BaseClient):
         """
         prepared = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
         return self._finish(self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), return_info)
+
+    def convolve_stream(self, blocks: Iterable[npt.ArrayLike], kernel: npt.ArrayLike,
+                        output_dtype: npt.DTypeLike | None = None, *, timeout: float | None = None) -> Iterator[npt.NDArray[Any]]:
+        """Convolve an unbounded signal block by block with a fixed kernel (live audio, sensor data).
+
+        Parameters
+        ----------
+        blocks : iterable of array_like
+            The signal in blocks of any length: ``(n,)`` or ``(n, C)`` channels-last, one dtype.
+        kernel : array_like
+            ``(M,)`` applied to every channel, or ``(M, C)`` one column per channel.
+        output_dtype : dtype, optional
+            Result type (default ``numpy.result_type`` of blocks and kernel); integers are exact.
+        timeout : float, optional
+            Deadline of the whole stream (default: none).
+
+        Returns
+        -------
+        iterator of numpy.ndarray
+            Output blocks as they are ready, then the tail once ``blocks`` is exhausted;
+            concatenated they equal ``scipy.signal.convolve(signal, kernel)`` per channel.
+        """
+        config = self._stream_config(kernel, output_dtype)
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            yield config
+            for block in blocks:
+                yield self._stream_block(block)
+
+        try:
+            for response in self._stub.ConvolveStream(requests(), timeout=timeout, metadata=self.metadata):
+                yield np.array(codec.decode(response.block, "block"))
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from None
 
     def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""

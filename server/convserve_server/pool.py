@@ -87,10 +87,11 @@ class WorkerPool:
             self.on_change(self._in_flight, self._reserved)
 
     async def run(self, function: Callable[..., Result], *args: Any, cost: int = 0,
-                  reservation: Reservation | None = None) -> Result:
+                  reservation: Reservation | None = None, release: bool = True) -> Result:
         """Run ``function(*args)`` on a worker under ``reservation`` (or a new one for ``cost`` bytes).
 
-        The reservation is released when the work has stopped, not when the caller stops waiting.
+        The reservation is released when the work has stopped, not when the caller stops waiting;
+        with ``release=False`` (a stream's many blocks) the caller releases it.
         """
         if reservation is None:
             reservation = self.reserve(cost)
@@ -106,9 +107,11 @@ class WorkerPool:
         try:
             future: Future[Result] = self._executor.submit(context.run, work)
         except BaseException:
-            reservation.release()
+            if release:
+                reservation.release()
             raise
-        future.add_done_callback(lambda _: reservation.release())
+        if release:
+            future.add_done_callback(lambda _: reservation.release())
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:

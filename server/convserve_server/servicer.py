@@ -18,7 +18,7 @@ import numpy.typing as npt
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from . import __version__, chunks, cost, wire
+from . import __version__, chunks, cost, streaming, wire
 from .calls import CallRecord
 from .engine import conv_layer
 from .engine import fft as fft_engine
@@ -33,7 +33,7 @@ Arrays = dict[str, npt.NDArray[Any]]
 
 
 class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
-    """Serves every RPC of convserve.v1.ConvolutionService except the streaming convolution."""
+    """Serves the RPCs of convserve.v1.ConvolutionService."""
 
     def __init__(self, settings: Settings, pool: WorkerPool, wisdom_state: Callable[[], str] = lambda: "none") -> None:
         self.settings = settings
@@ -60,6 +60,10 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
     async def ConvLayerChunked(self, parts: AsyncIterator[pb.ConvLayerRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
         async for part in self._chunked("ConvLayerChunked", context, parts, self._layer):
             yield part
+
+    async def ConvolveStream(self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:  # noqa: N802
+        async for message in streaming.convolve_stream(self.settings, self.pool, requests, context):
+            yield message
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:  # noqa: N802
         s = self.settings

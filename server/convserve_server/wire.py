@@ -62,6 +62,8 @@ def tensor_fields(request: Any) -> tuple[str, ...]:
     """Names of the tensor fields of a compute request."""
     if isinstance(request, pb.SignalRequest):
         return ("in1", "in2")
+    if isinstance(request, pb.StreamConfig):
+        return ("kernel",)
     return ("input", "weight", "bias")
 
 
@@ -73,6 +75,19 @@ def check_headers(request: Any, settings: Settings, only: list[str] | None = Non
                 codec.check_header(getattr(request, name), name, settings.max_elements)
             except ValueError as exc:
                 raise as_engine_error(exc, name) from None
+
+
+def decode_field(message: Any, name: str, settings: Settings) -> npt.NDArray[Any]:
+    """Decode a required tensor field of any message."""
+    return _tensor(message, name, settings)
+
+
+def decode_tensor(tensor: pb.Tensor, name: str, settings: Settings) -> npt.NDArray[Any]:
+    """Decode a tensor message (INVALID_ARGUMENT naming ``name`` when malformed)."""
+    try:
+        return codec.decode(tensor, name, settings.max_elements)
+    except ValueError as exc:
+        raise as_engine_error(exc, name) from None
 
 
 def signal_arguments(request: pb.SignalRequest, settings: Settings,
