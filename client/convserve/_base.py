@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _options, codec
+from ._shm import SharedRegions
 from .errors import ConvserveError
 from .v1 import convserve_pb2 as pb
 
@@ -86,6 +87,7 @@ class Prepared:
 
     request: Any
     streamed: dict[str, npt.NDArray[Any]] | None
+    shared: pb.SharedSignalRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,11 @@ class BaseClient:
         gRPC load-balancing policy over the target's addresses (``round_robin`` spreads calls over replicas).
     chunk_threshold : int
         Inputs larger than this many bytes in all travel as a chunked stream (1 MiB chunks).
+    shared_memory : bool
+        Same host only: pass Convolve/Correlate inputs of at least ``shared_memory_threshold``
+        bytes through POSIX shared memory (the server must run with ``--allow-shared-memory``).
+    shared_memory_threshold : int
+        Smallest input size, in bytes, sent through shared memory.
     """
 
     def __init__(
@@ -161,8 +168,12 @@ class BaseClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         load_balancing: str = "round_robin",
         chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
+        shared_memory: bool = False,
+        shared_memory_threshold: int = 1024 * 1024,
     ) -> None:
         self.target = target
+        self.shared_regions = SharedRegions() if shared_memory else None
+        self.shared_memory_threshold = shared_memory_threshold
         self.chunk_threshold = chunk_threshold
         self.timeout = timeout
         self.retry = retry
@@ -194,6 +205,9 @@ class BaseClient:
     def _signal_request(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str, method: str, axes: Any,
                         boundary: str, fill_value: complex, output_dtype: npt.DTypeLike | None) -> Prepared:
         arrays = {"in1": _options.as_array(in1, "in1"), "in2": _options.as_array(in2, "in2")}
+        if self.shared_regions is not None and sum(a.nbytes for a in arrays.values()) >= self.shared_memory_threshold:
+            options = _options.signal_request(None, None, mode, method, axes, boundary, fill_value, output_dtype)
+            return Prepared(options, None, shared=self.shared_regions.request(arrays, options))
         chunked = self._chunked(arrays)
         request = _options.signal_request(None if chunked else arrays["in1"], None if chunked else arrays["in2"],
                                           mode, method, axes, boundary, fill_value, output_dtype)
@@ -225,6 +239,14 @@ class BaseClient:
     @staticmethod
     def _stream_block(block: npt.ArrayLike) -> pb.StreamRequest:
         return pb.StreamRequest(block=codec.encode(block, "block"))
+
+    def _from_shared(self, response: pb.SharedResponse) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        assert self.shared_regions is not None
+        return self.shared_regions.read_result(response), response.info
+
+    def _close_shared(self) -> None:
+        if self.shared_regions is not None:
+            self.shared_regions.close()
 
     @staticmethod
     def _from_unary(response: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:

@@ -45,7 +45,8 @@ class AsyncClient(BaseClient):
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the channel and release any shared-memory regions."""
+        self._close_shared()
         await self._channel.close()
 
     async def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
@@ -66,8 +67,10 @@ class AsyncClient(BaseClient):
             attempt += 1
 
     async def _run(self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any,
-                   timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+                   timeout: Any, shared: Callable[..., Any] | None = None) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """Send a prepared request unary or as a chunked stream; return the result and its info."""
+        if prepared.shared is not None and shared is not None:
+            return self._from_shared(await self._call(shared, prepared.shared, timeout))
         if prepared.streamed is None:
             return self._from_unary(await self._call(unary, prepared.request, timeout))
         parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
@@ -82,7 +85,7 @@ class AsyncClient(BaseClient):
                        timeout: Any = _DEFAULT) -> Any:
         """Convolve on the server, as ``scipy.signal.convolve`` (see :meth:`convserve.Client.convolve`)."""
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(await self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout), return_info)
+        return self._finish(await self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout, self._stub.ConvolveShared), return_info)
 
     async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                         axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
@@ -90,7 +93,7 @@ class AsyncClient(BaseClient):
                         timeout: Any = _DEFAULT) -> Any:
         """Cross-correlate on the server, as ``scipy.signal.correlate`` (see :meth:`convserve.Client.correlate`)."""
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(await self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout), return_info)
+        return self._finish(await self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout, self._stub.CorrelateShared), return_info)
 
     async def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
                          stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,

@@ -47,7 +47,8 @@ class Client(BaseClient):
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel and release any shared-memory regions."""
+        self._close_shared()
         self._channel.close()
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
@@ -68,8 +69,10 @@ class Client(BaseClient):
             attempt += 1
 
     def _run(self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any,
-             timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+             timeout: Any, shared: Callable[..., Any] | None = None) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """Send a prepared request unary or as a chunked stream; return the result and its info."""
+        if prepared.shared is not None and shared is not None:
+            return self._from_shared(self._call(shared, prepared.shared, timeout))
         if prepared.streamed is None:
             return self._from_unary(self._call(unary, prepared.request, timeout))
         parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
@@ -118,7 +121,7 @@ class Client(BaseClient):
             Any other failure, with its gRPC status code.
         """
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout), return_info)
+        return self._finish(self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout, self._stub.ConvolveShared), return_info)
 
     def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                   axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
@@ -128,7 +131,7 @@ class Client(BaseClient):
         The arguments, result and errors are those of :meth:`convolve`; in2 is conjugated for complex data.
         """
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout), return_info)
+        return self._finish(self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout, self._stub.CorrelateShared), return_info)
 
     def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
                    stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,

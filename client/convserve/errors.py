@@ -94,6 +94,12 @@ class NotFoundError(ConvserveError, LookupError):
     default_code = grpc.StatusCode.NOT_FOUND
 
 
+class FailedPreconditionError(ConvserveError):
+    """The server is not set up for this call, e.g. shared memory is off (FAILED_PRECONDITION)."""
+
+    default_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class InternalError(ConvserveError):
     """A server bug (INTERNAL); the server logged it with a request id."""
 
@@ -111,6 +117,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ConvserveError]] = {
         UnavailableError,
         UnauthenticatedError,
         NotFoundError,
+        FailedPreconditionError,
         InternalError,
     )
 }

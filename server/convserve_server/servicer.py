@@ -18,7 +18,7 @@ import numpy.typing as npt
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from . import __version__, chunks, cost, streaming, wire
+from . import __version__, chunks, cost, shared, streaming, wire
 from .calls import CallRecord
 from .engine import conv_layer
 from .engine import fft as fft_engine
@@ -28,6 +28,7 @@ from .engine.planner import plan_signal_call
 from .engine.signal import execute
 from .pool import LimitExceeded, WorkerPool
 from .settings import Settings
+from .status import FailedPrecondition
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -64,6 +65,12 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
     async def ConvolveStream(self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:  # noqa: N802
         async for message in streaming.convolve_stream(self.settings, self.pool, requests, context):
             yield message
+
+    async def ConvolveShared(self, request: pb.SharedSignalRequest, context: grpc.aio.ServicerContext) -> pb.SharedResponse:  # noqa: N802
+        return await self._shared_call("ConvolveShared", context, request, False)
+
+    async def CorrelateShared(self, request: pb.SharedSignalRequest, context: grpc.aio.ServicerContext) -> pb.SharedResponse:  # noqa: N802
+        return await self._shared_call("CorrelateShared", context, request, True)
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:  # noqa: N802
         s = self.settings
@@ -134,6 +141,49 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         for part in chunks.response_parts(result, wire.compute_info(info), field):
             yield part
         record.ok(info.method, result.nbytes)
+
+    async def _shared_call(self, rpc: str, context: grpc.aio.ServicerContext, request: pb.SharedSignalRequest,
+                           correlate: bool) -> pb.SharedResponse:
+        """Compute with inputs and result in the client's shared memory (opt-in)."""
+        record = CallRecord(rpc, context, 0)
+        try:
+            if not self.settings.allow_shared_memory:
+                raise FailedPrecondition("shared memory is off on this server; start it with --allow-shared-memory "
+                                         "(and share /dev/shm with the client)")
+            if request.options.HasField("in1") or request.options.HasField("in2"):
+                raise InvalidArgumentError("options", "in1 and in2 go in the shared tensors, not in options")
+            declared = pb.SignalRequest(in1=pb.Tensor(dtype=request.in1.dtype, shape=request.in1.shape),
+                                        in2=pb.Tensor(dtype=request.in2.dtype, shape=request.in2.shape))
+            for name in ("in1", "in2"):
+                wire.check_declared(getattr(declared, name), name, self.settings)
+            dtype, shape, info = await self.pool.run(self._shared, request, correlate, cost=cost.estimate(declared))
+        except Exception as error:
+            await record.fail(error)
+            raise
+        except BaseException:
+            record.cancelled()
+            raise
+        record.ok(info.method, 0)
+        return pb.SharedResponse(result=pb.Tensor(dtype=wire.codec.dtype_code(dtype, "result"), shape=shape),
+                                 info=wire.compute_info(info))
+
+    def _shared(self, request: pb.SharedSignalRequest, correlate: bool) -> tuple[np.dtype[Any], tuple[int, ...], CallInfo]:
+        """Attach, compute, write the result into the client's buffer, detach (on a worker thread)."""
+        limit = self.settings.max_elements
+        with shared.regions() as attached:
+            arrays = {"in1": attached.tensor(request.in1, "in1", limit), "in2": attached.tensor(request.in2, "in2", limit)}
+            plan = plan_signal_call(**wire.signal_arguments(request.options, self.settings, arrays), correlate=correlate)
+            del arrays
+            self._check_output(plan.output_shape, plan.out_dtype)
+            started = time.perf_counter()
+            result = execute(plan)
+            info = CallInfo(plan.method, time.perf_counter() - started, tuple(plan.warnings))
+            dtype, shape = plan.out_dtype, plan.output_shape
+            del plan  # drop every view of the regions before they are detached
+            target = attached.output(request.result, dtype, shape)
+            np.copyto(target, result)
+            del target
+        return dtype, shape, info
 
     def _check_output(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
         """Refuse a result larger than the configured limits before computing it."""

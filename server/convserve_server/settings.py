@@ -47,6 +47,9 @@ class Settings:
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain file: enables TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key file of tls_cert"})
     tls_client_ca: str = field(default="", metadata={"help": "PEM CA file: clients must present a certificate it signed (mTLS)"})
+    allow_shared_memory: bool = field(
+        default=False, metadata={"help": "accept same-host shared-memory calls (clients' regions named convserve*)"}
+    )
     auth_token: str = field(default="", metadata={"help": "bearer token clients must send (authorization: Bearer ...); empty: off"})
 
     def __post_init__(self) -> None:
@@ -95,9 +98,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting (default: unset, so the environment or default applies)."""
     for item in dataclasses.fields(Settings):
         flag = "--" + item.name.replace("_", "-")
-        kind = item.type if isinstance(item.type, type) else {"int": int, "float": float, "str": str}[str(item.type)]
-        parser.add_argument(flag, dest=item.name, type=kind, default=None,
-                            help=f"{item.metadata['help']} (env {env_name(item.name)}, default {item.default})")
+        help_text = f"{item.metadata['help']} (env {env_name(item.name)}, default {item.default})"
+        if str(item.type) == "bool":
+            parser.add_argument(flag, dest=item.name, action="store_const", const=True, default=None, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(item.type)]
+        parser.add_argument(flag, dest=item.name, type=kind, default=None, help=help_text)
+
+
+def _parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,7 +121,7 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for item in dataclasses.fields(Settings):
-        kind = {"int": int, "float": float, "str": str}[item.type if isinstance(item.type, str) else item.type.__name__]
+        kind: Any = {"int": int, "float": float, "str": str, "bool": _parse_bool}[str(item.type)]
         flag_value = (flags or {}).get(item.name)
         if flag_value is not None:
             values[item.name] = flag_value
@@ -114,5 +130,5 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
             try:
                 values[item.name] = kind(text)
             except ValueError:
-                raise SettingsError(f"{env_name(item.name)}={text!r} is not a valid {kind.__name__}") from None
+                raise SettingsError(f"{env_name(item.name)}={text!r} is not a valid {item.type}") from None
     return Settings(**values)

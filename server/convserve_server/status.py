@@ -16,6 +16,10 @@ from .pool import LimitExceeded, Overloaded
 log = logging.getLogger("convserve.server")
 
 
+class FailedPrecondition(Exception):
+    """The server is not set up for this call (maps to FAILED_PRECONDITION)."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """A status to send: code, message and trailing metadata."""
@@ -47,6 +51,8 @@ def failure_for(error: BaseException, request_id: str) -> Failure:
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), (("grpc-retry-pushback-ms", str(error.pushback_ms)),))
     if isinstance(error, LimitExceeded):
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), (("grpc-retry-pushback-ms", "-1"),))
+    if isinstance(error, FailedPrecondition):
+        return Failure(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     if isinstance(error, Cancelled):
         return Failure(grpc.StatusCode.CANCELLED, str(error))
     if isinstance(error, MemoryError):

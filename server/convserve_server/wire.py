@@ -77,6 +77,14 @@ def check_headers(request: Any, settings: Settings, only: list[str] | None = Non
                 raise as_engine_error(exc, name) from None
 
 
+def check_declared(tensor: pb.Tensor, name: str, settings: Settings) -> None:
+    """Validate a tensor's declared dtype and shape (its bytes are elsewhere)."""
+    try:
+        codec.check_declared(tensor.dtype, tensor.shape, name, settings.max_elements)
+    except ValueError as exc:
+        raise as_engine_error(exc, name) from None
+
+
 def decode_field(message: Any, name: str, settings: Settings) -> npt.NDArray[Any]:
     """Decode a required tensor field of any message."""
     return _tensor(message, name, settings)

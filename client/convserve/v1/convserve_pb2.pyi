@@ -345,6 +345,16 @@ class SharedTensor(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class SharedBuffer(_message.Message):
+    __slots__ = ("region", "offset", "size")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    offset: int
+    size: int
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
 class SharedSignalRequest(_message.Message):
     __slots__ = ("options", "in1", "in2", "result")
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -354,11 +364,13 @@ class SharedSignalRequest(_message.Message):
     options: SignalRequest
     in1: SharedTensor
     in2: SharedTensor
-    result: SharedTensor
-    def __init__(self, options: _Optional[_Union[SignalRequest, _Mapping]] = ..., in1: _Optional[_Union[SharedTensor, _Mapping]] = ..., in2: _Optional[_Union[SharedTensor, _Mapping]] = ..., result: _Optional[_Union[SharedTensor, _Mapping]] = ...) -> None: ...
+    result: SharedBuffer
+    def __init__(self, options: _Optional[_Union[SignalRequest, _Mapping]] = ..., in1: _Optional[_Union[SharedTensor, _Mapping]] = ..., in2: _Optional[_Union[SharedTensor, _Mapping]] = ..., result: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class SharedResponse(_message.Message):
-    __slots__ = ("info",)
+    __slots__ = ("result", "info")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    result: Tensor
     info: ComputeInfo
-    def __init__(self, info: _Optional[_Union[ComputeInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, result: _Optional[_Union[Tensor, _Mapping]] = ..., info: _Optional[_Union[ComputeInfo, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,110 @@
+"""Client side of same-host shared memory: two regions (inputs, result) owned by the client.
+
+The regions are created once, reused by later calls (so their pages are not first-touched every
+time) and grown when a call needs more; the client unlinks them on ``close()``, at interpreter
+exit, or, if the process dies, through Python's resource tracker. The server only attaches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import weakref
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import codec
+from .v1 import convserve_pb2 as pb
+
+ALIGN = 64
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGN) * ALIGN
+
+
+class _Region:
+    """One growable region."""
+
+    def __init__(self, purpose: str) -> None:
+        self.purpose = purpose
+        self.memory: shared_memory.SharedMemory | None = None
+
+    def ensure(self, size: int) -> shared_memory.SharedMemory:
+        if self.memory is None or self.memory.size < size:
+            self.release()
+            name = f"convserve_{os.getpid()}_{self.purpose}_{secrets.token_hex(6)}"
+            self.memory = shared_memory.SharedMemory(name=name, create=True, size=max(size, ALIGN))
+        return self.memory
+
+    def release(self) -> None:
+        if self.memory is not None:
+            memory, self.memory = self.memory, None
+            memory.close()
+            memory.unlink()
+
+
+class SharedRegions:
+    """The inputs and result regions of one client."""
+
+    def __init__(self) -> None:
+        self.inputs = _Region("in")
+        self.result = _Region("out")
+        self._finalizer = weakref.finalize(self, SharedRegions._release_all, self.inputs, self.result)
+
+    @staticmethod
+    def _release_all(*regions: _Region) -> None:
+        for region in regions:
+            region.release()
+
+    def close(self) -> None:
+        """Unlink both regions."""
+        self._finalizer()
+
+    def request(self, arrays: dict[str, npt.NDArray[Any]], options: pb.SignalRequest) -> pb.SharedSignalRequest:
+        """Copy the inputs into the inputs region and describe them and the result buffer."""
+        layout, offset = {}, 0
+        for name, array in arrays.items():
+            layout[name] = offset
+            offset = _aligned(offset + array.nbytes)
+        memory = self.inputs.ensure(offset)
+        buffer = memory.buf
+        assert buffer is not None
+        message = pb.SharedSignalRequest(options=options)
+        for name, array in arrays.items():
+            data = codec.wire_bytes(array)
+            buffer[layout[name]:layout[name] + len(data)] = data
+            getattr(message, name).CopyFrom(pb.SharedTensor(region=memory.name, offset=layout[name],
+                                                            dtype=codec.dtype_code(array.dtype, name), shape=array.shape))
+        axes = list(options.axes.values) if options.HasField("axes") else None
+        bound = result_bound(arrays["in1"].shape, arrays["in2"].shape, axes)
+        out = self.result.ensure(bound)
+        message.result.CopyFrom(pb.SharedBuffer(region=out.name, offset=0, size=bound))
+        return message
+
+    def read_result(self, response: pb.SharedResponse) -> npt.NDArray[Any]:
+        """Copy the result out of the result region into an array the caller owns."""
+        dtype, shape, nbytes = codec.check_declared(response.result.dtype, response.result.shape, "result")
+        assert self.result.memory is not None
+        view = np.ndarray(shape, dtype=dtype, buffer=self.result.memory.buf)
+        copy = np.array(view, dtype=dtype.newbyteorder("="))
+        del view
+        return copy
+
+
+def result_bound(shape1: tuple[int, ...], shape2: tuple[int, ...], axes: list[int] | None) -> int:
+    """Bytes that hold any result of these inputs: full size on the convolved axes, complex128 elements."""
+    ndim = len(shape1)
+    conv = set(range(ndim)) if axes is None else {a % ndim for a in axes if -ndim <= a < ndim} if ndim else set()
+    second = list(shape2)
+    if len(second) != ndim and axes is not None and len(second) == len(conv):
+        second = [1] * ndim
+        for axis, size in zip(sorted(conv), shape2):
+            second[axis] = size
+    second = ([1] * (ndim - len(second)) + second)[-ndim:] if ndim else []
+    sizes = [n + m - 1 if i in conv else max(n, m) for i, (n, m) in enumerate(zip(shape1, second))]
+    return max(ALIGN, 16 * math.prod(sizes))

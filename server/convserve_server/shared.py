@@ -1,0 +1,99 @@
+"""Same-host shared memory: the server attaches to regions the client created, never unlinks them.
+
+Only names made of letters, digits, ``_``, ``-`` and ``.`` that start with ``convserve`` are
+accepted (no paths, and no other program's regions). Every view is checked to lie inside its
+region. On Python < 3.13 attaching registers the region with this process's resource tracker,
+which would unlink it when the server exits; the registration is undone at once.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from convserve import codec
+from convserve.v1 import convserve_pb2 as pb
+
+from .engine.errors import InvalidArgumentError
+
+NAME = re.compile(r"^convserve[A-Za-z0-9_.-]{0,200}$")
+
+
+class Regions:
+    """The regions attached for one request; views into them; detached on exit."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._open: dict[str, shared_memory.SharedMemory] = {}
+
+    def _region(self, name: str, field: str) -> shared_memory.SharedMemory:
+        if not NAME.match(name) or ".." in name:
+            raise InvalidArgumentError(f"{field}.region", f"{name!r} is not a convserve region name "
+                                       "(convserve followed by letters, digits, '_', '-', '.')")
+        if name not in self._open:
+            self._open[name] = self._stack.enter_context(_attached(name, field))
+        return self._open[name]
+
+    def tensor(self, shared: pb.SharedTensor, field: str, max_elements: int) -> npt.NDArray[Any]:
+        """A read-only view of a shared input tensor, after checking it lies inside its region."""
+        try:
+            dtype, shape, nbytes = codec.check_declared(shared.dtype, shared.shape, field, max_elements)
+        except ValueError as exc:
+            violations = getattr(exc, "field_violations", ())
+            name, text = violations[0] if violations else (field, str(exc))
+            raise InvalidArgumentError(name, text) from None
+        region = self._region(shared.region, field)
+        _inside(shared.offset, nbytes, region.size, field)
+        view = np.ndarray(shape, dtype=dtype, buffer=region.buf, offset=shared.offset)
+        view.flags.writeable = False
+        return view
+
+    def output(self, buffer: pb.SharedBuffer, dtype: np.dtype[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
+        """A writable view for the result, after checking it fits the buffer and the region."""
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > buffer.size:
+            raise InvalidArgumentError("result.size", f"the result {list(shape)} of {dtype.name} needs {nbytes} bytes; "
+                                       f"the buffer has {buffer.size}")
+        region = self._region(buffer.region, "result")
+        _inside(buffer.offset, buffer.size, region.size, "result")
+        return np.ndarray(shape, dtype=dtype.newbyteorder("<"), buffer=region.buf, offset=buffer.offset)
+
+
+def _inside(offset: int, nbytes: int, size: int, field: str) -> None:
+    if offset < 0 or offset + nbytes > size:
+        raise InvalidArgumentError(f"{field}.offset", f"bytes {offset}..{offset + nbytes} are outside the region of {size} bytes")
+
+
+@contextmanager
+def _attached(name: str, field: str) -> Iterator[shared_memory.SharedMemory]:
+    """Attach to an existing region without taking ownership; detach (never unlink) on exit."""
+    try:
+        if sys.version_info >= (3, 13):
+            region = shared_memory.SharedMemory(name=name, create=False, track=False)  # type: ignore[call-arg,unused-ignore]
+        else:
+            region = shared_memory.SharedMemory(name=name, create=False)
+            resource_tracker.unregister(region._name, "shared_memory")  # type: ignore[attr-defined]
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"{field}.region", f"no shared-memory region named {name!r} on this host") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"{field}.region", f"cannot attach to {name!r}: {exc}") from None
+    try:
+        yield region
+    finally:
+        try:
+            region.close()
+        except BufferError:  # a view is still referenced (say, by a traceback): unmapped once collected
+            pass
+
+
+@contextmanager
+def regions() -> Iterator[Regions]:
+    """Attach lazily to the regions a request names; detach from all of them on exit."""
+    with ExitStack() as stack:
+        yield Regions(stack)
