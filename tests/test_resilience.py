@@ -50,6 +50,9 @@ def small_server() -> Iterator[RunningServer]:
     assert stop_server(server) == 0
 
 
+CALLERS = 12
+
+
 def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() -> None:
     budget = 200 * 2**20
     server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--memory-budget-bytes", str(budget),
@@ -58,7 +61,7 @@ def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() ->
         pid = server.process.pid
         baseline = _rss_kib(pid, "VmRSS") * 1024
         x = np.random.default_rng(2).standard_normal(1_000_000)
-        h = np.random.default_rng(3).standard_normal(33)
+        h = np.random.default_rng(3).standard_normal(257)  # ~0.1 s of direct work per call
         expected = np.convolve(x, h)
         outcomes: list[str] = []
         rejection_ms: list[float] = []
@@ -74,14 +77,16 @@ def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() ->
                     outcomes.append(error.code.name)
                     rejection_ms.append(1e3 * (time.perf_counter() - started))
 
-        with concurrent.futures.ThreadPoolExecutor(24) as burst:
-            list(burst.map(call, range(48)))
+        with concurrent.futures.ThreadPoolExecutor(CALLERS) as burst:
+            list(burst.map(call, range(4 * CALLERS)))
         assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
         assert outcomes.count("RESOURCE_EXHAUSTED") > 0 and outcomes.count("OK") >= 4
         peak = _rss_kib(pid, "VmHWM") * 1024
-        # Allowance: gRPC holds up to one received 8 MB request per concurrent call before admission
-        # decides, plus encoding buffers of the admitted ones.
-        allowance = 24 * 2 * x.nbytes + 64 * 2**20
+        # Allowance outside the admission budget: for every concurrent caller gRPC holds its received
+        # request (the message bytes and the parsed message) and the reply being serialized, and
+        # glibc keeps freed blocks of that size in its arenas (measured: about 3 request sizes per
+        # caller), plus 128 MiB for the interpreter's and libraries' own growth.
+        allowance = CALLERS * 3 * x.nbytes + 128 * 2**20
         assert peak - baseline <= budget + allowance, (peak - baseline, budget, allowance)
         print(f"\noverload: {outcomes.count('OK')} OK, {outcomes.count('RESOURCE_EXHAUSTED')} RESOURCE_EXHAUSTED, "
               f"median rejection {np.median(rejection_ms):.1f} ms, peak RSS growth {(peak - baseline) / 2**20:.0f} MiB "

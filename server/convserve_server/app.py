@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import logs, metrics, security
+from .engine import costs, fftw_plans
 from .pool import WorkerPool
 from .servicer import ConvolutionServicer
 from .settings import Settings
@@ -42,7 +43,11 @@ class Server:
 
 def create_server(settings: Settings) -> Server:
     """Create the server and bind its port (raises StartupError when the port is taken)."""
-    os.environ.setdefault("CONVSERVE_FFTW_THREADS", str(settings.fftw_threads))
+    os.environ["CONVSERVE_FFTW_THREADS"] = str(settings.fftw_threads)
+    if settings.fftw_wisdom:
+        os.environ["CONVSERVE_FFTW_WISDOM"] = settings.fftw_wisdom
+    if settings.calibration:
+        os.environ["CONVSERVE_CALIBRATION"] = settings.calibration
     interceptors = [security.TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -56,7 +61,7 @@ def create_server(settings: Settings) -> Server:
     pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes,
                       settings.busy_pushback_ms)
     pool.on_change = metrics.pool_changed
-    pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool), server)
+    pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool, fftw_plans.wisdom_state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -77,6 +82,7 @@ async def serve(settings: Settings) -> None:
         print(f"convserve: WARNING: listening on {settings.host} without TLS or a token: anyone who can reach "
               "this address can use the server (set --tls-cert/--tls-key and/or --auth-token)", file=sys.stderr, flush=True)
     server = create_server(settings)
+    log.info("engine set-up", extra={"wisdom": fftw_plans.load_wisdom(), "calibration": costs.load()})
     metrics_port = -1
     if settings.metrics_port >= 0:
         try:
@@ -98,6 +104,8 @@ async def serve(settings: Settings) -> None:
     await server.health.enter_graceful_shutdown()
     await server.grpc_server.stop(settings.grace_seconds)
     server.pool.shutdown()
+    if settings.fftw_wisdom:
+        log.info("wisdom saved", extra={"wisdom": fftw_plans.save_wisdom()})
     print("convserve stopped", flush=True)
 
 

@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server (default 127.0.0.1:50051)")
     settings_module.add_arguments(serve)
+    commands.add_parser("calibrate", help="measure this host and save the cost model of `auto` (see --help)", add_help=False)
     health = commands.add_parser("health", help="exit 0 if the server at --target is SERVING")
     health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
@@ -23,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``convserve`` command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["calibrate"]:
+        from .calibrate import main as calibrate
+
+        return calibrate(arguments[1:])
+    args = build_parser().parse_args(arguments)
     if args.command == "health":
         return _health(args.target, args.timeout)
     try:

@@ -39,6 +39,8 @@ class Settings:
     max_concurrent_streams: int = field(
         default=64, metadata={"help": "HTTP/2 streams per connection (bounds what can arrive before admission)"}
     )
+    fftw_wisdom: str = field(default="", metadata={"help": "FFTW wisdom file: loaded at start, saved at shutdown (empty: none)"})
+    calibration: str = field(default="", metadata={"help": "cost-model file written by `convserve calibrate` (empty: its default path)"})
     busy_pushback_ms: int = field(default=50, metadata={"help": "retry pushback sent with RESOURCE_EXHAUSTED when the server is full"})
     grace_seconds: float = field(default=10.0, metadata={"help": "time in-flight calls get to finish on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})

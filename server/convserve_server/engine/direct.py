@@ -1,7 +1,9 @@
 """The direct engine: a sum of shifted, scaled copies of the signal, one per kernel tap.
 
 Works in any number of dimensions, broadcasts over the axes that are not convolved, and is exact
-for integer inputs (numpy's integer arithmetic accumulates without rounding).
+for integer inputs (numpy's integer arithmetic accumulates without rounding). Compiled kernels
+(OpenCV, numpy.convolve: :mod:`.direct_fast`) run first where they apply; this tap loop is the
+fallback for complex 2-D data, three or more convolved axes and integers beyond 2^53.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import cancellation
+from . import direct_fast
 from .options import output_shape
 
 
@@ -33,6 +36,9 @@ def linear_region(
     # Convolution is commutative: loop over the taps of the smaller operand.
     if _taps(h, axes) > _taps(x, axes):
         x, h = h, x
+    fast = direct_fast.try_linear_region(x, h, axes, starts, lengths, work_dtype)
+    if fast is not None:
+        return fast.astype(work_dtype, copy=False)
     x = x.astype(work_dtype, copy=False)
     h = h.astype(work_dtype, copy=False)
     kernel = [h.shape[a] for a in axes]

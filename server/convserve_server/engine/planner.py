@@ -2,7 +2,8 @@
 
 ``plan_signal_call`` reads the inputs' shapes and dtypes (and, for exactness and NaN checks,
 their values) and returns a :class:`SignalPlan`; nothing is computed yet. Every bad argument is
-found here, before any work starts. ``auto`` is a pure function of shapes, dtypes and options.
+found here, before any work starts. ``auto`` is a pure function of shapes, dtypes and options
+(and the kernel's separability): the method of least predicted time by :mod:`.costs`.
 """
 
 from __future__ import annotations
@@ -13,22 +14,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyfftw
 
-from . import integers
+from . import costs, direct_fast, integers
+from .fft import fast_length
 from .errors import InvalidArgumentError
 from .options import (
     BOUNDARIES, BOUNDARY_ALIASES, METHODS, MODES, as_input, choose, normalize_axes,
     normalize_fill_value, normalize_output_dtype, output_shape,
 )
-
-# Relative cost of one multiply-add of the direct engine and of one FFT butterfly (n log2 n).
-DIRECT_COST_PER_TAP = 1.0
-FFT_COST_PER_POINT_LOG = 1.5
-# overlap-add pays off once the signal is this many times longer than the kernel.
-OVERLAP_ADD_MIN_RATIO = 16
-OVERLAP_ADD_MIN_KERNEL = 64
-
 
 @dataclass
 class SignalPlan:
@@ -91,13 +84,14 @@ def plan_signal_call(
         starts = [s + m - 1 for s, m in zip(starts, sizes_h)]
     exact = out_dtype.kind in "biu"
     plan_warnings: list[str] = []
+    bound = 0.0
     if exact:
         bound = integers.worst_case_bound(x, h)
         work = integers.accumulator_for(bound, out_dtype, x.dtype.kind in "bu" and h.dtype.kind in "bu")
     else:
         work = _float_work_dtype(x.dtype, h.dtype, out_dtype, complex_work)
     shape = output_shape(x.shape, h.shape, conv_axes, lengths)
-    chosen = _choose_method(method, mode, x, h, conv_axes, lengths, exact, plan_warnings)
+    chosen = _choose_method(method, mode, x, h, conv_axes, lengths, exact, bound, work, plan_warnings)
     return SignalPlan(
         x=x, h=h, axes=conv_axes, mode=mode, starts=starts, lengths=lengths, out_dtype=out_dtype,
         work_dtype=work, method=chosen, exact_integer=exact,
@@ -184,34 +178,40 @@ def _choose_method(
     axes: tuple[int, ...],
     lengths: list[int],
     exact: bool,
+    bound: float,
+    work: np.dtype[Any],
     notes: list[str],
 ) -> str:
     """Resolve ``auto`` with the cost model and keep integer results exact and NaN local."""
     sizes = [(x.shape[a], h.shape[a]) for a in axes]
-    fft_size = math.prod(pyfftw.next_fast_len(n + m - 1) for n, m in sizes)
+    fft_size = math.prod(fast_length(n + m - 1) for n, m in sizes)
     if exact and method in ("fft", "overlap_add", "auto") and not integers.fft_is_exact(x, h, fft_size):
         if method != "auto":
             notes.append(f"method '{method}' cannot give exact integers at this range; ran 'direct' instead")
         return "direct"
-    finite = exact or (bool(np.isfinite(x).all()) and bool(np.isfinite(h).all()))
     if method != "auto":
-        if not finite and method != "direct":
+        if method != "direct" and not (exact or _finite(x, h)):
             notes.append(f"an input holds NaN or Inf; method '{method}' spreads it over the output (use 'direct' to keep it local)")
         if method == "overlap_add" and mode == "circular":
             notes.append("overlap-add does not apply to circular mode; ran 'fft'")
             return "fft"
         return method
-    if not finite:
+    batch = math.prod(max(x.shape[a], h.shape[a]) for a in range(x.ndim) if a not in axes)
+    c = costs.constants()
+    direct_work = np.dtype(np.float64) if exact else work
+    predicted = {
+        "direct": costs.direct_cost(x.shape, h, axes, lengths, batch, direct_work, bound < direct_fast.EXACT_FLOAT64, c),
+        "fft": costs.fft_cost(batch, sizes, np.dtype(np.float64) if exact else work, c),
+    }
+    if mode != "circular" and len(sizes) == 1:  # measured: blocking one axis of an image loses to a whole FFT
+        predicted["overlap_add"] = costs.overlap_add_cost(batch, sizes, np.dtype(np.float64) if exact else work, c)
+    chosen = min(predicted, key=lambda name: predicted[name])
+    if chosen != "direct" and not (exact or _finite(x, h)):
         notes.append("an input holds NaN or Inf; ran 'direct' to keep it local")
         return "direct"
-    batch = math.prod(max(x.shape[a], h.shape[a]) for a in range(x.ndim) if a not in axes)
-    taps = min(math.prod(n for n, _ in sizes), math.prod(m for _, m in sizes))
-    direct_cost = DIRECT_COST_PER_TAP * batch * math.prod(lengths) * taps
-    fft_cost = FFT_COST_PER_POINT_LOG * 3 * batch * fft_size * math.log2(max(fft_size, 2))
-    if direct_cost <= fft_cost:
-        return "direct"
-    longest = max(range(len(sizes)), key=lambda i: sizes[i][0] / sizes[i][1])
-    n, m = sizes[longest]
-    if mode != "circular" and m >= OVERLAP_ADD_MIN_KERNEL and n >= OVERLAP_ADD_MIN_RATIO * m:
-        return "overlap_add"
-    return "fft"
+    return chosen
+
+
+def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
+    """Whether both inputs are free of NaN and Inf (checked only when an FFT would run)."""
+    return bool(np.isfinite(h).all()) and bool(np.isfinite(x).all())
