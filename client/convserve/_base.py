@@ -27,7 +27,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 RETRY_BUFFER_BYTES = 256 * 1024
 SERVICE = "convserve.v1.ConvolutionService"
 # Above this many input bytes a call streams its tensors in 1 MiB chunks (see the README).
-DEFAULT_CHUNK_THRESHOLD = 32 * 1024 * 1024
+DEFAULT_CHUNK_THRESHOLD = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)

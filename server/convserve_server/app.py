@@ -15,7 +15,7 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import logs, metrics, security
+from . import logs, metrics, security, shared
 from .engine import costs, fftw_plans
 from .pool import WorkerPool
 from .servicer import ConvolutionServicer
@@ -104,6 +104,7 @@ async def serve(settings: Settings) -> None:
     await server.health.enter_graceful_shutdown()
     await server.grpc_server.stop(settings.grace_seconds)
     server.pool.shutdown()
+    shared.ATTACHED.clear()
     if settings.fftw_wisdom:
         log.info("wisdom saved", extra={"wisdom": fftw_plans.save_wisdom()})
     print("convserve stopped", flush=True)
