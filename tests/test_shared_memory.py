@@ -152,3 +152,26 @@ def test_plain_message_path_is_unaffected(shm_server: RunningServer) -> None:
         np.testing.assert_allclose(client.convolve([1.0, 2.0], [1.0, 1.0]), [1.0, 3.0, 2.0])
     request = pb.SignalRequest(in1=codec.encode(np.ones(3)), in2=codec.encode(np.ones(2)))
     assert request.ByteSize() > 0
+
+
+def test_regions_are_released_after_a_cancelled_call(shm_server: RunningServer) -> None:
+    import asyncio
+
+    async def cancel_midway() -> None:
+        client = convserve.AsyncClient(shm_server.target, shared_memory=True, shared_memory_threshold=0)
+        try:
+            task = asyncio.ensure_future(client.convolve(np.ones(2_000_000), np.ones(2001), method="direct"))
+            await asyncio.sleep(0.2)
+            assert len(our_regions()) == 2
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await client.close()
+
+    asyncio.run(cancel_midway())
+    assert our_regions() == set()
+    # The server detaches from unlinked regions at its next call and keeps serving.
+    with convserve.Client(shm_server.target, shared_memory=True, shared_memory_threshold=0, timeout=30) as client:
+        np.testing.assert_allclose(client.convolve(np.arange(4.0), [1.0]), np.arange(4.0))
+    assert our_regions() == set()
