@@ -9,6 +9,7 @@ fallback for complex 2-D data, three or more convolved axes and integers beyond 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -71,4 +72,4 @@ def linear_region(
 
 def _taps(array: npt.NDArray[Any], axes: Sequence[int]) -> int:
     """Number of elements of ``array`` along the convolved axes."""
-    return int(np.prod([array.shape[a] for a in axes]))
+    return math.prod(array.shape[a] for a in axes)
