@@ -204,7 +204,7 @@ class Pool(_message.Message):
     def __init__(self, kind: _Optional[_Union[PoolKind, str]] = ..., kernel_size: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., padding: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ConvLayerRequest(_message.Message):
-    __slots__ = ("input", "weight", "bias", "stride", "padding", "dilation", "groups", "padding_mode", "activation", "pool")
+    __slots__ = ("input", "weight", "bias", "stride", "padding", "dilation", "groups", "padding_mode", "activation", "pool", "weights_id")
     INPUT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     BIAS_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,7 @@ class ConvLayerRequest(_message.Message):
     PADDING_MODE_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_ID_FIELD_NUMBER: _ClassVar[int]
     input: Tensor
     weight: Tensor
     bias: Tensor
@@ -225,7 +226,44 @@ class ConvLayerRequest(_message.Message):
     padding_mode: PaddingMode
     activation: Activation
     pool: Pool
-    def __init__(self, input: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[_Union[Tensor, _Mapping]] = ..., bias: _Optional[_Union[Tensor, _Mapping]] = ..., stride: _Optional[_Iterable[int]] = ..., padding: _Optional[_Union[Padding, _Mapping]] = ..., dilation: _Optional[_Iterable[int]] = ..., groups: _Optional[int] = ..., padding_mode: _Optional[_Union[PaddingMode, str]] = ..., activation: _Optional[_Union[Activation, str]] = ..., pool: _Optional[_Union[Pool, _Mapping]] = ...) -> None: ...
+    weights_id: str
+    def __init__(self, input: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[_Union[Tensor, _Mapping]] = ..., bias: _Optional[_Union[Tensor, _Mapping]] = ..., stride: _Optional[_Iterable[int]] = ..., padding: _Optional[_Union[Padding, _Mapping]] = ..., dilation: _Optional[_Iterable[int]] = ..., groups: _Optional[int] = ..., padding_mode: _Optional[_Union[PaddingMode, str]] = ..., activation: _Optional[_Union[Activation, str]] = ..., pool: _Optional[_Union[Pool, _Mapping]] = ..., weights_id: _Optional[str] = ...) -> None: ...
+
+class RegisterWeightsRequest(_message.Message):
+    __slots__ = ("weight", "bias")
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    weight: Tensor
+    bias: Tensor
+    def __init__(self, weight: _Optional[_Union[Tensor, _Mapping]] = ..., bias: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class RegisterWeightsResponse(_message.Message):
+    __slots__ = ("weights_id",)
+    WEIGHTS_ID_FIELD_NUMBER: _ClassVar[int]
+    weights_id: str
+    def __init__(self, weights_id: _Optional[str] = ...) -> None: ...
+
+class ConvTransposeRequest(_message.Message):
+    __slots__ = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation", "weights_id")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PADDING_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    DILATION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_ID_FIELD_NUMBER: _ClassVar[int]
+    input: Tensor
+    weight: Tensor
+    bias: Tensor
+    stride: _containers.RepeatedScalarFieldContainer[int]
+    padding: _containers.RepeatedScalarFieldContainer[int]
+    output_padding: _containers.RepeatedScalarFieldContainer[int]
+    groups: int
+    dilation: _containers.RepeatedScalarFieldContainer[int]
+    weights_id: str
+    def __init__(self, input: _Optional[_Union[Tensor, _Mapping]] = ..., weight: _Optional[_Union[Tensor, _Mapping]] = ..., bias: _Optional[_Union[Tensor, _Mapping]] = ..., stride: _Optional[_Iterable[int]] = ..., padding: _Optional[_Iterable[int]] = ..., output_padding: _Optional[_Iterable[int]] = ..., groups: _Optional[int] = ..., dilation: _Optional[_Iterable[int]] = ..., weights_id: _Optional[str] = ...) -> None: ...
 
 class ConvLayerResponse(_message.Message):
     __slots__ = ("output", "info")

@@ -55,6 +55,16 @@ class ConvolutionServiceStub:
                 request_serializer=convserve_dot_v1_dot_convserve__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=convserve_dot_v1_dot_convserve__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.RegisterWeights = channel.unary_unary(
+                '/convserve.v1.ConvolutionService/RegisterWeights',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.RegisterWeightsRequest.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.RegisterWeightsResponse.FromString,
+                _registered_method=True)
+        self.ConvTranspose = channel.unary_unary(
+                '/convserve.v1.ConvolutionService/ConvTranspose',
+                request_serializer=convserve_dot_v1_dot_convserve__pb2.ConvTransposeRequest.SerializeToString,
+                response_deserializer=convserve_dot_v1_dot_convserve__pb2.ConvLayerResponse.FromString,
+                _registered_method=True)
         self.ConvolveChunked = channel.stream_stream(
                 '/convserve.v1.ConvolutionService/ConvolveChunked',
                 request_serializer=convserve_dot_v1_dot_convserve__pb2.SignalRequestPart.SerializeToString,
@@ -114,6 +124,20 @@ class ConvolutionServiceServicer:
 
     def GetServerInfo(self, request, context):
         """The server's version, limits and capabilities.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterWeights(self, request, context):
+        """Store a layer's weights (and bias) on the server; returns their content id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConvTranspose(self, request, context):
+        """A transposed convolution layer (torch.nn.functional.conv_transposeNd).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +207,16 @@ def add_ConvolutionServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=convserve_dot_v1_dot_convserve__pb2.GetServerInfoRequest.FromString,
                     response_serializer=convserve_dot_v1_dot_convserve__pb2.ServerInfo.SerializeToString,
+            ),
+            'RegisterWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterWeights,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.RegisterWeightsRequest.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.RegisterWeightsResponse.SerializeToString,
+            ),
+            'ConvTranspose': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConvTranspose,
+                    request_deserializer=convserve_dot_v1_dot_convserve__pb2.ConvTransposeRequest.FromString,
+                    response_serializer=convserve_dot_v1_dot_convserve__pb2.ConvLayerResponse.SerializeToString,
             ),
             'ConvolveChunked': grpc.stream_stream_rpc_method_handler(
                     servicer.ConvolveChunked,
@@ -324,6 +358,60 @@ class ConvolutionService:
             '/convserve.v1.ConvolutionService/GetServerInfo',
             convserve_dot_v1_dot_convserve__pb2.GetServerInfoRequest.SerializeToString,
             convserve_dot_v1_dot_convserve__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convserve.v1.ConvolutionService/RegisterWeights',
+            convserve_dot_v1_dot_convserve__pb2.RegisterWeightsRequest.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.RegisterWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvTranspose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convserve.v1.ConvolutionService/ConvTranspose',
+            convserve_dot_v1_dot_convserve__pb2.ConvTransposeRequest.SerializeToString,
+            convserve_dot_v1_dot_convserve__pb2.ConvLayerResponse.FromString,
             options,
             channel_credentials,
             insecure,
