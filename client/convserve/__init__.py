@@ -4,7 +4,7 @@ Depends only on grpcio, protobuf and numpy. ``convserve.Client`` computes
 ``scipy.signal.convolve``/``correlate`` and ``torch.nn.ConvNd`` layers on a server.
 """
 
-from ._base import BaseClient, ComputeInfo, RetryPolicy, ServerInfo
+from ._base import BaseClient, ComputeInfo, RetryPolicy, ServerInfo, Weights
 from .aio import AsyncClient
 from .client import Client
 from .errors import (
@@ -41,5 +41,6 @@ __all__ = [
     "ServerInfo",
     "UnauthenticatedError",
     "UnavailableError",
+    "Weights",
     "__version__",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -88,6 +88,23 @@ class Prepared:
     request: Any
     streamed: dict[str, npt.NDArray[Any]] | None
     shared: pb.SharedSignalRequest | None = None
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Weights stored on the server by ``register_weights``; pass it in place of ``weight``.
+
+    Attributes
+    ----------
+    id : str
+        The server's content id (hex SHA-256 of dtype, shape and bytes; the same on every replica).
+    weight, bias : numpy.ndarray
+        Kept so the client can register them again if the server evicted them.
+    """
+
+    id: str
+    weight: npt.NDArray[Any] = field(repr=False)
+    bias: npt.NDArray[Any] | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -213,9 +230,16 @@ class BaseClient:
                                           mode, method, axes, boundary, fill_value, output_dtype)
         return Prepared(request, arrays if chunked else None)
 
-    def _layer_request(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None, stride: Any,
+    def _layer_request(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None, stride: Any,
                        padding: Any, dilation: Any, groups: int, padding_mode: str, activation: str | None,
                        pool: Mapping[str, Any] | None) -> Prepared:
+        if isinstance(weight, Weights):
+            if bias is not None:
+                raise _options.invalid("bias", "registered weights carry their own bias; pass bias=None")
+            request = _options.conv_layer_request(input, None, None, stride, padding, dilation, groups,
+                                                  padding_mode, activation, pool)
+            request.weights_id = weight.id
+            return Prepared(request, None)
         arrays = {"input": _options.as_array(input, "input"), "weight": _options.as_array(weight, "weight")}
         if bias is not None:
             arrays["bias"] = _options.as_array(bias, "bias")
@@ -224,6 +248,26 @@ class BaseClient:
             None if chunked else arrays["input"], None if chunked else arrays["weight"],
             None if chunked else arrays.get("bias"), stride, padding, dilation, groups, padding_mode, activation, pool)
         return Prepared(request, arrays if chunked else None)
+
+    @staticmethod
+    def _transpose_request(input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None,
+                           stride: Any, padding: Any, output_padding: Any, groups: int, dilation: Any) -> pb.ConvTransposeRequest:
+        if isinstance(weight, Weights):
+            if bias is not None:
+                raise _options.invalid("bias", "registered weights carry their own bias; pass bias=None")
+            request = _options.conv_transpose_request(input, None, None, stride, padding, output_padding, groups, dilation)
+            request.weights_id = weight.id
+            return request
+        return _options.conv_transpose_request(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+    @staticmethod
+    def _weights_request(weight: npt.ArrayLike, bias: npt.ArrayLike | None) -> tuple[pb.RegisterWeightsRequest, npt.NDArray[Any], npt.NDArray[Any] | None]:
+        w = _options.as_array(weight, "weight")
+        b = None if bias is None else _options.as_array(bias, "bias")
+        request = pb.RegisterWeightsRequest(weight=codec.encode(w, "weight"))
+        if b is not None:
+            request.bias.CopyFrom(codec.encode(b, "bias"))
+        return request, w, b
 
     def _chunked(self, arrays: Mapping[str, npt.NDArray[Any]]) -> bool:
         """Whether these inputs go as a chunked stream (above ``chunk_threshold`` bytes)."""

@@ -148,6 +148,32 @@ def conv_layer_request(
     return request
 
 
+def conv_transpose_request(
+    input: npt.ArrayLike,
+    weight: npt.ArrayLike | None,
+    bias: npt.ArrayLike | None,
+    stride: int | Sequence[int],
+    padding: int | Sequence[int],
+    output_padding: int | Sequence[int],
+    groups: int,
+    dilation: int | Sequence[int],
+) -> pb.ConvTransposeRequest:
+    """Build the request of ConvTranspose (``weight`` None: registered weights)."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise invalid("groups", f"expected a positive int; got {groups!r}")
+    request = pb.ConvTransposeRequest(
+        stride=int_list(stride, "stride", minimum=1),
+        padding=int_list(padding, "padding", minimum=0),
+        output_padding=int_list(output_padding, "output_padding", minimum=0),
+        dilation=int_list(dilation, "dilation", minimum=1),
+        groups=int(groups),
+    )
+    for name, value in (("input", input), ("weight", weight), ("bias", bias)):
+        if value is not None:
+            getattr(request, name).CopyFrom(codec.encode(value, name))
+    return request
+
+
 def _pool(pool: Mapping[str, Any]) -> pb.Pool:
     """The Pool message of a ``{"kind", "kernel_size", "stride", "padding"}`` mapping."""
     if not isinstance(pool, Mapping):

@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _chunking, codec
-from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo
-from .errors import from_rpc_error
+from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
+from .errors import NotFoundError, from_rpc_error
 from .v1 import convserve_pb2 as pb
 from .v1 import convserve_pb2_grpc as pb_grpc
 
@@ -133,7 +133,7 @@ class Client(BaseClient):
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
         return self._finish(self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout, self._stub.CorrelateShared), return_info)
 
-    def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None,
+    def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
                    stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
                    dilation: int | Sequence[int] = 1, groups: int = 1, padding_mode: str = "zeros",
                    activation: str | None = None, pool: Mapping[str, Any] | None = None,
@@ -171,7 +171,76 @@ class Client(BaseClient):
             ``(N, C_out, *spatial_out)`` (unbatched input: no N axis).
         """
         prepared = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
-        return self._finish(self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), return_info)
+        try:
+            result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
+        except NotFoundError:
+            if not isinstance(weight, Weights):
+                raise
+            self.register_weights(weight.weight, weight.bias, timeout=timeout)  # evicted: register again, once
+            result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
+        return self._finish(result, return_info)
+
+    def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *,
+                         timeout: Any = _DEFAULT) -> Weights:
+        """Store a layer's weights (and bias) on the server, so later calls send only activations.
+
+        Parameters
+        ----------
+        weight : array_like
+            ``(C_out, C_in / groups, *kernel)`` for ``conv_layer`` or ``(C_in, C_out / groups, *kernel)``
+            for ``conv_transpose``; float32 or float64.
+        bias : array_like, optional
+            ``(C_out,)``.
+        timeout : float or None, optional
+            Deadline of this call in seconds (default: the client's).
+
+        Returns
+        -------
+        Weights
+            Pass it in place of ``weight`` (with ``bias=None``). Its id is the SHA-256 of the
+            tensors, the same on every replica; if a server evicted the weights, the client
+            registers them again by itself.
+        """
+        request, w, b = self._weights_request(weight, bias)
+        response = self._call(self._stub.RegisterWeights, request, timeout)
+        return Weights(response.weights_id, w, b)
+
+    def conv_transpose(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
+                       stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                       output_padding: int | Sequence[int] = 0, groups: int = 1, dilation: int | Sequence[int] = 1,
+                       return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+        """A transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose1d/2d/3d``.
+
+        Parameters
+        ----------
+        input : array_like
+            ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``, float32 or float64.
+        weight : array_like or Weights
+            ``(C_in, C_out / groups, *kernel)``, or weights from :meth:`register_weights`.
+        bias : array_like, optional
+            ``(C_out,)``.
+        stride, padding, output_padding, dilation : int or tuple of int
+            As torch.
+        groups : int
+            Blocked connections from input to output channels.
+        return_info : bool
+            Also return a :class:`ComputeInfo`.
+        timeout : float or None, optional
+            Deadline of this call in seconds (default: the client's).
+
+        Returns
+        -------
+        numpy.ndarray or (numpy.ndarray, ComputeInfo)
+        """
+        request = self._transpose_request(input, weight, bias, stride, padding, output_padding, groups, dilation)
+        try:
+            response = self._call(self._stub.ConvTranspose, request, timeout)
+        except NotFoundError:
+            if not isinstance(weight, Weights):
+                raise
+            self.register_weights(weight.weight, weight.bias, timeout=timeout)
+            response = self._call(self._stub.ConvTranspose, request, timeout)
+        return self._finish(self._from_unary(response), return_info)
 
     def convolve_stream(self, blocks: Iterable[npt.ArrayLike], kernel: npt.ArrayLike,
                         output_dtype: npt.DTypeLike | None = None, *, timeout: float | None = None) -> Iterator[npt.NDArray[Any]]:
