@@ -172,3 +172,44 @@ def test_bad_wisdom_file_is_reported_not_raised(tmp_path) -> None:
     path.write_bytes(b"x\n--convserve-wisdom--\ny\n--convserve-wisdom--\nz")
     assert "rejected" in fftw_plans.load_wisdom(str(path))
     assert "effort=" in fftw_plans.wisdom_state()
+
+
+@pytest.mark.parametrize("n,m,mode", [(5000, 7, "full"), (5000, 40, "same"), (5000, 300, "valid"), (9000, 2, "full")])
+def test_direct_1d_in_cancellable_chunks_is_bit_identical(monkeypatch: pytest.MonkeyPatch, n: int, m: int, mode: str) -> None:
+    x, h = RNG.standard_normal(n), RNG.standard_normal(m)
+    whole = convolve(x, h, mode, "direct")
+    monkeypatch.setattr(direct_fast, "CHUNK_MACS", 512)
+    chunked = convolve(x, h, mode, "direct")
+    np.testing.assert_array_equal(chunked, whole)
+
+
+@pytest.mark.parametrize("shape,k", [((300, 200), (7, 7)), ((300, 200), (13, 12)), ((1, 300_000), (1, 9))])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_direct_2d_in_cancellable_bands_matches(monkeypatch: pytest.MonkeyPatch, shape, k, mode: str) -> None:
+    x, h = RNG.standard_normal(shape).astype(np.float32), RNG.standard_normal(k).astype(np.float32)
+    monkeypatch.setattr(direct_fast, "CHUNK_MACS", 4096)
+    expected = ss.convolve(x.astype(np.float64), h.astype(np.float64), mode, "direct")
+    close(convolve(x, h, mode, "direct"), expected, 1e-5)
+
+
+@pytest.mark.parametrize("shapes,axes", [(((3, 5000), (1, 70)), None), (((5000, 3), (70,)), (0,)), (((40, 3000), (5, 100)), None)])
+@pytest.mark.parametrize("mode", ["full", "same", "valid"])
+def test_overlap_add_in_groups_matches(monkeypatch: pytest.MonkeyPatch, shapes, axes, mode: str) -> None:
+    from convserve_server.engine import overlap_add
+    monkeypatch.setattr(overlap_add, "GROUP_BYTES", 8192)
+    x, h = RNG.standard_normal(shapes[0]), RNG.standard_normal(shapes[1])
+    reference_h = h if h.ndim == x.ndim else h[:, None]
+    close(convolve(x, h, mode, "overlap_add", axes=axes), ss.fftconvolve(x, reference_h, mode, axes=axes), 1e-12)
+
+
+@pytest.mark.parametrize("method,m", [("direct", 3001), ("direct", 5), ("overlap_add", 4097)])
+def test_a_cancelled_scope_stops_long_work(monkeypatch: pytest.MonkeyPatch, method: str, m: int) -> None:
+    import threading
+    from convserve_server.engine import cancellation, overlap_add
+    monkeypatch.setattr(direct_fast, "CHUNK_MACS", 1 << 12)
+    monkeypatch.setattr(overlap_add, "GROUP_BYTES", 1 << 14)
+    token = threading.Event()
+    token.set()
+    x, h = RNG.standard_normal(400_000), RNG.standard_normal(m)
+    with cancellation.scope(token), pytest.raises(cancellation.Cancelled):
+        convolve(x, h, "full", method)

@@ -153,7 +153,7 @@ def _wait_idle(pid: int, limit: float = 10.0) -> float:
     raise AssertionError("the server kept computing")
 
 
-@pytest.mark.parametrize("method", ["direct"])
+@pytest.mark.parametrize("method", ["direct", "overlap_add"])
 def test_deadline_stops_the_work_and_frees_the_budget(small_server: RunningServer, method: str) -> None:
     x = np.random.default_rng(5).standard_normal(4_000_000)
     h = np.random.default_rng(6).standard_normal(3001 if method == "direct" else 65_537)

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from . import cancellation
+
 cv2: Any
 try:  # OpenCV is a server dependency; without it the numpy paths still give the same results
     cv2 = importlib.import_module("cv2")
@@ -39,6 +41,11 @@ CV_DIRECT_MAX_SIDE = 11
 # numpy.convolve beats a one-row OpenCV filter below this kernel length (measured here).
 NUMPY_1D_MAX_TAPS = 8
 SEPARABLE_MIN_SIDE = 5
+# One block of work between cancellation checks (DESIGN issue 5): about this many multiply-adds,
+# 10-20 ms here for numpy.convolve (~5 GMAC/s) and OpenCV. Jobs below twice this run whole.
+CHUNK_MACS = 1 << 26
+# OpenCV's DFT path (large kernels): the cost of one output pixel in multiply-add equivalents.
+_DFT_PIXEL_COST = 32
 _CV_DEPTHS = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32), np.dtype(np.float64)}
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convserve-direct")
 
@@ -111,9 +118,41 @@ def _finite_floats(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
 
 
 def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    """One signal: numpy.convolve (full) and a crop."""
-    full = np.convolve(x.astype(dtype, copy=False), h.astype(dtype, copy=False))
-    return full[start:start + length]
+    """One signal: numpy.convolve over the requested outputs, in chunks of ~CHUNK_MACS work.
+
+    A chunk of outputs ``[a, b)`` convolves the slice ``x[lo:hi]`` it needs (``"valid"`` mode
+    inside the signal, ``"full"`` at its ends), so every output is the same dot product numpy
+    computes for the whole signal (bit-identical results); ``cancellation.check`` runs between
+    chunks. ``x`` is the longer operand (``len(x) >= len(h)``).
+    """
+    xs, hs = x.astype(dtype, copy=False), h.astype(dtype, copy=False)
+    m = hs.shape[0]
+    if length * m <= 2 * CHUNK_MACS:
+        return _numpy_chunk(xs, hs, start, start + length)
+    step = max(m, CHUNK_MACS // m)
+    out = np.empty(length, dtype=dtype)
+    end = start + length
+    for a in range(start, end, step):
+        cancellation.check()
+        b = min(end, a + step)
+        out[a - start:b - start] = _numpy_chunk(xs, hs, a, b)
+    return out
+
+
+def _numpy_chunk(x: npt.NDArray[Any], h: npt.NDArray[Any], a: int, b: int) -> npt.NDArray[Any]:
+    """Full-convolution outputs ``a..b-1`` of ``x`` (at least as long as ``h``) by ``h``.
+
+    The slice ``x[lo:hi]`` holds at least ``len(h)`` samples (numpy.convolve never swaps the
+    operands) and starts either at 0 or at least ``len(h) - 1`` before ``a``, so each output is
+    numpy's own dot product over the same samples as for the whole signal.
+    """
+    n, m = x.shape[0], h.shape[0]
+    lo = max(0, min(a - m + 1, n - m))
+    hi = min(n, max(b, lo + m))
+    part = x[lo:hi]
+    if (lo == 0 and a < m - 1) or b > hi:  # outputs near an end: the full mode's partial sums
+        return np.convolve(part, h)[a - lo:b - lo]
+    return np.convolve(part, h, "valid")[a - (lo + m - 1):b - (lo + m - 1)]
 
 
 def _as_source(a: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
@@ -158,6 +197,7 @@ def _opencv(
         out[...] = result.reshape(out.shape)
     else:
         for index in itertools.product(*(range(s) for s in batch_shape)):
+            cancellation.check()
             xi = tuple(i if xm.shape[k] > 1 else 0 for k, i in enumerate(index))
             hi = tuple(i if hm.shape[k] > 1 else 0 for k, i in enumerate(index))
             src = _as_source(np.ascontiguousarray(xm[xi]), dtype)
@@ -175,21 +215,56 @@ def _region_2d(
 ) -> npt.NDArray[Any]:
     """Full-convolution rows ``starts[0]..`` and columns ``starts[1]..`` of one 2-D image.
 
+    Large jobs run in bands of output rows (each with the ``M - 1`` input rows of overlap it
+    needs) of about ``CHUNK_MACS`` work, with ``cancellation.check`` between bands.
+    """
+    kernel = np.ascontiguousarray(h[::-1, ::-1], dtype=dtype)
+    separable = _separable(kernel, dtype)
+    rows, m = lengths[0], h.shape[0]
+    if separable is not None:
+        per_pixel = h.shape[0] + h.shape[1]
+    elif summed(h.shape):
+        per_pixel = h.shape[0] * h.shape[1]
+    else:
+        per_pixel = _DFT_PIXEL_COST
+    per_row = max(1, lengths[1] * per_pixel)
+    if rows * per_row <= 2 * CHUNK_MACS:
+        return _filter(src, kernel, separable, starts, lengths, ddepth, dtype)
+    band = max(-(-CHUNK_MACS // per_row), 8 * (m - 1), 8)
+    out = np.empty((rows, lengths[1]), dtype=dtype)
+    first, end = starts[0], starts[0] + rows
+    for a in range(first, end, band):
+        cancellation.check()
+        b = min(end, a + band)
+        lo, hi = max(0, a - m + 1), min(src.shape[0], b)
+        out[a - first:b - first] = _filter(src[lo:hi], kernel, separable, [a - lo, starts[1]], [b - a, lengths[1]], ddepth, dtype)
+    return out
+
+
+def _filter(
+    src: npt.NDArray[Any],
+    kernel: npt.NDArray[Any],
+    separable: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None,
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    ddepth: int,
+    dtype: np.dtype[Any],
+) -> npt.NDArray[Any]:
+    """One OpenCV call for a region of the full convolution (``kernel`` already flipped).
+
     ``dst(j) = sum_k h[k] src[j + d - k]`` with OpenCV's anchor ``M - 1 - d``; choosing the
     crop offset ``c = max(0, s - (M - 1))`` and ``d = s - c`` keeps the anchor inside the kernel,
     so only the far end is ever zero-padded (``full`` mode).
     """
     anchor, crop, after = [], [], []
     for axis in (0, 1):
-        n, m, s, length = src.shape[axis], h.shape[axis], starts[axis], lengths[axis]
+        n, m, s, length = src.shape[axis], kernel.shape[axis], starts[axis], lengths[axis]
         c = max(0, s - (m - 1))
         anchor.append(m - 1 - (s - c))
         crop.append(c)
         after.append(max(0, c + length - n))
     if any(after):
         src = np.pad(src, [(0, after[0]), (0, after[1])])
-    kernel = np.ascontiguousarray(h[::-1, ::-1], dtype=dtype)
-    separable = _separable(kernel, dtype)
     if separable is not None:
         ky, kx = separable
         dst = cv2.sepFilter2D(src, ddepth, kx, ky, anchor=(anchor[1], anchor[0]), borderType=cv2.BORDER_CONSTANT)
@@ -219,21 +294,35 @@ def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> tuple[npt.NDAr
 def _row_split(
     src: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, ddepth: int, dtype: np.dtype[Any]
 ) -> npt.NDArray[Any]:
-    """One long signal (a 1xN image): two halves of the output on two threads."""
+    """One long signal (a 1xN image): pieces of the output, two at a time on two threads.
+
+    Two halves when the job is short; otherwise pieces of about ``CHUNK_MACS / 2`` work each,
+    with ``cancellation.check`` between rounds of two.
+    """
     n, m = src.shape[1], h.shape[1]
     if length < 1 << 16:
         return _region_2d(src, h, [0, start], [1, length], ddepth, dtype)[0]
-    # Split where neither half needs padding: at a full-convolution index in [m - 1, n].
-    middle = min(max(start + length // 2, m - 1), n)
-    if not start < middle < start + length:
+    end = start + length
+    if length * m <= 2 * CHUNK_MACS:
+        cuts = [start + length // 2]
+    else:
+        cuts = list(range(start, end, max(1 << 16, CHUNK_MACS // (2 * m))))[1:]
+    # Split where no piece needs padding: at full-convolution indices in [m - 1, n].
+    cuts = sorted({min(max(c, m - 1), n) for c in cuts} - {start, end})
+    cuts = [c for c in cuts if start < c < end]
+    if not cuts:
         return _region_2d(src, h, [0, start], [1, length], ddepth, dtype)[0]
+    bounds = [start] + cuts + [end]
     out = np.empty(length, dtype=dtype)
 
     def part(a: int, b: int) -> None:
         lo, hi = max(0, a - m + 1), min(n, b)
         out[a - start:b - start] = _region_2d(src[:, lo:hi], h, [0, a - lo], [1, b - a], ddepth, dtype)[0]
 
-    jobs = [_POOL.submit(part, start, middle), _POOL.submit(part, middle, start + length)]
-    for job in jobs:
-        job.result()
+    pieces = list(zip(bounds[:-1], bounds[1:]))
+    for first in range(0, len(pieces), 2):
+        cancellation.check()
+        jobs = [_POOL.submit(part, a, b) for a, b in pieces[first:first + 2]]
+        for job in jobs:
+            job.result()
     return out
