@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import MutableMapping
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -75,19 +76,19 @@ def _pad(x: NDArray[Any], pads: list[tuple[int, int]], padding_mode: str) -> NDA
 def conv_layer(
     input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
     groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    return_info: Literal[False] = ...,
+    return_info: Literal[False] = ..., prepared: MutableMapping[Any, Any] | None = ...,
 ) -> NDArray[Any]: ...
 @overload
 def conv_layer(
     input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
     groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    *, return_info: Literal[True],
+    *, return_info: Literal[True], prepared: MutableMapping[Any, Any] | None = ...,
 ) -> tuple[NDArray[Any], CallInfo]: ...
 @overload
 def conv_layer(
     input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
     groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    return_info: bool = ...,
+    return_info: bool = ..., prepared: MutableMapping[Any, Any] | None = ...,
 ) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]: ...
 
 
@@ -103,6 +104,7 @@ def conv_layer(
     activation: str | None = None,
     pool: Any = None,
     return_info: bool = False,
+    prepared: MutableMapping[Any, Any] | None = None,
 ) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]:
     """Apply a CNN convolution layer, as ``torch.nn.ConvNd``, then ReLU and pooling.
 
@@ -131,6 +133,10 @@ def conv_layer(
         ``torch.nn.functional.max_poolNd`` / ``avg_poolNd`` default semantics.
     return_info : bool
         Also return a :class:`~.info.CallInfo`.
+    prepared : MutableMapping, optional
+        A per-weights store that lives as long as the weights (the server's registered-weights
+        cache): paths keep the weight's prepared forms (packed matrices, spectra) in it, keyed
+        by what they depend on, so repeated calls with the same weights skip that work.
 
     Returns
     -------
