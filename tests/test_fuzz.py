@@ -14,7 +14,7 @@ from convserve import InvalidArgumentError, codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from .conftest import RunningServer
+from .conftest import RunningServer, start_server, stop_server
 
 DIMENSION = st.one_of(st.integers(-3, 6), st.sampled_from([2**31, 2**62, 2**63 - 1, -(2**63)]))
 TENSORS = st.builds(
@@ -94,6 +94,85 @@ LAYER_REQUESTS = st.builds(
 def test_conv_layer_rpc_never_fails_internally(stub: pb_grpc.ConvolutionServiceStub, request: pb.ConvLayerRequest) -> None:
     code = _status(stub.ConvLayer, request)
     assert code in ALLOWED, code
+
+
+CHUNKS = st.builds(
+    pb.TensorChunk,
+    field=st.sampled_from(["in1", "in2", "input", "weight", "bias", "result", "", "x" * 300]),
+    offset=st.one_of(st.integers(-4, 200), st.just(2**63 - 1)),
+    data=st.binary(max_size=64),
+)
+HEADER_TENSORS = st.one_of(ANY_TENSOR, st.builds(lambda t: pb.Tensor(dtype=t.dtype, shape=t.shape), TENSORS))
+SIGNAL_PARTS = st.lists(st.one_of(
+    st.builds(lambda h: pb.SignalRequestPart(header=h),
+              st.builds(pb.SignalRequest, in1=HEADER_TENSORS, in2=HEADER_TENSORS, mode=st.integers(0, 4))),
+    st.builds(lambda c: pb.SignalRequestPart(chunk=c), CHUNKS)), max_size=5)
+LAYER_PARTS = st.lists(st.one_of(
+    st.builds(lambda h: pb.ConvLayerRequestPart(header=h),
+              st.builds(pb.ConvLayerRequest, input=HEADER_TENSORS, weight=HEADER_TENSORS)),
+    st.builds(lambda c: pb.ConvLayerRequestPart(chunk=c), CHUNKS)), max_size=5)
+STREAM_MESSAGES = st.lists(st.one_of(
+    st.builds(lambda k, o: pb.StreamRequest(config=pb.StreamConfig(kernel=k, output_dtype=o)), ANY_TENSOR, st.integers(0, 16)),
+    st.builds(lambda b: pb.StreamRequest(block=b), ANY_TENSOR)), max_size=5)
+
+
+def _stream_status(call: object, messages: list[object]) -> grpc.StatusCode:
+    """Send ``messages`` on a streaming RPC and read every reply; the final status."""
+    try:
+        for _ in call(iter(messages), timeout=30):  # type: ignore[operator]
+            pass
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=SIGNAL_PARTS, layer_parts=LAYER_PARTS, correlate=st.booleans())
+def test_chunked_rpcs_never_fail_internally(stub: pb_grpc.ConvolutionServiceStub, parts: list[pb.SignalRequestPart],
+                                            layer_parts: list[pb.ConvLayerRequestPart], correlate: bool) -> None:
+    code = _stream_status(stub.CorrelateChunked if correlate else stub.ConvolveChunked, parts)
+    assert code in ALLOWED, code
+    code = _stream_status(stub.ConvLayerChunked, layer_parts)
+    assert code in ALLOWED, code
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=STREAM_MESSAGES)
+def test_convolve_stream_never_fails_internally(stub: pb_grpc.ConvolutionServiceStub, messages: list[pb.StreamRequest]) -> None:
+    code = _stream_status(stub.ConvolveStream, messages)
+    assert code in ALLOWED, code
+
+
+SHARED_TENSORS = st.builds(
+    pb.SharedTensor,
+    region=st.sampled_from(["convserve_fuzz_none", "../etc/passwd", "", "convserve/../x", "convserve" + "a" * 300, "psm_x"]),
+    offset=st.one_of(st.integers(-8, 64), st.just(2**63 - 1)), dtype=st.integers(0, 16), shape=st.lists(DIMENSION, max_size=3),
+)
+SHARED_REQUESTS = st.builds(
+    pb.SharedSignalRequest,
+    options=st.one_of(st.none(), st.builds(pb.SignalRequest, mode=st.integers(0, 4), in1=st.one_of(st.none(), ANY_TENSOR))),
+    in1=SHARED_TENSORS, in2=SHARED_TENSORS,
+    result=st.builds(pb.SharedBuffer, region=st.sampled_from(["convserve_fuzz_none", "../x", ""]),
+                     offset=st.integers(-2, 64), size=st.integers(-2, 2**40)),
+)
+
+
+@pytest.fixture(scope="module")
+def shared_stub() -> Iterator[pb_grpc.ConvolutionServiceStub]:
+    running = start_server("--allow-shared-memory", "--log-level", "WARNING")
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            yield pb_grpc.ConvolutionServiceStub(channel)
+    finally:
+        assert stop_server(running) == 0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=SHARED_REQUESTS, correlate=st.booleans())
+def test_shared_memory_rpcs_never_fail_internally(shared_stub: pb_grpc.ConvolutionServiceStub, request: pb.SharedSignalRequest,
+                                                  correlate: bool) -> None:
+    code = _status(shared_stub.CorrelateShared if correlate else shared_stub.ConvolveShared, request)
+    assert code in ALLOWED | {grpc.StatusCode.NOT_FOUND}, code
 
 
 def test_server_still_serves_after_fuzzing(stub: pb_grpc.ConvolutionServiceStub) -> None:
