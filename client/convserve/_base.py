@@ -236,10 +236,12 @@ class BaseClient:
         if isinstance(weight, Weights):
             if bias is not None:
                 raise _options.invalid("bias", "registered weights carry their own bias; pass bias=None")
-            request = _options.conv_layer_request(input, None, None, stride, padding, dilation, groups,
-                                                  padding_mode, activation, pool)
+            x = {"input": _options.as_array(input, "input")}
+            streamed = self._chunked(x)  # only the activations travel; large ones in chunks
+            request = _options.conv_layer_request(None if streamed else x["input"], None, None, stride, padding,
+                                                  dilation, groups, padding_mode, activation, pool)
             request.weights_id = weight.id
-            return Prepared(request, None)
+            return Prepared(request, x if streamed else None)
         arrays = {"input": _options.as_array(input, "input"), "weight": _options.as_array(weight, "weight")}
         if bias is not None:
             arrays["bias"] = _options.as_array(bias, "bias")

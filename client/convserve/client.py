@@ -176,8 +176,14 @@ class Client(BaseClient):
         except NotFoundError:
             if not isinstance(weight, Weights):
                 raise
-            self.register_weights(weight.weight, weight.bias, timeout=timeout)  # evicted: register again, once
-            result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
+            fresh = self.register_weights(weight.weight, weight.bias, timeout=timeout)  # evicted: register again, once
+            prepared = self._layer_request(input, fresh, None, stride, padding, dilation, groups, padding_mode, activation, pool)
+            try:
+                result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
+            except NotFoundError:  # another replica answered (round robin): send the weights with the call
+                prepared = self._layer_request(input, weight.weight, weight.bias, stride, padding, dilation, groups,
+                                               padding_mode, activation, pool)
+                result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
         return self._finish(result, return_info)
 
     def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *,
@@ -238,8 +244,14 @@ class Client(BaseClient):
         except NotFoundError:
             if not isinstance(weight, Weights):
                 raise
-            self.register_weights(weight.weight, weight.bias, timeout=timeout)
-            response = self._call(self._stub.ConvTranspose, request, timeout)
+            fresh = self.register_weights(weight.weight, weight.bias, timeout=timeout)  # evicted: register again, once
+            request = self._transpose_request(input, fresh, None, stride, padding, output_padding, groups, dilation)
+            try:
+                response = self._call(self._stub.ConvTranspose, request, timeout)
+            except NotFoundError:  # another replica answered (round robin): send the weights with the call
+                request = self._transpose_request(input, weight.weight, weight.bias, stride, padding, output_padding,
+                                                  groups, dilation)
+                response = self._call(self._stub.ConvTranspose, request, timeout)
         return self._finish(self._from_unary(response), return_info)
 
     def convolve_stream(self, blocks: Iterable[npt.ArrayLike], kernel: npt.ArrayLike,

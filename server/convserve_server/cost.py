@@ -10,8 +10,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
+
+from .engine.conv_transpose import sizes as transpose_sizes
+from .weights import Entry
 
 # Work arrays of the FFT path, in units of the full-size array: padded x, padded h, two spectra
 # (half size, complex: one real-size each), the product and the inverse.
@@ -46,10 +51,25 @@ def signal_request_bytes(request: pb.SignalRequest) -> int:
     return received + FFT_WORK_ARRAYS * full * work_itemsize + full * 16
 
 
-def conv_layer_request_bytes(request: pb.ConvLayerRequest) -> int:
-    """Estimated peak bytes of a ConvLayer request (input, padded input, im2col columns, output)."""
-    x, w = _shape(request.input), _shape(request.weight)
-    received = declared_bytes(request.input) + declared_bytes(request.weight) + declared_bytes(request.bias)
+def _registered(entry: Entry | None, request: Any) -> tuple[pb.Tensor, pb.Tensor]:
+    """Headers (no data) of the weight and bias: the registered entry's, or the request's own."""
+    if entry is None:
+        return request.weight, request.bias
+    def header(array: npt.NDArray[Any] | None) -> pb.Tensor:
+        if array is None:
+            return pb.Tensor()
+        return pb.Tensor(dtype=codec.dtype_code(np.dtype(array.dtype), "weight"), shape=array.shape)
+    return header(entry.weight), header(entry.bias)
+
+
+def conv_layer_request_bytes(request: pb.ConvLayerRequest, entry: Entry | None = None) -> int:
+    """Estimated peak bytes of a ConvLayer request (input, padded input, im2col columns, output).
+
+    With registered weights (``entry``) their shape comes from the cache, not the request.
+    """
+    weight, bias = _registered(entry, request)
+    x, w = _shape(request.input), _shape(weight)
+    received = declared_bytes(request.input) + declared_bytes(weight) + declared_bytes(bias)
     itemsize = 8  # float64 accumulation may be used for small layers
     if len(x) < 2 or len(w) < 3:
         return received
@@ -69,10 +89,42 @@ def conv_layer_request_bytes(request: pb.ConvLayerRequest) -> int:
     return received + itemsize * (batch_channels * padded + columns + 2 * output)
 
 
-def estimate(request: Any) -> int:
-    """Estimated peak bytes of any compute request."""
+def _per_dim(values: Any, nd: int, default: int) -> tuple[int, ...]:
+    """A repeated option as one value per spatial dimension (clamped to sane values)."""
+    items = [int(v) for v in values] or [default]
+    if len(items) == 1:
+        items = items * nd
+    return tuple(max(default, v) for v in (items + [default] * nd)[:nd])
+
+
+def conv_transpose_request_bytes(request: pb.ConvTransposeRequest, entry: Entry | None = None) -> int:
+    """Estimated peak bytes of a ConvTranspose request: input, the zero-inserted padded input,
+    im2col columns and output (registered weights: their shape comes from the cache)."""
+    weight, bias = _registered(entry, request)
+    x, w = _shape(request.input), _shape(weight)
+    received = declared_bytes(request.input) + declared_bytes(weight) + declared_bytes(bias)
+    nd = len(w) - 2
+    if nd < 1 or len(x) < nd + 1 or w[0] == 0:
+        return received
+    stride, dilation = _per_dim(request.stride, nd, 1), _per_dim(request.dilation, nd, 1)
+    padding, output_padding = _per_dim(request.padding, nd, 0), _per_dim(request.output_padding, nd, 0)
+    output, upsampled = transpose_sizes(tuple(x), tuple(w), max(1, request.groups), stride, padding,
+                                        output_padding, dilation)
+    positions = math.prod(max(0, o) for o in output[-nd:])
+    lead = math.prod(x[:-nd])  # N * C_in
+    columns = lead * math.prod(w[2:]) * positions
+    itemsize = 8  # float64 accumulation may be used for small layers
+    return received + itemsize * (max(0, upsampled) + columns + 2 * math.prod(max(0, o) for o in output))
+
+
+def estimate(request: Any, entry: Entry | None = None) -> int:
+    """Estimated peak bytes of any compute request (``entry``: the registered weights it names)."""
     if isinstance(request, pb.SignalRequest):
         return signal_request_bytes(request)
     if isinstance(request, pb.ConvLayerRequest):
-        return conv_layer_request_bytes(request)
+        return conv_layer_request_bytes(request, entry)
+    if isinstance(request, pb.ConvTransposeRequest):
+        return conv_transpose_request_bytes(request, entry)
+    if isinstance(request, pb.RegisterWeightsRequest):
+        return declared_bytes(request.weight) + (declared_bytes(request.bias) if request.HasField("bias") else 0)
     return 0

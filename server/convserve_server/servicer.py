@@ -20,7 +20,7 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
 from . import __version__, chunks, cost, shared, streaming, wire
 from .calls import CallRecord
-from .engine import conv_layer
+from .engine import conv_layer, conv_transpose
 from .engine import fft as fft_engine
 from .engine.errors import InvalidArgumentError
 from .engine.info import CallInfo
@@ -29,6 +29,7 @@ from .engine.signal import execute
 from .pool import LimitExceeded, WorkerPool
 from .settings import Settings
 from .status import FailedPrecondition
+from .weights import Entry, WeightsRegistry
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -40,22 +41,44 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         self.settings = settings
         self.pool = pool
         self.wisdom_state = wisdom_state
+        self.weights = WeightsRegistry(settings.weights_cache_bytes)
 
     async def Convolve(self, request: pb.SignalRequest, context: grpc.aio.ServicerContext) -> pb.SignalResponse:  # noqa: N802
-        return await self._unary("Convolve", context, request, lambda: self._signal(request, None, False))
+        return await self._unary("Convolve", context, request, lambda _: self._signal(request, None, False))
 
     async def Correlate(self, request: pb.SignalRequest, context: grpc.aio.ServicerContext) -> pb.SignalResponse:  # noqa: N802
-        return await self._unary("Correlate", context, request, lambda: self._signal(request, None, True))
+        return await self._unary("Correlate", context, request, lambda _: self._signal(request, None, True))
 
     async def ConvLayer(self, request: pb.ConvLayerRequest, context: grpc.aio.ServicerContext) -> pb.ConvLayerResponse:  # noqa: N802
-        return await self._unary("ConvLayer", context, request, lambda: self._layer(request, None))
+        return await self._unary("ConvLayer", context, request, lambda entry: self._layer(request, None, entry))
+
+    async def ConvTranspose(self, request: pb.ConvTransposeRequest, context: grpc.aio.ServicerContext) -> pb.ConvLayerResponse:  # noqa: N802
+        return await self._unary("ConvTranspose", context, request, lambda entry: self._transpose(request, entry))
+
+    async def RegisterWeights(self, request: pb.RegisterWeightsRequest, context: grpc.aio.ServicerContext) -> pb.RegisterWeightsResponse:  # noqa: N802
+        record = CallRecord("RegisterWeights", context, len(request.weight.data) + len(request.bias.data))
+        try:
+            wire.check_headers(request, self.settings)
+            size = cost.estimate(request)
+            if size > self.weights.limit_bytes:
+                raise LimitExceeded(f"the weights take {size} bytes; the weights cache holds at most "
+                                    f"{self.weights.limit_bytes} bytes (weights_cache_bytes): send them with each call instead")
+            entry = await self.pool.run(self._register, request, cost=size)
+        except Exception as error:
+            await record.fail(error)
+            raise
+        except BaseException:
+            record.cancelled()
+            raise
+        record.ok("", 0)
+        return pb.RegisterWeightsResponse(weights_id=entry.id)
 
     async def ConvolveChunked(self, parts: AsyncIterator[pb.SignalRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
-        async for part in self._chunked("ConvolveChunked", context, parts, lambda h, a: self._signal(h, a, False)):
+        async for part in self._chunked("ConvolveChunked", context, parts, lambda h, a, _: self._signal(h, a, False)):
             yield part
 
     async def CorrelateChunked(self, parts: AsyncIterator[pb.SignalRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
-        async for part in self._chunked("CorrelateChunked", context, parts, lambda h, a: self._signal(h, a, True)):
+        async for part in self._chunked("CorrelateChunked", context, parts, lambda h, a, _: self._signal(h, a, True)):
             yield part
 
     async def ConvLayerChunked(self, parts: AsyncIterator[pb.ConvLayerRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
@@ -86,12 +109,14 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         )
 
     async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, request: Any,
-                     work: Callable[[], tuple[npt.NDArray[Any], CallInfo]]) -> Any:
-        """Admit and run ``work`` on the pool; encode its result; map any failure to a status."""
+                     work: Callable[[Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> Any:
+        """Admit and run ``work`` (given the registered weights the request names) on the pool;
+        encode its result; map any failure to a status."""
         record = CallRecord(rpc, context, sum(len(getattr(request, n).data) for n in wire.tensor_fields(request)))
         try:
             wire.check_headers(request, self.settings)
-            result, info = await self.pool.run(work, cost=cost.estimate(request))
+            entry = self._registered(request)
+            result, info = await self.pool.run(work, entry, cost=cost.estimate(request, entry))
         except Exception as error:  # every failure becomes a status; the server keeps serving
             await record.fail(error)
             raise  # unreachable: fail() aborts
@@ -105,7 +130,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         return pb.ConvLayerResponse(output=tensor, info=wire.compute_info(info))
 
     async def _chunked(self, rpc: str, context: grpc.aio.ServicerContext, parts: AsyncIterator[Any],
-                       work: Callable[[Any, Arrays], tuple[npt.NDArray[Any], CallInfo]]) -> AsyncIterator[pb.ResponsePart]:
+                       work: Callable[[Any, Arrays, Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> AsyncIterator[pb.ResponsePart]:
         """Header, then chunks: validate and admit from the header, assemble, compute, stream the result back."""
         record = CallRecord(rpc, context, 0)
         reservation = None
@@ -119,14 +144,15 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             inline = [n for n in fields if header.HasField(n) and n not in assembler.arrays]
             wire.check_headers(header, self.settings, only=inline)
             record.add_received(sum(len(getattr(header, n).data) for n in inline))
-            reservation = self.pool.reserve(cost.estimate(header))  # before any data is accepted
+            entry = self._registered(header)
+            reservation = self.pool.reserve(cost.estimate(header, entry))  # before any data is accepted
             async for part in parts:
                 if part.WhichOneof("part") != "chunk":
                     raise InvalidArgumentError("chunk", "only chunks may follow the header")
                 assembler.add(part.chunk)
                 record.add_received(len(part.chunk.data))
             arrays = assembler.finish()
-            result, info = await self.pool.run(work, header, arrays, reservation=reservation)
+            result, info = await self.pool.run(work, header, arrays, entry, reservation=reservation)
         except Exception as error:
             if reservation is not None:
                 reservation.release()
@@ -203,8 +229,26 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         result = execute(plan)
         return result, CallInfo(plan.method, time.perf_counter() - started, tuple(plan.warnings))
 
-    def _layer(self, request: pb.ConvLayerRequest, arrays: Arrays | None) -> tuple[npt.NDArray[Any], CallInfo]:
+    def _registered(self, request: Any) -> Entry | None:
+        """The registered weights a request names (None: inline weights); NotFound when unknown or evicted."""
+        weights_id = wire.registered_id(request)
+        return self.weights.get(weights_id) if weights_id else None
+
+    def _register(self, request: pb.RegisterWeightsRequest) -> Entry:
+        """Decode, hash and store a RegisterWeights request's tensors (on a worker thread)."""
+        weight = wire.decode_field(request, "weight", self.settings)
+        bias = wire.decode_field(request, "bias", self.settings) if request.HasField("bias") else None
+        return self.weights.register(weight, bias)
+
+    def _layer(self, request: pb.ConvLayerRequest, arrays: Arrays | None,
+               entry: Entry | None = None) -> tuple[npt.NDArray[Any], CallInfo]:
         """Compute ConvLayer (on a worker thread)."""
-        output, info = conv_layer(**wire.conv_layer_arguments(request, self.settings, arrays), return_info=True)
+        output, info = conv_layer(**wire.conv_layer_arguments(request, self.settings, arrays, entry), return_info=True)
+        self._check_output(output.shape, output.dtype)
+        return output, info
+
+    def _transpose(self, request: pb.ConvTransposeRequest, entry: Entry | None) -> tuple[npt.NDArray[Any], CallInfo]:
+        """Compute ConvTranspose (on a worker thread); the output size was checked before admission."""
+        output, info = conv_transpose(**wire.conv_transpose_arguments(request, self.settings, entry), return_info=True)
         self._check_output(output.shape, output.dtype)
         return output, info

@@ -53,10 +53,14 @@ class Settings:
         default=False, metadata={"help": "accept same-host shared-memory calls (clients' regions named convserve*)"}
     )
     auth_token: str = field(default="", metadata={"help": "bearer token clients must send (authorization: Bearer ...); empty: off"})
+    weights_cache_bytes: int = field(
+        default=1024 * MIB, metadata={"help": "registered weights (and their prepared forms) kept at most; least recently used evicted first"}
+    )
 
     def __post_init__(self) -> None:
         positive = ("workers", "max_concurrent_requests", "max_elements", "max_request_bytes", "max_output_bytes",
-                    "fftw_threads", "memory_budget_bytes", "max_concurrent_streams", "busy_pushback_ms")
+                    "fftw_threads", "memory_budget_bytes", "max_concurrent_streams", "busy_pushback_ms",
+                    "weights_cache_bytes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")

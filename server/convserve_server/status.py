@@ -20,6 +20,10 @@ class FailedPrecondition(Exception):
     """The server is not set up for this call (maps to FAILED_PRECONDITION)."""
 
 
+class NotFound(Exception):
+    """A referenced object (registered weights) is unknown or was evicted (maps to NOT_FOUND)."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """A status to send: code, message and trailing metadata."""
@@ -53,6 +57,8 @@ def failure_for(error: BaseException, request_id: str) -> Failure:
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), (("grpc-retry-pushback-ms", "-1"),))
     if isinstance(error, FailedPrecondition):
         return Failure(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    if isinstance(error, NotFound):
+        return Failure(grpc.StatusCode.NOT_FOUND, str(error))
     if isinstance(error, Cancelled):
         return Failure(grpc.StatusCode.CANCELLED, str(error))
     if isinstance(error, MemoryError):

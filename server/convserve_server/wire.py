@@ -13,9 +13,12 @@ import numpy.typing as npt
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 
+from .engine.conv_transpose import sizes as transpose_sizes
 from .engine.errors import InvalidArgumentError
 from .engine.info import CallInfo
+from .pool import LimitExceeded
 from .settings import Settings
+from .weights import Entry
 
 _MODES = {pb.MODE_UNSPECIFIED: "full", pb.MODE_FULL: "full", pb.MODE_SAME: "same", pb.MODE_VALID: "valid", pb.MODE_CIRCULAR: "circular"}
 _METHODS = {pb.METHOD_UNSPECIFIED: "auto", pb.METHOD_AUTO: "auto", pb.METHOD_DIRECT: "direct", pb.METHOD_FFT: "fft", pb.METHOD_OVERLAP_ADD: "overlap_add"}
@@ -64,7 +67,24 @@ def tensor_fields(request: Any) -> tuple[str, ...]:
         return ("in1", "in2")
     if isinstance(request, pb.StreamConfig):
         return ("kernel",)
+    if isinstance(request, pb.RegisterWeightsRequest):
+        return ("weight", "bias")
     return ("input", "weight", "bias")
+
+
+def registered_id(request: Any) -> str:
+    """The ``weights_id`` a ConvLayer/ConvTranspose request names ('' for inline weights).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Both ``weights_id`` and ``weight`` (or ``bias``) are set.
+    """
+    weights_id: str = getattr(request, "weights_id", "")
+    if weights_id and (request.HasField("weight") or request.HasField("bias")):
+        raise InvalidArgumentError("weights_id", "give either weight (and bias) or weights_id, not both; "
+                                   "registered weights carry their own bias")
+    return weights_id
 
 
 def check_headers(request: Any, settings: Settings, only: list[str] | None = None) -> None:
@@ -131,13 +151,26 @@ def _ints(values: Any, field: str, default: int) -> int | tuple[int, ...]:
     return items[0] if len(items) == 1 else items
 
 
-def conv_layer_arguments(request: pb.ConvLayerRequest, settings: Settings,
-                         arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> dict[str, Any]:
-    """Engine keyword arguments of a ConvLayer request (tensors from ``arrays`` when given)."""
-    arguments: dict[str, Any] = {
-        "input": _tensor(request, "input", settings, arrays),
+def _weights(request: Any, settings: Settings, arrays: Mapping[str, npt.NDArray[Any]] | None,
+             entry: Entry | None) -> dict[str, Any]:
+    """``weight``, ``bias`` and ``prepared``: from the registered ``entry``, or decoded from the request."""
+    if entry is not None:
+        return {"weight": entry.weight, "bias": entry.bias, "prepared": entry.prepared}
+    return {
         "weight": _tensor(request, "weight", settings, arrays),
         "bias": _tensor(request, "bias", settings, arrays) if request.HasField("bias") else None,
+        "prepared": None,
+    }
+
+
+def conv_layer_arguments(request: pb.ConvLayerRequest, settings: Settings,
+                         arrays: Mapping[str, npt.NDArray[Any]] | None = None,
+                         entry: Entry | None = None) -> dict[str, Any]:
+    """Engine keyword arguments of a ConvLayer request (tensors from ``arrays`` when given,
+    weight and bias from ``entry`` when the request names registered weights)."""
+    arguments: dict[str, Any] = {
+        "input": _tensor(request, "input", settings, arrays),
+        **_weights(request, settings, arrays, entry),
         "stride": _ints(request.stride, "stride", 1),
         "dilation": _ints(request.dilation, "dilation", 1),
         "groups": request.groups or 1,
@@ -177,6 +210,61 @@ def _check_padded_size(arguments: dict[str, Any], settings: Settings) -> None:
     padded = math.prod(shape[: len(shape) - len(spatial)]) * math.prod(s + 2 * p for s, p in zip(spatial, pads))
     if padded > settings.max_elements:
         raise InvalidArgumentError("padding", f"the padded input would hold {padded} elements; the limit is {settings.max_elements}")
+
+
+def conv_transpose_arguments(request: pb.ConvTransposeRequest, settings: Settings,
+                             entry: Entry | None = None) -> dict[str, Any]:
+    """Engine keyword arguments of a ConvTranspose request (weight and bias from ``entry`` when registered).
+
+    Raises
+    ------
+    LimitExceeded
+        The output, or the zero-inserted input the engine builds, would pass the element or
+        output-byte limits (checked from the shapes, before any work).
+    """
+    arguments: dict[str, Any] = {
+        "input": _tensor(request, "input", settings),
+        **_weights(request, settings, None, entry),
+        "stride": _ints(request.stride, "stride", 1),
+        "padding": _ints(request.padding, "padding", 0),
+        "output_padding": _ints(request.output_padding, "output_padding", 0),
+        "groups": request.groups or 1,
+        "dilation": _ints(request.dilation, "dilation", 1),
+    }
+    _check_transpose_size(arguments, settings)
+    return arguments
+
+
+def _per_dim(value: int | tuple[int, ...], nd: int, minimum: int) -> tuple[int, ...] | None:
+    """One value per spatial dimension, or None when malformed (the engine then says why)."""
+    values = (value,) * nd if isinstance(value, int) else value
+    return values if len(values) == nd and min(values) >= minimum else None
+
+
+def _check_transpose_size(arguments: dict[str, Any], settings: Settings) -> None:
+    """Refuse a transposed convolution whose output or upsampled input would pass the limits."""
+    x, w = arguments["input"], arguments["weight"]
+    if w.ndim not in (3, 4, 5) or x.ndim not in (w.ndim - 1, w.ndim):
+        return
+    nd = w.ndim - 2
+    per_dim = [_per_dim(arguments[name], nd, low) for name, low in
+               (("stride", 1), ("padding", 0), ("output_padding", 0), ("dilation", 1))]
+    if any(p is None for p in per_dim) or not isinstance(arguments["groups"], int) or arguments["groups"] < 1:
+        return
+    stride, padding, output_padding, dilation = (p for p in per_dim if p is not None)
+    shape, upsampled = transpose_sizes(x.shape, w.shape, arguments["groups"], stride, padding,
+                                      output_padding, dilation)
+    if min(shape) < 1:
+        return
+    count, itemsize = math.prod(shape), x.dtype.itemsize
+    if count > settings.max_elements or count * itemsize > settings.max_output_bytes:
+        raise LimitExceeded(
+            f"the result {list(shape)} of {x.dtype.name} ({count * itemsize} bytes, {count} elements) exceeds the "
+            f"limit of {settings.max_output_bytes} bytes / {settings.max_elements} elements"
+        )
+    if upsampled > settings.max_elements:
+        raise LimitExceeded(f"the zero-inserted, padded input would hold {upsampled} elements; the limit is "
+                            f"{settings.max_elements} (max_elements)")
 
 
 def compute_info(info: CallInfo) -> pb.ComputeInfo:
