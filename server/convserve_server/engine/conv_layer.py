@@ -1,36 +1,36 @@
 """The convolution layer of a CNN, numerically the same as ``torch.nn.Conv1d/2d/3d``.
 
-Pure numpy: the padded input is viewed as windows with
-``sliding_window_view`` (im2col), copied once into a ``(groups, N*P, C_in/groups*K)``
-matrix and multiplied by the weights with one batched ``np.matmul``. It
-computes cross-correlation, as deep-learning frameworks do, then applies the
-optional ReLU and max/avg pooling (see :mod:`.pooling`).
+Every argument is checked before any work, with torch's rules; a bad one raises
+:class:`~.errors.InvalidArgumentError` naming the argument. Then :mod:`.layer_policy` picks a
+path by the layer's shapes (deterministically): ONNX Runtime's MLAS kernels for float32
+(:mod:`.layer_onnx`), FFTW with cached weight spectra for large kernels (:mod:`.layer_fft`),
+a plain matrix product for 1x1 kernels, a tap-by-tap depthwise path, or im2col and one batched
+``np.matmul`` (:mod:`.layer_gemm`, :mod:`.layer_depthwise`). It computes cross-correlation, as
+deep-learning frameworks do, adds the bias and applies the optional ReLU (fused into the
+kernel where the path can) and max/avg pooling (see :mod:`.pooling`).
 
-Every argument is checked before any work, with torch's rules; a bad one
-raises :class:`~.errors.InvalidArgumentError` naming the argument.
+The weight's prepared forms (packed matrices, spectra, ONNX Runtime sessions) are memoized in
+the caller's ``prepared`` store, keyed by what they depend on. See ``docs/conv_layer.md``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import MutableMapping
 from typing import Any, Literal, overload
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from .errors import InvalidArgumentError
 from .info import CallInfo
+from . import layer_cache, layer_depthwise, layer_fft, layer_gemm, layer_onnx, layer_policy
 from .pooling import apply_pool, int_tuple, is_int, validate_pool
 
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
 ACTIVATIONS: tuple[str, ...] = ("relu",)
 _NUMPY_PAD_MODE: dict[str, str] = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# Below this many multiply-adds, float32 work is done in float64 (cheap, exact-ish).
-_FLOAT64_ACCUMULATE_MACS = 1 << 24
 
 
 def _float_array(value: object, field: str) -> NDArray[Any]:
@@ -72,23 +72,62 @@ def _pad(x: NDArray[Any], pads: list[tuple[int, int]], padding_mode: str) -> NDA
     return result
 
 
+def _run_path(
+    chosen: str,
+    xb: NDArray[Any],
+    w: NDArray[Any],
+    b: NDArray[Any] | None,
+    strides: tuple[int, ...],
+    pads: list[tuple[int, int]],
+    padding_mode: str,
+    dilations: tuple[int, ...],
+    groups: int,
+    out_spatial: tuple[int, ...],
+    relu: bool,
+    prepared: MutableMapping[Any, Any],
+) -> NDArray[Any]:
+    """Run path ``chosen``, then the bias and ReLU where the path did not fuse them."""
+    nd = len(strides)
+    if chosen == "onnxruntime":
+        if padding_mode == "zeros":
+            return layer_onnx.run(xb, w, b, strides, pads, dilations, groups, relu, prepared)
+        zero = [(0, 0)] * nd
+        return layer_onnx.run(_pad(xb, pads, padding_mode), w, b, strides, zero, dilations, groups, relu, prepared)
+    xp = _pad(xb, pads, padding_mode)
+    if chosen == "fft":
+        out = layer_fft.fft_correlate(xp, w, strides, out_spatial, prepared)
+    elif chosen == "pointwise":
+        out = layer_gemm.pointwise(xp, w, strides, prepared)
+    elif chosen == "depthwise":
+        out = layer_depthwise.depthwise(xp, w, strides, dilations, out_spatial, prepared)
+    else:
+        out = layer_gemm.im2col_gemm(xp, w, strides, dilations, groups, out_spatial, prepared)
+    if b is not None:
+        out += b.astype(out.dtype).reshape((1, -1) + (1,) * nd)
+    if out.dtype != xb.dtype:
+        out = out.astype(xb.dtype)
+    if relu:
+        np.maximum(out, 0, out=out)  # NaN propagates, as torch.relu
+    return out
+
+
 @overload
 def conv_layer(
     input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
     groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    return_info: Literal[False] = ..., prepared: MutableMapping[Any, Any] | None = ...,
+    return_info: Literal[False] = ..., prepared: MutableMapping[Any, Any] | None = ..., path: str = ...,
 ) -> NDArray[Any]: ...
 @overload
 def conv_layer(
     input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
     groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    *, return_info: Literal[True], prepared: MutableMapping[Any, Any] | None = ...,
+    *, return_info: Literal[True], prepared: MutableMapping[Any, Any] | None = ..., path: str = ...,
 ) -> tuple[NDArray[Any], CallInfo]: ...
 @overload
 def conv_layer(
     input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
     groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    return_info: bool = ..., prepared: MutableMapping[Any, Any] | None = ...,
+    return_info: bool = ..., prepared: MutableMapping[Any, Any] | None = ..., path: str = ...,
 ) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]: ...
 
 
@@ -105,6 +144,7 @@ def conv_layer(
     pool: Any = None,
     return_info: bool = False,
     prepared: MutableMapping[Any, Any] | None = None,
+    path: str = "auto",
 ) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]:
     """Apply a CNN convolution layer, as ``torch.nn.ConvNd``, then ReLU and pooling.
 
@@ -137,6 +177,11 @@ def conv_layer(
         A per-weights store that lives as long as the weights (the server's registered-weights
         cache): paths keep the weight's prepared forms (packed matrices, spectra) in it, keyed
         by what they depend on, so repeated calls with the same weights skip that work.
+        Without one, a small LRU of stores keyed by a digest of the weights serves
+        (:mod:`.layer_cache`).
+    path : str
+        ``"auto"`` (the policy of :mod:`.layer_policy` chooses) or one of
+        :data:`.layer_policy.PATHS` to force a path (an error if it cannot compute the layer).
 
     Returns
     -------
@@ -225,35 +270,31 @@ def conv_layer(
         raise InvalidArgumentError("activation", f"expected None or 'relu', got {activation!r}")
     pool_spec = validate_pool(pool, out_spatial)
 
-    started = time.perf_counter()
-    xp = _pad(xb, pads, padding_mode)
-    windows = sliding_window_view(xp, effective, axis=tuple(range(2, 2 + nd)))
-    index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
-    windows = windows[index + tuple(slice(None, None, d) for d in dilations)]  # (N, C, *O, *K)
+    if path not in ("auto",) + layer_policy.PATHS:
+        raise InvalidArgumentError("path", f"expected 'auto' or one of {list(layer_policy.PATHS)}, got {path!r}")
+    problem = layer_policy.Problem(
+        dtype=x.dtype.name, n=int(n), c_in=int(c_in), c_out=int(c_out), groups=groups, kernel=kernel,
+        strides=strides, dilations=dilations, padded=padded, out_spatial=out_spatial,
+    )
+    if path == "auto":
+        chosen = layer_policy.choose(problem)
+    elif layer_policy.eligible(path, problem):
+        chosen = path
+    else:
+        raise InvalidArgumentError("path", f"path {path!r} cannot compute this layer ({problem})")
 
-    cg, cog = c_in // groups, c_out // groups
-    positions = math.prod(out_spatial)
-    taps = cg * math.prod(kernel)
-    windows = windows.reshape((n, groups, cg) + out_spatial + kernel)
-    perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
-    cols = windows.transpose(perm).reshape(groups, n * positions, taps)  # one copy
-    wmat = w.reshape(groups, cog, taps).transpose(0, 2, 1)
-    if x.dtype == np.float32 and groups * n * positions * taps * cog <= _FLOAT64_ACCUMULATE_MACS:
-        cols = cols.astype(np.float64)
-        wmat = wmat.astype(np.float64)
-    out: NDArray[Any] = np.matmul(cols, wmat)  # (G, N*P, C_out/G)
-    out = out.reshape((groups, n) + out_spatial + (cog,))
-    out = out.transpose((1, 0, 2 + nd) + tuple(range(2, 2 + nd))).reshape((n, c_out) + out_spatial)
-    if b is not None:
-        out = out + b.astype(out.dtype).reshape((1, c_out) + (1,) * nd)
-    out = np.ascontiguousarray(out, dtype=x.dtype)
-    if activation == "relu":
-        np.maximum(out, 0, out=out)  # NaN propagates, as torch.relu
+    started = time.perf_counter()
+    if chosen == "fft" and not (np.isfinite(xb).all() and np.isfinite(w).all()):
+        chosen = layer_policy.fallback(problem)  # an FFT would smear NaN/Inf over the output
+    relu = activation == "relu"
+    if prepared is None:
+        prepared = layer_cache.store_for(w)
+    out = _run_path(chosen, xb, w, b, strides, pads, padding_mode, dilations, groups, out_spatial, relu, prepared)
     if pool_spec is not None:
         out = apply_pool(out, pool_spec)
     if not batched:
         out = out[0]
     elapsed = time.perf_counter() - started
     if return_info:
-        return out, CallInfo(method="im2col_gemm", compute_seconds=elapsed, warnings=())
+        return out, CallInfo(method=chosen, compute_seconds=elapsed, warnings=())
     return out

@@ -1,0 +1,113 @@
+"""The ``fft`` ConvLayer path: large kernels by FFTW with cached weight spectra.
+
+A cross-correlation of the padded input (spatial size ``P``) with a kernel of size ``k`` is the
+leading ``P - k + 1`` samples of a *circular* correlation of any length ``L >= P``: no output
+sample there wraps around. So each dimension is transformed at ``L = fast_length(P)`` only
+(not ``P + k - 1``), by real-to-complex FFTW plans from :mod:`.fftw_plans` (cached, with their
+aligned buffers). Per frequency the channel contraction is a small matrix product,
+``Y[f] (N, C_out) = X[f] (N, C_in) @ conj(W[f]) (C_in, C_out)``, done for all frequencies by
+one batched ``np.matmul``. The weight spectra ``conj(W)`` (already scaled by ``1/L``) depend
+only on the weights, ``L`` and the dtype, and are memoized in the caller's ``prepared`` store.
+
+It serves ``groups == 1``, dilation 1 and any stride (the strided output is a subsample of the
+stride-1 one; the policy only picks it where that is cheap). NaN or Inf in the input would
+smear over the whole output through the transform, so the policy sends such inputs elsewhere.
+float32 runs in single precision: the error measured against float64 stays well under
+1e-5 of the output's peak (see ``bench/bench_conv_layer.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import cancellation, fftw_plans
+from .fft import fast_length
+
+
+def transform_shape(padded: tuple[int, ...]) -> tuple[int, ...]:
+    """The FFT size per spatial dimension for a padded input of spatial shape ``padded``."""
+    return tuple(fast_length(p) for p in padded)
+
+
+def _spectra(w: NDArray[Any], fshape: tuple[int, ...]) -> NDArray[Any]:
+    """``conj(rfftn(w, fshape)) / prod(fshape)`` as ``(F, C_in, C_out)``, contiguous."""
+    nd = len(fshape)
+    c_out, c_in = w.shape[0], w.shape[1]
+    axes = tuple(range(1, 1 + nd))
+    with fftw_plans.plan("r2c", (c_in * c_out,) + fshape, w.dtype, axes) as p:
+        corner = (slice(None),) + tuple(slice(0, k) for k in w.shape[2:])
+        p.input[...] = 0
+        p.input[corner] = w.swapaxes(0, 1).reshape((c_in * c_out,) + w.shape[2:])  # rows (C_in, C_out)
+        p.fftw.execute()
+        spec = p.output.reshape(c_in * c_out, -1)
+        np.conjugate(spec, out=spec)
+        spec *= 1.0 / math.prod(fshape)
+        result = np.ascontiguousarray(spec.T).reshape(-1, c_in, c_out)
+    return result
+
+
+def fft_correlate(
+    xp: NDArray[Any],
+    w: NDArray[Any],
+    strides: tuple[int, ...],
+    out_spatial: tuple[int, ...],
+    prepared: MutableMapping[Any, Any] | None,
+) -> NDArray[Any]:
+    """Cross-correlate a padded input with ``w`` (groups 1, dilation 1) through FFTs.
+
+    Parameters
+    ----------
+    xp : ndarray
+        ``(N, C_in, *padded_spatial)``, already padded, finite.
+    w : ndarray
+        ``(C_out, C_in, *kernel)``, same dtype as ``xp``.
+    strides : tuple of int
+        Per spatial dimension.
+    out_spatial : tuple of int
+        The output's spatial shape.
+    prepared : MutableMapping, optional
+        The per-weights store for the weight spectra (key ``("fft", fshape, dtype)``).
+
+    Returns
+    -------
+    ndarray
+        ``(N, C_out, *out_spatial)``, ``xp``'s dtype.
+    """
+    n, c_in = xp.shape[0], xp.shape[1]
+    c_out = w.shape[0]
+    padded = tuple(int(s) for s in xp.shape[2:])
+    nd = len(padded)
+    fshape = transform_shape(padded)
+    axes = tuple(range(1, 1 + nd))
+    key = ("fft", fshape, xp.dtype.str)
+    spectra = prepared.get(key) if prepared is not None else None
+    if spectra is None:
+        spectra = _spectra(w, fshape)
+        if prepared is not None:
+            prepared[key] = spectra
+    with fftw_plans.plan("r2c", (n * c_in,) + fshape, xp.dtype, axes) as p:
+        corner = (slice(None),) + tuple(slice(0, s) for s in padded)
+        p.input[corner] = xp.reshape((n * c_in,) + padded)
+        for axis, size in enumerate(padded, start=1):  # zero the tail of each dimension
+            if size < fshape[axis - 1]:
+                tail = tuple(slice(0, padded[i - 1]) if i < axis else slice(None) for i in range(1, axis))
+                p.input[(slice(None),) + tail + (slice(size, None),)] = 0
+        p.fftw.execute()
+        half = p.output.shape[1:]
+        xf = np.ascontiguousarray(p.output.reshape(n, c_in, -1).transpose(2, 0, 1))  # (F, N, C_in)
+    cancellation.check()
+    yf = np.matmul(xf, spectra)  # (F, N, C_out)
+    del xf
+    cancellation.check()
+    with fftw_plans.plan("c2r", (n * c_out,) + fshape, xp.dtype, axes) as q:
+        q.input[...] = yf.transpose(1, 2, 0).reshape((n * c_out,) + half)
+        del yf
+        q.fftw.execute()
+        crop = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
+        out = np.ascontiguousarray(q.output[crop]).reshape((n, c_out) + out_spatial)
+    return out

@@ -1,0 +1,225 @@
+"""The ``onnxruntime`` ConvLayer path: one ONNX ``Conv`` (+ ``Relu``) run by ONNX Runtime's CPU kernels.
+
+ONNX Runtime's CPU execution provider runs ``Conv`` on MLAS, a hand-tuned GEMM / depthwise /
+pointwise kernel library that pre-packs the weights once per session and fuses the bias and
+the ReLU into the kernel's epilogue. Measured here it matches or beats torch's CPU convolution
+on every benchmark layer (see ``docs/conv_layer.md``), so it is the float32 workhorse.
+
+The model is tiny (one or two nodes, the weights as an initializer) and is encoded here by
+hand as protobuf bytes (:func:`conv_model_bytes`), so the server needs ``onnxruntime`` only,
+not the ``onnx`` package. A session is specialised to one input shape, one set of options and
+one thread count; sessions are kept in the weights' ``prepared`` store (the registered
+weights' one, or :mod:`.layer_cache`'s for inline weights).
+
+ONNX Runtime is optional: :func:`available` says whether it imports, and the policy falls
+back to the numpy paths without it. It runs float32 only (its CPU ``Conv`` has no float64).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import layer_cache, resources
+
+try:  # optional: the numpy paths serve without it
+    import onnxruntime as _ort
+except ImportError:  # pragma: no cover - exercised only where onnxruntime is absent
+    _ort = None
+
+# ONNX enums (onnx.proto): TensorProto.DataType and AttributeProto.AttributeType.
+_FLOAT = 1
+_ATTR_INT = 2
+_ATTR_INTS = 7
+_IR_VERSION = 8
+_OPSET = 17
+
+
+
+def available() -> bool:
+    """Return True when ``onnxruntime`` imports and is not disabled.
+
+    ``CONVSERVE_LAYER_ONNXRUNTIME=0`` disables the path (the numpy paths then serve).
+    """
+    return _ort is not None and os.environ.get("CONVSERVE_LAYER_ONNXRUNTIME", "1") not in ("0", "false", "no")
+
+
+# --------------------------------------------------------------------------- protobuf encoding
+
+
+def _varint(value: int) -> bytes:
+    """Encode a non-negative int as a protobuf varint."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field_varint(number: int, value: int) -> bytes:
+    """A varint field (wire type 0)."""
+    return _varint(number << 3) + _varint(value)
+
+
+def _field_bytes(number: int, payload: bytes | str) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _varint((number << 3) | 2) + _varint(len(data)) + data
+
+
+def _attr_ints(name: str, values: tuple[int, ...] | list[int]) -> bytes:
+    """An ``AttributeProto`` of type INTS."""
+    body = _field_bytes(1, name) + b"".join(_field_varint(8, v) for v in values) + _field_varint(20, _ATTR_INTS)
+    return body
+
+
+def _attr_int(name: str, value: int) -> bytes:
+    """An ``AttributeProto`` of type INT."""
+    return _field_bytes(1, name) + _field_varint(3, value) + _field_varint(20, _ATTR_INT)
+
+
+def _tensor(name: str, array: NDArray[np.float32]) -> bytes:
+    """A float32 ``TensorProto`` with raw little-endian data."""
+    dims = b"".join(_field_varint(1, d) for d in array.shape)
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return dims + _field_varint(2, _FLOAT) + _field_bytes(8, name) + _field_bytes(9, raw)
+
+
+def _value_info(name: str, shape: tuple[int, ...]) -> bytes:
+    """A float32 ``ValueInfoProto`` of a fixed shape."""
+    dims = b"".join(_field_bytes(1, _field_varint(1, d)) for d in shape)
+    tensor_type = _field_varint(1, _FLOAT) + _field_bytes(2, dims)
+    return _field_bytes(1, name) + _field_bytes(2, _field_bytes(1, tensor_type))
+
+
+def _node(op_type: str, inputs: list[str], outputs: list[str], attributes: list[bytes]) -> bytes:
+    """A ``NodeProto``."""
+    body = b"".join(_field_bytes(1, i) for i in inputs) + b"".join(_field_bytes(2, o) for o in outputs)
+    body += _field_bytes(3, op_type.lower()) + _field_bytes(4, op_type)
+    return body + b"".join(_field_bytes(5, a) for a in attributes)
+
+
+def conv_model_bytes(
+    input_shape: tuple[int, ...],
+    weight: NDArray[np.float32],
+    bias: NDArray[np.float32] | None,
+    strides: tuple[int, ...],
+    pads: list[tuple[int, int]],
+    dilations: tuple[int, ...],
+    groups: int,
+    relu: bool,
+) -> bytes:
+    """Encode an ONNX model ``y = [Relu](Conv(x, weight, bias))`` as protobuf bytes.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``(N, C_in, *spatial)``, fixed (sessions are specialised per shape).
+    weight, bias : ndarray
+        float32 ``(C_out, C_in / groups, *kernel)`` and ``(C_out,)`` or None.
+    strides, dilations : tuple of int
+        Per spatial dimension.
+    pads : list of (int, int)
+        Zero padding (before, after) per spatial dimension.
+    groups : int
+        Channel groups.
+    relu : bool
+        Append a ``Relu`` (ONNX Runtime fuses it into the convolution).
+
+    Returns
+    -------
+    bytes
+        A serialized ``ModelProto`` (IR version 8, opset 17) with input ``x`` and output ``y``.
+    """
+    nd = len(strides)
+    attributes = [
+        _attr_ints("kernel_shape", list(weight.shape[2:])),
+        _attr_ints("strides", list(strides)),
+        _attr_ints("dilations", list(dilations)),
+        _attr_ints("pads", [b for b, _ in pads] + [a for _, a in pads]),
+        _attr_int("group", groups),
+    ]
+    assert len(pads) == nd
+    conv_inputs = ["x", "w"] + (["b"] if bias is not None else [])
+    conv_out = "c" if relu else "y"
+    graph = _field_bytes(1, _node("Conv", conv_inputs, [conv_out], attributes))
+    if relu:
+        graph += _field_bytes(1, _node("Relu", ["c"], ["y"], []))
+    graph += _field_bytes(2, "convserve_conv_layer")
+    graph += _field_bytes(5, _tensor("w", weight))
+    if bias is not None:
+        graph += _field_bytes(5, _tensor("b", bias))
+    graph += _field_bytes(11, _value_info("x", input_shape))
+    out_spatial = tuple(
+        (size + b + a - (d * (k - 1) + 1)) // s + 1
+        for size, (b, a), d, k, s in zip(input_shape[2:], pads, dilations, weight.shape[2:], strides)
+    )
+    graph += _field_bytes(12, _value_info("y", (input_shape[0], weight.shape[0]) + out_spatial))
+    opset = _field_bytes(1, "") + _field_varint(2, _OPSET)
+    return _field_varint(1, _IR_VERSION) + _field_bytes(2, "convserve") + _field_bytes(7, graph) + _field_bytes(8, opset)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _new_session(model: bytes, threads: int) -> Any:
+    """An ``InferenceSession`` for ``model`` on ``threads`` intra-op threads (no spinning)."""
+    assert _ort is not None
+    options = _ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = _ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = _ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning workers burn a core that other requests (and other processes) need on a
+    # 2-core host; measured: no loss on the benchmark layers without it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return _ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def run(
+    x: NDArray[np.float32],
+    weight: NDArray[np.float32],
+    bias: NDArray[np.float32] | None,
+    strides: tuple[int, ...],
+    pads: list[tuple[int, int]],
+    dilations: tuple[int, ...],
+    groups: int,
+    relu: bool,
+    prepared: MutableMapping[Any, Any],
+) -> NDArray[np.float32]:
+    """Run the convolution (+ bias, + ReLU) with ONNX Runtime.
+
+    Parameters
+    ----------
+    x : ndarray
+        float32 ``(N, C_in, *spatial)``, already padded for non-zero padding modes.
+    weight, bias, strides, pads, dilations, groups, relu
+        As :func:`conv_model_bytes`.
+    prepared : MutableMapping
+        The per-weights store; the session is kept there under
+        ``("onnxruntime", shape, options, bias digest, threads)``.
+
+    Returns
+    -------
+    ndarray
+        float32 ``(N, C_out, *out_spatial)``.
+    """
+    threads = resources.thread_limit(os.cpu_count() or 1)
+    key = ("onnxruntime", tuple(x.shape), strides, tuple(pads), dilations, groups, relu, layer_cache.digest(bias), threads)
+    session = prepared.get(key)
+    if session is None:
+        model = conv_model_bytes(tuple(x.shape), weight, bias, strides, pads, dilations, groups, relu)
+        session = _new_session(model, threads)
+        prepared[key] = session
+    result: NDArray[np.float32] = session.run(None, {"x": np.ascontiguousarray(x)})[0]
+    return result
+
