@@ -95,6 +95,16 @@ def test_prepared_forms_count_against_the_cache() -> None:
     assert registry.total_bytes == size + 80
 
 
+def test_objects_without_nbytes_count_as_the_weights() -> None:
+    w, b = layer(64, 64)  # 295 KiB: more than the 64 KiB minimum
+    registry = WeightsRegistry(10 << 20)
+    entry = registry.register(w, b)
+    before = registry.total_bytes
+    entry.prepared["session"] = object()
+    entry.prepared["meta"] = ("key", 3, None)
+    assert registry.total_bytes - before == w.nbytes + b.nbytes + len("key")
+
+
 def test_invalid_weights_name_the_field() -> None:
     registry = WeightsRegistry(1 << 20)
     w, b = layer()

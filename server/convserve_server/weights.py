@@ -36,6 +36,8 @@ from .status import NotFound
 
 ID_PREFIX = b"convserve-weights-v1\n"
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# What a prepared object the store cannot measure counts at least (a session, a plan).
+OPAQUE_MIN_BYTES = 64 * 1024
 
 
 def weights_id(weight: npt.NDArray[Any], bias: npt.NDArray[Any] | None) -> str:
@@ -65,24 +67,33 @@ def weights_id(weight: npt.NDArray[Any], bias: npt.NDArray[Any] | None) -> str:
     return digest.hexdigest()
 
 
-def nbytes_of(value: Any) -> int:
-    """Bytes held by a prepared value: arrays, and containers of arrays (other objects count 0)."""
+def nbytes_of(value: Any, opaque: int = 0) -> int:
+    """Bytes held by a prepared value: arrays, containers of arrays, objects with an int ``nbytes``.
+
+    Any other object (an ONNX Runtime session, an FFTW plan) counts ``opaque`` bytes; scalars,
+    strings and None count nothing.
+    """
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
     if isinstance(value, (tuple, list)):
-        return sum(nbytes_of(v) for v in value)
+        return sum(nbytes_of(v, opaque) for v in value)
     if isinstance(value, Mapping):
-        return sum(nbytes_of(v) for v in value.values())
-    size = getattr(value, "nbytes", 0)
-    return int(size) if isinstance(size, (int, np.integer)) else 0
+        return sum(nbytes_of(v, opaque) for v in value.values())
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.generic)):
+        return len(value) if isinstance(value, (str, bytes)) else 0
+    size = getattr(value, "nbytes", None)
+    return int(size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool) else opaque
 
 
 class PreparedStore(MutableMapping[Any, Any]):
     """The ``prepared`` mapping of one entry: a dict whose values' bytes count against the cache.
 
-    A value that cannot fit the cache even after every other entry is evicted is not kept (the
-    engine computes it again next time), so engine code should use the value it computed rather
-    than read it back: ``value = store.get(key)``; if None, compute it and ``store[key] = value``.
+    Arrays count their ``nbytes``; an object the store cannot measure (an ONNX Runtime session,
+    which holds a copy of the weights) counts as much as the weight and bias, and at least
+    :data:`OPAQUE_MIN_BYTES`. A value that cannot fit the cache even after every other entry is
+    evicted is not kept (the engine computes it again next time), so engine code should use the
+    value it computed rather than read it back: ``value = store.get(key)``; if None, compute it
+    and ``store[key] = value``.
     """
 
     def __init__(self, registry: WeightsRegistry, entry: Entry) -> None:
@@ -96,7 +107,8 @@ class PreparedStore(MutableMapping[Any, Any]):
             return self._values[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        size = nbytes_of(value)
+        own = int(self._entry.weight.nbytes) + (0 if self._entry.bias is None else int(self._entry.bias.nbytes))
+        size = nbytes_of(value, opaque=max(OPAQUE_MIN_BYTES, own))
         with self._registry.lock:
             old = self._sizes.get(key, 0)
             if not self._registry.make_room(self._entry, size - old):
