@@ -106,11 +106,13 @@ def test_float32_stays_float32() -> None:
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_prepared_store_keeps_the_flipped_weight() -> None:
+def test_prepared_store_keeps_the_phase_weights() -> None:
     x, w, b = _case(2, 4, 3, 2, (5, 4), (3, 3))
     store: dict[Any, Any] = {}
     first = conv_transpose(x, w, b, stride=2, groups=2, prepared=store)
-    assert (PREFIX, 2) in store and store[(PREFIX, 2)].shape == (6, 2, 3, 3)
+    phases = {k for k in store if len(k) == 3}
+    assert phases == {(PREFIX, 2, (t0, t1)) for t0 in ((2, 0), (1,)) for t1 in ((2, 0), (1,))}  # taps of each phase, flipped
+    assert store[(PREFIX, 2, ((2, 0), (1,)))].shape == (6, 2, 2, 1)
     keys = set(store)
     second = conv_transpose(x, w, b, stride=2, groups=2, prepared=store)
     np.testing.assert_array_equal(first, second)
@@ -118,6 +120,22 @@ def test_prepared_store_keeps_the_flipped_weight() -> None:
     np.testing.assert_allclose(first, ref_conv_transpose(x, w, b, (2, 2), (0, 0), (0, 0), 2, (1, 1)), atol=1e-12)
     # The same weights used as an ordinary (square) layer never see the transposed forms.
     assert all(isinstance(k, tuple) and k and k[0] == PREFIX for k in store)
+
+
+def test_phases_no_tap_reaches_get_the_bias() -> None:
+    x, w, b = _case(1, 2, 3, 1, (4,), (1,))
+    result = conv_transpose(x, w, b, stride=3, output_padding=2)
+    expected = ref_conv_transpose(x, w, b, (3,), (0,), (2,), 1, (1,))
+    np.testing.assert_allclose(result, expected, atol=1e-12)
+    np.testing.assert_array_equal(result[..., 1::3], np.broadcast_to(b[None, :, None], result[..., 1::3].shape))
+
+
+def test_large_layer_in_float32() -> None:
+    x, w, b = _case(2, 16, 8, 1, (12, 12), (4, 4), np.float32)
+    result = conv_transpose(x, w, b, stride=2, padding=1)
+    expected = ref_conv_transpose(x, w, b, (2, 2), (1, 1), (0, 0), 1, (1, 1))
+    assert result.shape == (2, 8, 24, 24)
+    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_array_likes_and_bias_list() -> None:

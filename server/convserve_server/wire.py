@@ -219,7 +219,7 @@ def conv_transpose_arguments(request: pb.ConvTransposeRequest, settings: Setting
     Raises
     ------
     LimitExceeded
-        The output, or the zero-inserted input the engine builds, would pass the element or
+        The output, or the padded input the engine builds, would pass the element or
         output-byte limits (checked from the shapes, before any work).
     """
     arguments: dict[str, Any] = {
@@ -263,7 +263,7 @@ def _check_transpose_size(arguments: dict[str, Any], settings: Settings) -> None
             f"limit of {settings.max_output_bytes} bytes / {settings.max_elements} elements"
         )
     if upsampled > settings.max_elements:
-        raise LimitExceeded(f"the zero-inserted, padded input would hold {upsampled} elements; the limit is "
+        raise LimitExceeded(f"the padded input of one output phase would hold {upsampled} elements; the limit is "
                             f"{settings.max_elements} (max_elements)")
 
 

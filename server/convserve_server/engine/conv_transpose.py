@@ -1,34 +1,41 @@
 """The transposed convolution ("deconvolution"), numerically ``torch.nn.functional.conv_transposeNd``.
 
-It runs as an ordinary convolution layer (:func:`.conv_layer.conv_layer`, and so at its
-speed): the input is zero-inserted by ``stride`` (``stride - 1`` zeros between samples), padded
-by ``dilation * (kernel - 1) - padding`` on both sides (``output_padding`` more at the end;
-cropped where that is negative), and correlated with ``dilation`` by the kernel flipped
-spatially, with input and output channels swapped within each group.
+It runs as ordinary convolution layers (:func:`.conv_layer.conv_layer`, and so at its speed).
+By definition, input sample ``i`` times tap ``k`` lands on output ``stride * i + dilation * k -
+padding``. The textbook route inserts ``stride - 1`` zeros between input samples and correlates
+with the flipped kernel, which wastes all but ``1 / stride**nd`` of the multiplications on those
+zeros. Here the output is split by phase instead (sub-pixel decomposition): the outputs ``o``
+with ``o % stride == r`` only see the taps ``k`` with ``(dilation * k - r - padding) % stride ==
+0``, and they form an ordinary dilated correlation of the un-stretched input with those taps,
+flipped. So each of the ``stride**nd`` phases is one conv_layer call on the (padded or cropped)
+input, with input and output channels swapped within each group, and the results interleave.
 
-The flipped, swapped weight depends only on the weight and ``groups``; with a ``prepared``
-store (the registered-weights cache hands one in) it is made once per weight. The convolution
-layer's own prepared forms of that weight go into the same store under keys of their own.
+The per-phase weights depend only on the weight, ``groups`` and the taps; with a ``prepared``
+store (the registered-weights cache hands one in) each is made once. The convolution layer's own
+prepared forms of them go into the same store under keys of their own.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
+from . import cancellation
 from .conv_layer import conv_layer
 from .errors import InvalidArgumentError
 from .info import CallInfo
 from .pooling import int_tuple, is_int
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# Keys of this module in a ``prepared`` store: (PREFIX, groups) holds the flipped weight and
-# (PREFIX, groups, key) the convolution layer's forms of it (never those of the weight itself).
+# Keys of this module in a ``prepared`` store: (PREFIX, groups, taps) holds a phase's weight and
+# (PREFIX, groups, taps, key) the convolution layer's forms of it (never those of the weight itself).
 PREFIX = "conv_transpose"
 
 
@@ -76,8 +83,8 @@ def output_size(size: int, kernel: int, stride: int, padding: int, output_paddin
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def flipped_weight(w: NDArray[Any], groups: int) -> NDArray[Any]:
-    """The conv_layer weight of a transposed convolution: ``(C_out, C_in/groups, *k)``, kernel flipped.
+def swapped_weight(w: NDArray[Any], groups: int) -> NDArray[Any]:
+    """The weight with input and output channels swapped per group: ``(C_out, C_in/groups, *k)``.
 
     Parameters
     ----------
@@ -89,29 +96,53 @@ def flipped_weight(w: NDArray[Any], groups: int) -> NDArray[Any]:
     c_in, cog = w.shape[0], w.shape[1]
     kernel = w.shape[2:]
     cig = c_in // groups
-    nd = len(kernel)
-    flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * nd]
-    grouped = flipped.reshape((groups, cig, cog) + kernel).swapaxes(1, 2)  # (G, C_out/G, C_in/G, *k)
-    result = np.ascontiguousarray(grouped.reshape((groups * cog, cig) + kernel))
-    result.flags.writeable = False
-    return result
+    grouped = w.reshape((groups, cig, cog) + kernel).swapaxes(1, 2)  # (G, C_out/G, C_in/G, *k)
+    return grouped.reshape((groups * cog, cig) + kernel)
 
 
-def _upsample(xb: NDArray[Any], strides: tuple[int, ...], before: tuple[int, ...],
-              lengths: tuple[int, ...]) -> NDArray[Any]:
-    """Zeros of spatial ``lengths`` with sample ``i`` of each axis at ``before + stride * i`` (outside: dropped)."""
-    out = np.zeros(xb.shape[:2] + lengths, dtype=xb.dtype)
+@dataclass(frozen=True)
+class _Phase:
+    """One phase of one axis: outputs ``r, r + stride, ...``; the taps they see, flipped."""
+
+    residue: int
+    count: int  # outputs in the phase
+    taps: tuple[int, ...]  # tap indices, last first (the flip)
+    step: int  # the phase's dilation: input distance between consecutive taps
+    start: int  # input index under the first flipped tap for the phase's first output
+
+
+def _phases(size: int, kernel: int, stride: int, padding: int, dilation: int, out: int) -> list[_Phase]:
+    """The phases of one axis (those with at least one output)."""
+    phases = []
+    for r in range(min(stride, out)):
+        taps = [k for k in range(kernel) if (dilation * k - r - padding) % stride == 0]
+        count = (out - r + stride - 1) // stride
+        if not taps:
+            phases.append(_Phase(r, count, (), 1, 0))
+            continue
+        offsets = [(dilation * k - r - padding) // stride for k in taps]  # output m sees input m - offset
+        step = offsets[1] - offsets[0] if len(taps) > 1 else 1
+        phases.append(_Phase(r, count, tuple(reversed(taps)), step, -offsets[-1]))
+    return phases
+
+
+def _window(xb: NDArray[Any], phases: tuple[_Phase, ...]) -> NDArray[Any]:
+    """The input a phase correlates: indices ``start .. start + count - 1 + step * (taps - 1)`` per axis, zeros outside."""
+    lengths = tuple(ph.count + ph.step * (len(ph.taps) - 1) for ph in phases)
+    inside = all(0 <= ph.start and ph.start + n <= size for ph, n, size in zip(phases, lengths, xb.shape[2:]))
+    if inside:
+        return xb[(slice(None), slice(None)) + tuple(slice(ph.start, ph.start + n) for ph, n in zip(phases, lengths))]
+    window = np.zeros(xb.shape[:2] + lengths, dtype=xb.dtype)
     source: list[slice] = [slice(None), slice(None)]
     target: list[slice] = [slice(None), slice(None)]
-    for size, s, b, length in zip(xb.shape[2:], strides, before, lengths):
-        first = 0 if b >= 0 else (-b + s - 1) // s  # first i with b + s*i >= 0
-        last = min(size, (length - 1 - b) // s + 1) if length - 1 - b >= 0 else 0  # one past the last that fits
+    for ph, n, size in zip(phases, lengths, xb.shape[2:]):
+        first, last = max(0, ph.start), min(size, ph.start + n)
         if last <= first:
-            return out  # nothing of the input lands inside
+            return window  # this phase sees only zeros
         source.append(slice(first, last))
-        target.append(slice(b + s * first, b + s * (last - 1) + 1, s))
-    out[tuple(target)] = xb[tuple(source)]
-    return out
+        target.append(slice(first - ph.start, last - ph.start))
+    window[tuple(target)] = xb[tuple(source)]
+    return window
 
 
 @overload
@@ -243,34 +274,41 @@ def conv_transpose(
             f"output_padding {extras}, dilation {dilations} give output size {out_spatial}")
 
     started = time.perf_counter()
-    if prepared is None:
-        wt = flipped_weight(w, groups)
-        layer_store: MutableMapping[Any, Any] | None = None
-    else:
-        stored: Any = prepared.get((PREFIX, groups))
-        if isinstance(stored, np.ndarray) and stored.shape == (c_out, c_in // groups) + kernel and stored.dtype == w.dtype:
-            wt = stored
+    swapped = swapped_weight(w, groups)
+    axes = [_phases(*a) for a in zip(spatial, kernel, strides, pads, dilations, out_spatial)]
+    out = np.empty((xb.shape[0], c_out) + out_spatial, dtype=x.dtype)
+    method = ""
+    for phase in itertools.product(*axes):
+        cancellation.check()
+        target = (slice(None), slice(None)) + tuple(slice(ph.residue, None, s) for ph, s in zip(phase, strides))
+        if not all(ph.taps for ph in phase):  # no tap reaches these outputs: only the bias
+            out[target] = 0 if b is None else b.reshape((c_out,) + (1,) * nd)
+            continue
+        taps = tuple(ph.taps for ph in phase)
+        key = (PREFIX, groups, taps)
+        stored: Any = None if prepared is None else prepared.get(key)
+        if isinstance(stored, np.ndarray) and stored.dtype == w.dtype and stored.shape[:2] == swapped.shape[:2]:
+            sub = stored
         else:
-            wt = flipped_weight(w, groups)
-            prepared[(PREFIX, groups)] = wt
-        layer_store = _Prefixed(prepared, (PREFIX, groups))
-    before = tuple(d * (k - 1) - p for k, d, p in zip(kernel, dilations, pads))
-    lengths = tuple(o + d * (k - 1) for o, k, d in zip(out_spatial, kernel, dilations))
-    upsampled = _upsample(xb, strides, before, lengths)
-    out, info = conv_layer(upsampled, wt, b, stride=1, padding=0, dilation=dilations, groups=groups,
-                           return_info=True, prepared=layer_store)
+            sub = np.ascontiguousarray(swapped[(slice(None), slice(None)) + np.ix_(*taps)])
+            if prepared is not None:
+                prepared[key] = sub
+        store = None if prepared is None else _Prefixed(prepared, key)
+        out[target], info = conv_layer(_window(xb, phase), sub, b, stride=1, padding=0, groups=groups,
+                                       dilation=tuple(ph.step for ph in phase), return_info=True, prepared=store)
+        method = method or info.method
     if not batched:
         out = out[0]
     elapsed = time.perf_counter() - started
     if return_info:
-        return out, CallInfo(method=info.method, compute_seconds=elapsed, warnings=info.warnings)
+        return out, CallInfo(method=method or "bias_only", compute_seconds=elapsed, warnings=())
     return out
 
 
 def sizes(input_shape: tuple[int, ...], weight_shape: tuple[int, ...], groups: int, stride: tuple[int, ...],
           padding: tuple[int, ...], output_padding: tuple[int, ...],
           dilation: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """The output shape and the elements of the upsampled input, from shapes and arguments alone.
+    """The output shape, and a bound on the elements of the largest phase's input, from shapes alone.
 
     For checks before admission; the arguments must already be one value per spatial dimension.
     ``input_shape`` may be batched or not.
@@ -278,5 +316,5 @@ def sizes(input_shape: tuple[int, ...], weight_shape: tuple[int, ...], groups: i
     nd = len(weight_shape) - 2
     lead, spatial, kernel = input_shape[:-nd - 1], input_shape[-nd:], weight_shape[2:]
     out = tuple(output_size(*a) for a in zip(spatial, kernel, stride, padding, output_padding, dilation))
-    lengths = [o + d * (k - 1) for o, k, d in zip(out, kernel, dilation)]
+    lengths = [-(-o // s) - (-(d * (k - 1)) // s) for o, k, s, d in zip(out, kernel, stride, dilation)]
     return lead + (weight_shape[1] * groups,) + out, math.prod(input_shape[:-nd]) * math.prod(lengths)
