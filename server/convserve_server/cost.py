@@ -98,8 +98,8 @@ def _per_dim(values: Any, nd: int, default: int) -> tuple[int, ...]:
 
 
 def conv_transpose_request_bytes(request: pb.ConvTransposeRequest, entry: Entry | None = None) -> int:
-    """Estimated peak bytes of a ConvTranspose request: input, the zero-inserted padded input,
-    im2col columns and output (registered weights: their shape comes from the cache)."""
+    """Estimated peak bytes of a ConvTranspose request: input, the largest phase's padded input
+    and im2col columns, and the output twice (registered weights: their shape comes from the cache)."""
     weight, bias = _registered(entry, request)
     x, w = _shape(request.input), _shape(weight)
     received = declared_bytes(request.input) + declared_bytes(weight) + declared_bytes(bias)
@@ -110,9 +110,11 @@ def conv_transpose_request_bytes(request: pb.ConvTransposeRequest, entry: Entry 
     padding, output_padding = _per_dim(request.padding, nd, 0), _per_dim(request.output_padding, nd, 0)
     output, upsampled = transpose_sizes(tuple(x), tuple(w), max(1, request.groups), stride, padding,
                                         output_padding, dilation)
-    positions = math.prod(max(0, o) for o in output[-nd:])
+    # The largest phase: about 1 / stride of the outputs and of the taps on each axis.
+    positions = math.prod(-(-max(0, o) // st) for o, st in zip(output[-nd:], stride))
+    taps = math.prod(min(k, -(-k * math.gcd(d, st) // st)) for k, d, st in zip(w[2:], dilation, stride))
     lead = math.prod(x[:-nd])  # N * C_in
-    columns = lead * math.prod(w[2:]) * positions
+    columns = lead * taps * positions
     itemsize = 8  # float64 accumulation may be used for small layers
     return received + itemsize * (max(0, upsampled) + columns + 2 * math.prod(max(0, o) for o in output))
 

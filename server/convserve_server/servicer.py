@@ -248,7 +248,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         return output, info
 
     def _transpose(self, request: pb.ConvTransposeRequest, entry: Entry | None) -> tuple[npt.NDArray[Any], CallInfo]:
-        """Compute ConvTranspose (on a worker thread); the output size was checked before admission."""
+        """Compute ConvTranspose (on a worker thread); the output size is checked from the shapes before any work."""
         output, info = conv_transpose(**wire.conv_transpose_arguments(request, self.settings, entry), return_info=True)
         self._check_output(output.shape, output.dtype)
         return output, info
