@@ -190,6 +190,9 @@ def test_conv_transpose_over_the_wire(client: convserve.Client) -> None:
     with pytest.raises(convserve.InvalidArgumentError) as raised:
         client.conv_transpose(x, w, stride=2, output_padding=2, groups=2)
     assert raised.value.field_violations[0][0] == "output_padding"
+    with pytest.raises(convserve.ResourceExhaustedError) as too_large:  # the session server allows 2**24 elements
+        client.conv_transpose(np.ones((1, 1, 4)), np.ones((1, 1, 1)), stride=2**23)
+    assert too_large.value.retry_pushback_ms == -1 and "exceeds the limit" in too_large.value.details
 
 
 def test_unknown_id_is_not_found(server: RunningServer, client: convserve.Client) -> None:
