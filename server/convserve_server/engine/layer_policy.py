@@ -47,8 +47,9 @@ FFT_ADVANTAGE = 0.7
 # Cost model constants (seconds per unit), measured on the 2-core benchmark host with
 # bench/bench_conv_layer.py; only their ratios matter for the choice.
 _DIRECT_PER_MAC = 1.0 / 40e9  # ONNX Runtime / MLAS float32 multiply-adds
-_FFT_PER_POINT_LOG = 1.0 / 1.2e9  # one real FFT point times log2(size)
+_FFT_PER_POINT_LOG = 1.0 / 3e9  # one real FFT point times log2(size)
 _CMAC = 1.0 / 6e9  # one complex multiply-add of the batched per-frequency matmul
+_SPECTRA_BYTE = 1.0 / 6e9  # reading the cached weight spectra (memory-bound when N is small)
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,17 @@ def eligible(path: str, p: Problem) -> bool:
 
 
 def fft_cost(p: Problem) -> float:
-    """Modelled seconds of the ``fft`` path: transforms in and out, then channel products."""
+    """Modelled seconds of the ``fft`` path: transforms in and out, then channel products.
+
+    The channel products read the whole weight spectrum (``C_in * C_out`` complex values per
+    frequency), so with a small batch they are bound by memory bandwidth, not by arithmetic.
+    """
     fshape = tuple(fast_length(s) for s in p.padded)
     points = math.prod(fshape)
     half = points // fshape[-1] * (fshape[-1] // 2 + 1)
     transforms = p.n * (p.c_in + p.c_out) * points * math.log2(max(points, 2)) * _FFT_PER_POINT_LOG
-    return transforms + p.n * p.c_in * p.c_out * half * _CMAC
+    products = max(p.n * p.c_in * p.c_out * half * _CMAC, p.c_in * p.c_out * half * 8 * _SPECTRA_BYTE)
+    return transforms + products
 
 
 def direct_cost(p: Problem) -> float:
