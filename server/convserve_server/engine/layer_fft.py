@@ -6,7 +6,9 @@ sample there wraps around. So each dimension is transformed at ``L = fast_length
 (not ``P + k - 1``), by real-to-complex FFTW plans from :mod:`.fftw_plans` (cached, with their
 aligned buffers). Per frequency the channel contraction is a small matrix product,
 ``Y[f] (N, C_out) = X[f] (N, C_in) @ conj(W[f]) (C_in, C_out)``, done for all frequencies by
-one batched ``np.matmul``. The weight spectra ``conj(W)`` (already scaled by ``1/L``) depend
+one batched ``np.matmul``. Each of the three stages is split over the request's share of the
+cores (transforms by rows, products by frequencies) in a small thread pool: FFTW's own
+threads do not pay at these sizes here, but independent batches do. The weight spectra ``conj(W)`` (already scaled by ``1/L``) depend
 only on the weights, ``L`` and the dtype, and are memoized in the caller's ``prepared`` store.
 
 It serves ``groups == 1``, dilation 1 and any stride (the strided output is a subsample of the
@@ -18,14 +20,18 @@ float32 runs in single precision: the error measured against float64 stays well 
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import math
-from collections.abc import MutableMapping
+import os
+import threading
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import cancellation, fftw_plans
+from . import cancellation, fftw_plans, resources
 from .fft import fast_length
 
 
@@ -90,24 +96,81 @@ def fft_correlate(
         spectra = _spectra(w, fshape)
         if prepared is not None:
             prepared[key] = spectra
-    with fftw_plans.plan("r2c", (n * c_in,) + fshape, xp.dtype, axes) as p:
-        corner = (slice(None),) + tuple(slice(0, s) for s in padded)
-        p.input[corner] = xp.reshape((n * c_in,) + padded)
-        for axis, size in enumerate(padded, start=1):  # zero the tail of each dimension
-            if size < fshape[axis - 1]:
-                tail = tuple(slice(0, padded[i - 1]) if i < axis else slice(None) for i in range(1, axis))
-                p.input[(slice(None),) + tail + (slice(size, None),)] = 0
-        p.fftw.execute()
-        half = p.output.shape[1:]
-        xf = np.ascontiguousarray(p.output.reshape(n, c_in, -1).transpose(2, 0, 1))  # (F, N, C_in)
+    parts = _parts(n * max(c_in, c_out) * math.prod(fshape))
+    points = math.prod(fshape[:-1]) * (fshape[-1] // 2 + 1)
+    half = fshape[:-1] + (fshape[-1] // 2 + 1,)
+    xf = np.empty((points, n * c_in), dtype=spectra.dtype)  # (F, N*C_in)
+    rows_in = xp.reshape((n * c_in,) + padded)
+
+    def forward(lo: int, hi: int) -> None:
+        with fftw_plans.plan("r2c", (hi - lo,) + fshape, xp.dtype, axes) as p:
+            corner = (slice(None),) + tuple(slice(0, s) for s in padded)
+            p.input[corner] = rows_in[lo:hi]
+            for axis, size in enumerate(padded, start=1):  # zero the tail of each dimension
+                if size < fshape[axis - 1]:
+                    tail = tuple(slice(0, padded[i - 1]) if i < axis else slice(None) for i in range(1, axis))
+                    p.input[(slice(None),) + tail + (slice(size, None),)] = 0
+            p.fftw.execute()
+            xf[:, lo:hi] = p.output.reshape(hi - lo, points).T
+
+    _run_split(forward, n * c_in, parts)
     cancellation.check()
-    yf = np.matmul(xf, spectra)  # (F, N, C_out)
-    del xf
+    yf = np.empty((points, n, c_out), dtype=spectra.dtype)
+    xf3 = xf.reshape(points, n, c_in)
+
+    def products(lo: int, hi: int) -> None:
+        np.matmul(xf3[lo:hi], spectra[lo:hi], out=yf[lo:hi])
+
+    _run_split(products, points, parts)
+    del xf, xf3
     cancellation.check()
-    with fftw_plans.plan("c2r", (n * c_out,) + fshape, xp.dtype, axes) as q:
-        q.input[...] = yf.transpose(1, 2, 0).reshape((n * c_out,) + half)
-        del yf
-        q.fftw.execute()
-        crop = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
-        out = np.ascontiguousarray(q.output[crop]).reshape((n, c_out) + out_spatial)
-    return out
+    out = np.empty((n * c_out,) + out_spatial, dtype=xp.dtype)
+    yf2 = yf.reshape(points, n * c_out)
+    crop = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
+
+    def inverse(lo: int, hi: int) -> None:
+        with fftw_plans.plan("c2r", (hi - lo,) + fshape, xp.dtype, axes) as q:
+            q.input.reshape(hi - lo, points)[...] = yf2[:, lo:hi].T
+            q.fftw.execute()
+            out[lo:hi] = q.output[crop]
+
+    _run_split(inverse, n * c_out, parts)
+    return out.reshape((n, c_out) + out_spatial)
+
+
+# Parallel work below this many points (batch x channels x transform size) is not split.
+_PARALLEL_MIN_POINTS = 1 << 17
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _parts(points: int) -> int:
+    """How many threads to split the work into: the request's share of the cores, or 1 when small."""
+    if points < _PARALLEL_MIN_POINTS:
+        return 1
+    return max(1, resources.thread_limit(os.cpu_count() or 1))
+
+
+def _run_split(fn: Callable[[int, int], None], total: int, parts: int) -> None:
+    """Run ``fn(lo, hi)`` over ``parts`` contiguous slices of ``range(total)``, in parallel.
+
+    The first slice runs in the calling thread, the others in a module thread pool (FFTW and
+    numpy release the GIL). Each task runs in a copy of the caller's context, so the request's
+    thread share and cancellation token follow it.
+    """
+    parts = max(1, min(parts, total))
+    bounds = [total * i // parts for i in range(parts + 1)]
+    if parts == 1:
+        fn(0, total)
+        return
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="conv-fft")
+        pool = _POOL
+    futures = [pool.submit(contextvars.copy_context().run, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for future in futures:
+            future.result()

@@ -171,16 +171,19 @@ def conv_model_bytes(
 
 
 def _new_session(model: bytes, threads: int) -> Any:
-    """An ``InferenceSession`` for ``model`` on ``threads`` intra-op threads (no spinning)."""
+    """An ``InferenceSession`` for ``model`` on ``threads`` intra-op threads."""
     assert _ort is not None
     options = _ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = _ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = _ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning workers burn a core that other requests (and other processes) need on a
-    # 2-core host; measured: no loss on the benchmark layers without it.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spinning workers wait for the next parallel section without sleeping. Measured on the
+    # benchmark layers with 2 threads: without spinning ONNX Runtime runs at its 1-thread speed
+    # (0.9-1.5x torch); with it 0.15-0.9x torch. ``CONVSERVE_LAYER_ORT_SPIN=0`` turns it off
+    # (for hosts where the cores are shared with other busy processes).
+    spin = os.environ.get("CONVSERVE_LAYER_ORT_SPIN", "1") not in ("0", "false", "no")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.log_severity_level = 3
     return _ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
