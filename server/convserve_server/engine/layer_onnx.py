@@ -7,8 +7,8 @@ on every benchmark layer (see ``docs/conv_layer.md``), so it is the float32 work
 
 The model is tiny (one or two nodes, the weights as an initializer) and is encoded here by
 hand as protobuf bytes (:func:`conv_model_bytes`), so the server needs ``onnxruntime`` only,
-not the ``onnx`` package. A session is specialised to one input shape, one set of options and
-one thread count; sessions are kept in the weights' ``prepared`` store (the registered
+not the ``onnx`` package. A session is specialised to one input shape (but any batch size), one set of
+options and one thread count; sessions are kept in the weights' ``prepared`` store (the registered
 weights' one, or :mod:`.layer_cache`'s for inline weights).
 
 ONNX Runtime is optional: :func:`available` says whether it imports, and the policy falls
@@ -93,9 +93,9 @@ def _tensor(name: str, array: NDArray[np.float32]) -> bytes:
     return dims + _field_varint(2, _FLOAT) + _field_bytes(8, name) + _field_bytes(9, raw)
 
 
-def _value_info(name: str, shape: tuple[int, ...]) -> bytes:
-    """A float32 ``ValueInfoProto`` of a fixed shape."""
-    dims = b"".join(_field_bytes(1, _field_varint(1, d)) for d in shape)
+def _value_info(name: str, shape: tuple[int | str, ...]) -> bytes:
+    """A float32 ``ValueInfoProto``: ints are fixed sizes, strings symbolic ones."""
+    dims = b"".join(_field_bytes(1, _field_bytes(2, d) if isinstance(d, str) else _field_varint(1, d)) for d in shape)
     tensor_type = _field_varint(1, _FLOAT) + _field_bytes(2, dims)
     return _field_bytes(1, name) + _field_bytes(2, _field_bytes(1, tensor_type))
 
@@ -122,7 +122,8 @@ def conv_model_bytes(
     Parameters
     ----------
     input_shape : tuple of int
-        ``(N, C_in, *spatial)``, fixed (sessions are specialised per shape).
+        ``(N, C_in, *spatial)``; the batch size ``N`` is left symbolic (one session serves
+        every batch size), the rest is fixed.
     weight, bias : ndarray
         float32 ``(C_out, C_in / groups, *kernel)`` and ``(C_out,)`` or None.
     strides, dilations : tuple of int
@@ -157,12 +158,12 @@ def conv_model_bytes(
     graph += _field_bytes(5, _tensor("w", weight))
     if bias is not None:
         graph += _field_bytes(5, _tensor("b", bias))
-    graph += _field_bytes(11, _value_info("x", input_shape))
+    graph += _field_bytes(11, _value_info("x", ("N",) + tuple(input_shape[1:])))
     out_spatial = tuple(
         (size + b + a - (d * (k - 1) + 1)) // s + 1
         for size, (b, a), d, k, s in zip(input_shape[2:], pads, dilations, weight.shape[2:], strides)
     )
-    graph += _field_bytes(12, _value_info("y", (input_shape[0], weight.shape[0]) + out_spatial))
+    graph += _field_bytes(12, _value_info("y", ("N", weight.shape[0]) + out_spatial))
     opset = _field_bytes(1, "") + _field_varint(2, _OPSET)
     return _field_varint(1, _IR_VERSION) + _field_bytes(2, "convserve") + _field_bytes(7, graph) + _field_bytes(8, opset)
 
@@ -209,7 +210,7 @@ def run(
         As :func:`conv_model_bytes`.
     prepared : MutableMapping
         The per-weights store; the session is kept there under
-        ``("onnxruntime", shape, options, bias digest, threads)``.
+        ``("onnxruntime", shape without batch, options, bias digest, threads)``.
 
     Returns
     -------
@@ -217,7 +218,7 @@ def run(
         float32 ``(N, C_out, *out_spatial)``.
     """
     threads = resources.thread_limit(os.cpu_count() or 1)
-    key = ("onnxruntime", tuple(x.shape), strides, tuple(pads), dilations, groups, relu, layer_cache.digest(bias), threads)
+    key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, layer_cache.digest(bias), threads)
     session = prepared.get(key)
     if session is None:
         model = conv_model_bytes(tuple(x.shape), weight, bias, strides, pads, dilations, groups, relu)
