@@ -4,8 +4,10 @@ A depthwise layer has no channel contraction, so im2col would copy ``K`` times t
 feed matrix products of inner size ``K`` (9 for 3x3): mostly memory traffic. Here the output
 is accumulated tap by tap instead: for each kernel tap, the (strided, dilated) shifted view of
 the padded input times that tap's per-channel weight is added into the output, in place.
-That is ``K`` passes over an output-sized array and no im2col matrix. Any number of spatial
-dimensions, stride and dilation are handled by the views.
+That is ``K`` passes over an output-sized array and no im2col matrix. With stride 1 each tap
+is one contiguous slice of the flattened padded planes (the output is accumulated at the padded
+row pitch and the extra columns dropped), so numpy runs long inner loops; other strides use
+strided views. Any number of spatial dimensions and any dilation.
 
 Small float32 problems accumulate in float64 (see :func:`.layer_gemm.working_dtype`).
 """
@@ -21,6 +23,8 @@ from numpy.typing import NDArray
 
 from . import cancellation
 from .layer_gemm import working_dtype
+
+_BLOCK_BYTES = 256 << 10
 
 
 def depthwise(
@@ -62,7 +66,9 @@ def depthwise(
         tap_weights = np.ascontiguousarray(w.reshape(c, taps).T.reshape((taps, c) + (1,) * nd), dtype=dtype)
         if prepared is not None:
             prepared[key] = tap_weights
-    src = xp if xp.dtype == dtype else xp.astype(dtype)
+    src = np.ascontiguousarray(xp, dtype=dtype)
+    if all(s == 1 for s in strides):
+        return _flat(src, tap_weights, kernel, dilations, out_spatial)
     out = np.empty((n, c) + out_spatial, dtype=dtype)
     tmp = np.empty_like(out)
     for t, offsets in enumerate(itertools.product(*(range(k) for k in kernel))):
@@ -77,3 +83,44 @@ def depthwise(
         if t % 8 == 7:
             cancellation.check()
     return out
+
+
+def _flat(
+    src: NDArray[Any], tap_weights: NDArray[Any], kernel: tuple[int, ...], dilations: tuple[int, ...], out_spatial: tuple[int, ...]
+) -> NDArray[Any]:
+    """Stride 1: every tap is one contiguous slice of the flattened padded planes.
+
+    The output is accumulated "wide", at the padded row pitch (the columns past the output's
+    width are computed and dropped), so each tap is a multiply-add over long contiguous rows
+    rather than over many short ones.
+    """
+    n, c = src.shape[0], src.shape[1]
+    padded = src.shape[2:]
+    pitch = [int(np.prod(padded[i + 1:])) for i in range(len(padded))]  # element strides of a plane
+    length = sum((o - 1) * p for o, p in zip(out_spatial, pitch)) + 1
+    flat = src.reshape(n * c, -1)
+    weights = np.broadcast_to(tap_weights.reshape(tap_weights.shape[0], 1, c, 1), (tap_weights.shape[0], n, c, 1))
+    weights = weights.reshape(tap_weights.shape[0], n * c, 1)
+    wide = np.empty((n * c, length), dtype=src.dtype)
+    # Blocks of planes small enough to stay in the L2 cache through all the taps.
+    block = max(1, _BLOCK_BYTES // (length * src.itemsize))
+    tmp = np.empty((min(block, n * c), length), dtype=src.dtype)
+    starts = [sum(o * d * p for o, d, p in zip(offsets, dilations, pitch))
+              for offsets in itertools.product(*(range(k) for k in kernel))]
+    for lo in range(0, n * c, block):
+        hi = min(n * c, lo + block)
+        acc, scratch = wide[lo:hi], tmp[: hi - lo]
+        for t, start in enumerate(starts):
+            view = flat[lo:hi, start:start + length]
+            if t == 0:
+                np.multiply(view, weights[t, lo:hi], out=acc)
+            else:
+                np.multiply(view, weights[t, lo:hi], out=scratch)
+                acc += scratch
+        cancellation.check()
+    wide = wide.reshape(n, c, length)
+    itemsize = wide.itemsize
+    picked = np.lib.stride_tricks.as_strided(
+        wide, shape=(n, c) + out_spatial, strides=wide.strides[:2] + tuple(p * itemsize for p in pitch)
+    )
+    return np.ascontiguousarray(picked)
