@@ -86,13 +86,8 @@ def _run_path(
     relu: bool,
     prepared: MutableMapping[Any, Any],
 ) -> NDArray[Any]:
-    """Run path ``chosen``, then the bias and ReLU where the path did not fuse them."""
+    """Run numpy path ``chosen``, then add the bias and apply the ReLU in place."""
     nd = len(strides)
-    if chosen == "onnxruntime":
-        if padding_mode == "zeros":
-            return layer_onnx.run(xb, w, b, strides, pads, dilations, groups, relu, prepared)
-        zero = [(0, 0)] * nd
-        return layer_onnx.run(_pad(xb, pads, padding_mode), w, b, strides, zero, dilations, groups, relu, prepared)
     xp = _pad(xb, pads, padding_mode)
     if chosen == "fft":
         out = layer_fft.fft_correlate(xp, w, strides, out_spatial, prepared)
@@ -289,9 +284,14 @@ def conv_layer(
     relu = activation == "relu"
     if prepared is None:
         prepared = layer_cache.store_for(w)
-    out = _run_path(chosen, xb, w, b, strides, pads, padding_mode, dilations, groups, out_spatial, relu, prepared)
-    if pool_spec is not None:
-        out = apply_pool(out, pool_spec)
+    if chosen == "onnxruntime":  # bias, ReLU and pooling all run inside ONNX Runtime
+        xo = xb if padding_mode == "zeros" else _pad(xb, pads, padding_mode)
+        ort_pads = pads if padding_mode == "zeros" else [(0, 0)] * nd
+        out = layer_onnx.run(xo, w, b, strides, ort_pads, dilations, groups, relu, prepared, pool_spec)
+    else:
+        out = _run_path(chosen, xb, w, b, strides, pads, padding_mode, dilations, groups, out_spatial, relu, prepared)
+        if pool_spec is not None:
+            out = apply_pool(out, pool_spec)
     if not batched:
         out = out[0]
     elapsed = time.perf_counter() - started

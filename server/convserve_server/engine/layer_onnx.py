@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import layer_cache, resources
+from .pooling import PoolSpec
 
 try:  # optional: the numpy paths serve without it
     import onnxruntime as _ort
@@ -116,8 +117,9 @@ def conv_model_bytes(
     dilations: tuple[int, ...],
     groups: int,
     relu: bool,
+    pool: PoolSpec | None = None,
 ) -> bytes:
-    """Encode an ONNX model ``y = [Relu](Conv(x, weight, bias))`` as protobuf bytes.
+    """Encode an ONNX model ``y = [Pool]([Relu](Conv(x, weight, bias)))`` as protobuf bytes.
 
     Parameters
     ----------
@@ -134,6 +136,9 @@ def conv_model_bytes(
         Channel groups.
     relu : bool
         Append a ``Relu`` (ONNX Runtime fuses it into the convolution).
+    pool : PoolSpec, optional
+        Append a ``MaxPool`` or ``AveragePool`` (``count_include_pad=1``, floor mode) with
+        torch's default semantics: max ignores the padding, average counts it as zeros.
 
     Returns
     -------
@@ -150,10 +155,21 @@ def conv_model_bytes(
     ]
     assert len(pads) == nd
     conv_inputs = ["x", "w"] + (["b"] if bias is not None else [])
-    conv_out = "c" if relu else "y"
-    graph = _field_bytes(1, _node("Conv", conv_inputs, [conv_out], attributes))
+    names = ["c"] + (["r"] if relu else []) + (["p"] if pool is not None else [])
+    names[-1] = "y"
+    graph = _field_bytes(1, _node("Conv", conv_inputs, [names[0]], attributes))
     if relu:
-        graph += _field_bytes(1, _node("Relu", ["c"], ["y"], []))
+        graph += _field_bytes(1, _node("Relu", [names[0]], [names[1]], []))
+    if pool is not None:
+        pool_attributes = [
+            _attr_ints("kernel_shape", list(pool.kernel_size)),
+            _attr_ints("strides", list(pool.stride)),
+            _attr_ints("pads", list(pool.padding) * 2),
+        ]
+        if pool.kind == "avg":
+            pool_attributes.append(_attr_int("count_include_pad", 1))
+        op = "MaxPool" if pool.kind == "max" else "AveragePool"
+        graph += _field_bytes(1, _node(op, [names[-2]], ["y"], pool_attributes))
     graph += _field_bytes(2, "convserve_conv_layer")
     graph += _field_bytes(5, _tensor("w", weight))
     if bias is not None:
@@ -163,6 +179,8 @@ def conv_model_bytes(
         (size + b + a - (d * (k - 1) + 1)) // s + 1
         for size, (b, a), d, k, s in zip(input_shape[2:], pads, dilations, weight.shape[2:], strides)
     )
+    if pool is not None:
+        out_spatial = pool.output_shape
     graph += _field_bytes(12, _value_info("y", ("N", weight.shape[0]) + out_spatial))
     opset = _field_bytes(1, "") + _field_varint(2, _OPSET)
     return _field_varint(1, _IR_VERSION) + _field_bytes(2, "convserve") + _field_bytes(7, graph) + _field_bytes(8, opset)
@@ -199,14 +217,15 @@ def run(
     groups: int,
     relu: bool,
     prepared: MutableMapping[Any, Any],
+    pool: PoolSpec | None = None,
 ) -> NDArray[np.float32]:
-    """Run the convolution (+ bias, + ReLU) with ONNX Runtime.
+    """Run the convolution (+ bias, + ReLU, + pooling) with ONNX Runtime.
 
     Parameters
     ----------
     x : ndarray
         float32 ``(N, C_in, *spatial)``, already padded for non-zero padding modes.
-    weight, bias, strides, pads, dilations, groups, relu
+    weight, bias, strides, pads, dilations, groups, relu, pool
         As :func:`conv_model_bytes`.
     prepared : MutableMapping
         The per-weights store; the session is kept there under
@@ -218,10 +237,12 @@ def run(
         float32 ``(N, C_out, *out_spatial)``.
     """
     threads = resources.thread_limit(os.cpu_count() or 1)
-    key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, layer_cache.digest(bias), threads)
+    pool_key = None if pool is None else (pool.kind, pool.kernel_size, pool.stride, pool.padding)
+    key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, pool_key,
+           layer_cache.digest(bias), threads)
     session = prepared.get(key)
     if session is None:
-        model = conv_model_bytes(tuple(x.shape), weight, bias, strides, pads, dilations, groups, relu)
+        model = conv_model_bytes(tuple(x.shape), weight, bias, strides, pads, dilations, groups, relu, pool)
         session = _new_session(model, threads)
         prepared[key] = session
     result: NDArray[np.float32] = session.run(None, {"x": np.ascontiguousarray(x)})[0]
