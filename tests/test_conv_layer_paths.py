@@ -285,3 +285,30 @@ def test_every_path_agrees_on_one_layer() -> None:
     assert len(results) >= 2
     for got in results.values():
         assert_close(got, want, np.float32)
+
+
+# --------------------------------------------------------------------------- pooling of the numpy paths
+
+POOL_SPECS = [
+    ((2, 3, 12, 10), {"kind": "max", "kernel_size": 2}),
+    ((2, 3, 12, 10), {"kind": "avg", "kernel_size": 3, "stride": 2, "padding": 1}),
+    ((2, 3, 9, 8, 7), {"kind": "max", "kernel_size": (3, 2, 2), "stride": (1, 2, 1), "padding": (1, 0, 1)}),
+    ((2, 3, 9, 8, 7), {"kind": "avg", "kernel_size": (2, 3, 2), "stride": (2, 1, 1), "padding": (1, 1, 0)}),
+    ((2, 3, 30), {"kind": "avg", "kernel_size": 4, "stride": 3, "padding": 2}),
+    ((2, 3, 30), {"kind": "max", "kernel_size": 5, "stride": 1, "padding": 2}),
+]
+
+
+@pytest.mark.parametrize("shape,spec", POOL_SPECS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_pool_matches_apply_pool(shape: tuple[int, ...], spec: dict[str, Any], dtype: Any) -> None:
+    from convserve_server.engine.layer_pool import pool
+    from convserve_server.engine.pooling import apply_pool, validate_pool
+
+    x = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    x.flat[7] = np.nan  # NaN propagates in both, as torch
+    checked = validate_pool(spec, shape[2:])
+    assert checked is not None
+    got, want = pool(x, checked), apply_pool(x, checked)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)

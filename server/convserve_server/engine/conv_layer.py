@@ -24,8 +24,8 @@ from numpy.typing import NDArray
 
 from .errors import InvalidArgumentError
 from .info import CallInfo
-from . import layer_cache, layer_depthwise, layer_fft, layer_gemm, layer_onnx, layer_policy
-from .pooling import apply_pool, int_tuple, is_int, validate_pool
+from . import layer_cache, layer_depthwise, layer_fft, layer_gemm, layer_onnx, layer_policy, layer_pool
+from .pooling import int_tuple, is_int, validate_pool
 
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
 ACTIVATIONS: tuple[str, ...] = ("relu",)
@@ -291,7 +291,7 @@ def conv_layer(
     else:
         out = _run_path(chosen, xb, w, b, strides, pads, padding_mode, dilations, groups, out_spatial, relu, prepared)
         if pool_spec is not None:
-            out = apply_pool(out, pool_spec)
+            out = layer_pool.pool(out, pool_spec)
     if not batched:
         out = out[0]
     elapsed = time.perf_counter() - started
