@@ -11,8 +11,9 @@ the noise of a shared 2-core host falls on every peer alike):
 
 It prints a Markdown table with medians, ratios to torch and the path the policy chose, and
 the engine's first-call time (session / spectra / plan creation). ``--paths`` also times every
-eligible path forced, and the alternatives considered (OpenCV ``filter2D`` per channel for the
-depthwise layer).
+eligible path forced, and the alternatives considered: OpenCV ``filter2D`` per channel for the
+depthwise layer, and OpenVINO (oneDNN) running the same ONNX model when ``openvino`` is
+installed (it is not a dependency: ``pip install openvino`` to include it).
 
 Before timing it checks correctness against torch: every benchmark layer, and a randomized grid
 of shapes and options (1-3 spatial dims, stride, dilation, groups, padding modes, bias, ReLU,
@@ -229,12 +230,40 @@ def bench(repeat: int, paths: bool) -> list[dict[str, Any]]:
                             out[i, c] = full[: xs[2], : xs[3]] + b[c]
                     return out
                 fns["alt:cv2_filter2D"] = cv2_depthwise
+            openvino = _openvino_peer(x, w, b, s, p, g)
+            if openvino is not None:
+                fns["alt:openvino"] = openvino
         med = round_robin(fns, repeat)
         row = dict(layer=name, path=info.method, first_ms=first * 1e3, **{f"{k}_ms": v * 1e3 for k, v in med.items()})
         rows.append(row)
         print(f"  {name}: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in med.items()) + f" ms; path {info.method}",
               file=sys.stderr, flush=True)
     return rows
+
+
+def _openvino_peer(x: np.ndarray, w: np.ndarray, b: np.ndarray, s: int, p: int, g: int) -> Callable[[], Any] | None:
+    """The same ONNX model compiled by OpenVINO (oneDNN) on 2 threads, if openvino is installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    import tempfile
+
+    from convserve_server.engine import layer_onnx
+
+    nd = w.ndim - 2
+    model = layer_onnx.conv_model_bytes(x.shape, w, b, (s,) * nd, [(p, p)] * nd, (1,) * nd, g, False)
+    with tempfile.NamedTemporaryFile(suffix=".onnx") as fh:
+        fh.write(model)
+        fh.flush()
+        core = openvino.Core()
+        compiled = core.compile_model(core.read_model(fh.name), "CPU",
+                                      {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    want = torch_conv(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=s, padding=p, groups=g).numpy()
+    got = request.infer({0: x})[0]
+    assert rel_err(got, want) <= TOL, "openvino disagrees with torch"
+    return lambda: request.infer({0: x})
 
 
 def table(rows: list[dict[str, Any]]) -> str:
