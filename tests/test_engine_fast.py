@@ -188,6 +188,7 @@ def test_direct_1d_in_cancellable_chunks_is_bit_identical(monkeypatch: pytest.Mo
 def test_direct_2d_in_cancellable_bands_matches(monkeypatch: pytest.MonkeyPatch, shape, k, mode: str) -> None:
     x, h = RNG.standard_normal(shape).astype(np.float32), RNG.standard_normal(k).astype(np.float32)
     monkeypatch.setattr(direct_fast, "CHUNK_MACS", 4096)
+    monkeypatch.setattr(direct_fast, "OPENCV_CHUNK_MACS", 4096)
     expected = ss.convolve(x.astype(np.float64), h.astype(np.float64), mode, "direct")
     close(convolve(x, h, mode, "direct"), expected, 1e-5)
 
@@ -207,9 +208,21 @@ def test_a_cancelled_scope_stops_long_work(monkeypatch: pytest.MonkeyPatch, meth
     import threading
     from convserve_server.engine import cancellation, overlap_add
     monkeypatch.setattr(direct_fast, "CHUNK_MACS", 1 << 12)
+    monkeypatch.setattr(direct_fast, "OPENCV_CHUNK_MACS", 1 << 12)
     monkeypatch.setattr(overlap_add, "GROUP_BYTES", 1 << 14)
     token = threading.Event()
     token.set()
     x, h = RNG.standard_normal(400_000), RNG.standard_normal(m)
     with cancellation.scope(token), pytest.raises(cancellation.Cancelled):
         convolve(x, h, "full", method)
+
+
+def test_a_cancelled_scope_stops_2d_direct_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from convserve_server.engine import cancellation
+    monkeypatch.setattr(direct_fast, "OPENCV_CHUNK_MACS", 1 << 12)
+    token = threading.Event()
+    token.set()
+    x, h = RNG.standard_normal((400, 300)).astype(np.float32), RNG.standard_normal((7, 7)).astype(np.float32)
+    with cancellation.scope(token), pytest.raises(cancellation.Cancelled):
+        convolve(x, h, "same", "direct")

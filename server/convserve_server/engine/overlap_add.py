@@ -14,6 +14,7 @@ groups: a cancelled request stops within one group, and memory holds one group's
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -39,6 +40,7 @@ def transform_cost(length: int) -> float:
     return length * (per_level * math.log2(max(length, 2)) + _PER_POINT)
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_block(n: int, m: int) -> int:
     """Return the transform length ``L`` minimising the cost of convolving ``n`` by ``m`` samples.
 
