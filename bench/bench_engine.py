@@ -5,7 +5,9 @@ Run ``python bench/bench_engine.py`` (the full matrix of issue 3, under 20 minut
 zero-fill boundary, the engine's output dtype, the kernel flipped where the peer correlates
 (OpenCV), its border mode set (OpenCV defaults to reflect-101, scipy.ndimage to reflect). Each
 result is checked against a float64 reference (float32 within 1e-5 of the peak, float64 within
-1e-12). Medians of repeated runs; the first call (FFTW planning, cache fill) is reported apart.
+1e-12). Medians of repeated runs, interleaved (one call of each contender per round, so all
+share the same background load); the first call (FFTW planning, cache fill, and the engine's
+background MEASURE planning of new shapes, ``--background-planning``) is reported apart.
 A peer whose estimated run exceeds ``--skip-seconds`` is reported as skipped, not run.
 
 Peers are optional (the ``bench`` extra): scipy, opencv-python-headless, pyfftw.
@@ -28,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "server"))
-from convserve_server.engine import convolve, fftw_plans  # noqa: E402
+from convserve_server.engine import convolve, fftw_background, fftw_plans  # noqa: E402
 
 try:
     import scipy.ndimage as ndi
@@ -57,18 +59,31 @@ class Case:
     rows: dict[str, Any] = field(default_factory=dict)
 
 
-def timed(fn: Fn, budget: float) -> tuple[float, float, Any]:
-    """(first-call seconds, median seconds of further calls, result); repeats within ``budget``."""
+def first_call(fn: Fn, settle: Callable[[], None] = lambda: None) -> tuple[float, Any]:
+    """(seconds, result) of a first call; ``settle`` (the engine's background planning) counts in it."""
     started = time.perf_counter()
     result = fn()
-    first = time.perf_counter() - started
-    times: list[float] = []
-    deadline = time.perf_counter() + budget
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 15):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return first, statistics.median(times), result
+    settle()
+    return time.perf_counter() - started, result
+
+
+def interleaved(fns: dict[str, Fn], budget: float) -> dict[str, float]:
+    """Median seconds of each function, timed in rounds that call every function once.
+
+    Interleaving puts every contender under the same background load (the machine is shared), so
+    the ratios hold even when absolute times drift. At least 3 rounds; more while the rounds stay
+    within ``budget`` seconds per function, at most 15.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    deadline = time.perf_counter() + budget * len(fns)
+    rounds = 0
+    while rounds < 3 or (time.perf_counter() < deadline and rounds < 15):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+        rounds += 1
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def error(result: Any, ref: np.ndarray) -> float:
@@ -177,25 +192,32 @@ def make_cases(quick: bool) -> list[Case]:
 
 
 def run(case: Case, plain: PlainFFTW, budget: float, skip_seconds: float) -> None:
-    """Time the engine (auto and each method) and every peer on one case."""
+    """Time the engine (auto and each method) and every peer on one case, interleaved."""
     ref = ss.fftconvolve(case.x.astype(np.complex128 if np.iscomplexobj(case.x) else np.float64),
                          case.h.astype(np.complex128 if np.iscomplexobj(case.h) else np.float64), case.mode)
     tol = 1e-5 if np.result_type(case.x.dtype, case.h.dtype) in (np.float32, np.complex64) else 1e-12
-    first, median, (result, info) = timed(lambda: convolve(case.x, case.h, case.mode, return_info=True), budget)
-    case.rows["engine auto"] = dict(first=first, median=median, error=error(result, ref), method=info.method, tol=tol)
-    macs = float(case.x.size) * float(case.h.size)
+    x, h, mode = case.x, case.h, case.mode
+    first, (result, info) = first_call(lambda: convolve(x, h, mode, return_info=True), fftw_background.wait_idle)
+    case.rows["engine auto"] = dict(first=first, error=error(result, ref), method=info.method, tol=tol)
+    fns: dict[str, Fn] = {"engine auto": lambda: convolve(x, h, mode)}
+    macs = float(x.size) * float(h.size)
     for method in ("direct", "fft", "overlap_add"):
+        name = f"engine {method}"
         if method == "direct" and macs > 4e9:
-            case.rows[f"engine {method}"] = dict(skipped="est. > few s")
+            case.rows[name] = dict(skipped="est. > few s")
             continue
-        first, median, result = timed(lambda: convolve(case.x, case.h, case.mode, method), budget)
-        case.rows[f"engine {method}"] = dict(first=first, median=median, error=error(result, ref))
+        fns[name] = lambda method=method: convolve(x, h, mode, method)  # type: ignore[misc]
+        first, result = first_call(fns[name], fftw_background.wait_idle)
+        case.rows[name] = dict(first=first, error=error(result, ref))
     for name, (fn, note) in peers(case, plain, skip_seconds).items():
         if fn is None:
             case.rows[name] = dict(skipped=note)
             continue
-        first, median, result = timed(fn, budget)
-        case.rows[name] = dict(first=first, median=median, error=error(result, ref))
+        fns[name] = fn
+        first, result = first_call(fn)
+        case.rows[name] = dict(first=first, error=error(result, ref))
+    for name, median in interleaved(fns, budget).items():
+        case.rows[name]["median"] = median
 
 
 def summary(case: Case) -> dict[str, Any]:
@@ -250,10 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="seconds of repeats per run (default 0.3, quick 0.15)")
     parser.add_argument("--skip-seconds", type=float, default=3.0, help="skip a peer whose estimated run exceeds this")
     parser.add_argument("--planning-timelimit", type=float, default=2.0, help="FFTW MEASURE time limit for the plain pyFFTW peer")
+    parser.add_argument("--background-planning", type=float, default=2.0,
+                        help="the engine's CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS (0: off); counted in its first call")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--details", action="store_true", help="print every run's timing too")
     args = parser.parse_args(argv)
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.3)
+    os.environ["CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS"] = str(args.background_planning)
     plain = PlainFFTW(args.planning_timelimit)
     cases = make_cases(args.quick)
     started = time.perf_counter()
@@ -262,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {case.label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     print(f"convserve engine benchmark, {datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores, "
           f"{platform.machine()}), numpy {np.__version__}, FFTW effort {fftw_plans.planner_effort()}, "
+          f"background planning {args.background_planning} s per shape (in the first call), "
           f"{'quick' if args.quick else 'full'} run in {time.perf_counter() - started:.0f} s\n")
     print(table(cases))
     if args.details:

@@ -46,6 +46,7 @@ def create_server(settings: Settings) -> Server:
     os.environ["CONVSERVE_FFTW_THREADS"] = str(settings.fftw_threads)
     if settings.fftw_wisdom:
         os.environ["CONVSERVE_FFTW_WISDOM"] = settings.fftw_wisdom
+    os.environ["CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS"] = str(settings.fftw_background_planning_seconds)
     if settings.calibration:
         os.environ["CONVSERVE_CALIBRATION"] = settings.calibration
     interceptors = [security.TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []

@@ -47,6 +47,7 @@ def _problems() -> dict[str, list[tuple[np.ndarray, np.ndarray, str, str]]]:
         "single": [(image.astype(np.float32), rng.standard_normal((31, 31)).astype(np.float32), "same", "fft")],
         "numpy_1d": [(rng.standard_normal(10**6), rng.standard_normal(5), "full", "direct")],
         "opencv": [(image.astype(np.float32), rng.standard_normal((5, 5)).astype(np.float32), "same", "direct")],
+        "opencv_dft": [(image.astype(np.float32), rng.standard_normal((31, 31)).astype(np.float32), "same", "direct")],
         "opencv_sep": [(image.astype(np.float32), np.outer(gauss, gauss).astype(np.float32), "same", "direct")],
         "loop": [(rng.standard_normal((48, 48, 48)), rng.standard_normal((3, 3, 3)), "same", "direct")],
     }
@@ -56,6 +57,7 @@ _GROUPS = {
     "fft": ("fft_per_point_log", "fft_per_point"),
     "numpy_1d": ("numpy_1d_per_mac",),
     "opencv": ("opencv_per_mac", "opencv_per_output"),
+    "opencv_dft": ("opencv_dft_per_output",),
     "opencv_sep": ("opencv_sep_per_tap", "opencv_sep_per_output"),
     "loop": ("loop_per_mac",),
 }

@@ -40,6 +40,9 @@ class Settings:
         default=64, metadata={"help": "HTTP/2 streams per connection (bounds what can arrive before admission)"}
     )
     fftw_wisdom: str = field(default="", metadata={"help": "FFTW wisdom file: loaded at start, saved at shutdown (empty: none)"})
+    fftw_background_planning_seconds: float = field(
+        default=0.0, metadata={"help": "FFTW_MEASURE time limit for each new large transform shape, planned off the request path (0: off)"}
+    )
     calibration: str = field(default="", metadata={"help": "cost-model file written by `convserve calibrate` (empty: its default path)"})
     busy_pushback_ms: int = field(default=50, metadata={"help": "retry pushback sent with RESOURCE_EXHAUSTED when the server is full"})
     grace_seconds: float = field(default=10.0, metadata={"help": "time in-flight calls get to finish on shutdown"})
@@ -70,6 +73,8 @@ class Settings:
             raise SettingsError(
                 f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least workers ({self.workers})"
             )
+        if self.fftw_background_planning_seconds < 0:
+            raise SettingsError(f"fftw_background_planning_seconds must be >= 0, got {self.fftw_background_planning_seconds}")
         if self.grace_seconds < 0:
             raise SettingsError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

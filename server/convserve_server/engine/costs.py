@@ -22,7 +22,7 @@ from . import direct_fast
 from .fft import fast_length
 from .overlap_add import choose_block
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 # Seconds per unit of work (float64 unless said); single precision scales by SINGLE.
 DEFAULTS: dict[str, float] = {
     "fft_per_point_log": 2.7e-10,  # one real transform: per point and log2 of the length
@@ -33,7 +33,11 @@ DEFAULTS: dict[str, float] = {
     "opencv_per_output": 7.6e-10,
     "opencv_sep_per_tap": 1.4e-10,  # cv2.sepFilter2D: per output and tap of either factor
     "opencv_sep_per_output": 1.5e-9,
-    "opencv_dft": 0.7,  # OpenCV's DFT path (large float kernels) relative to the FFT method
+    # OpenCV's DFT path (float kernels above 11x11): it filters in tiles, so its cost is per output
+    # pixel, nearly whatever the kernel (measured, float32: 512^2 19 ns, 2048^2 11-14 ns, 4096^2
+    # 12-15 ns per pixel for 15x15 and 63x63), plus about 1.5 ms per call.
+    "opencv_dft_per_output": 2.1e-8,
+    "opencv_dft_call": 1.5e-3,
     "loop_per_mac": 1.5e-9,  # the numpy tap loop
     "loop_per_tap": 6.0e-6,
     "direct_call": 1.5e-5,
@@ -142,6 +146,6 @@ def direct_cost(
         summed = c["direct_call"] + scale * outputs * (c["opencv_per_output"] + taps * c["opencv_per_mac"])
         if direct_fast.summed(kernel_sides) or work.kind != "f":
             return summed
-        # OpenCV's own DFT path for large float kernels: measured about 0.7x of the FFT method.
-        return min(summed, c["opencv_dft"] * fft_cost(batch, [(x_shape[a], h.shape[a]) for a in axes], work, c))
+        # OpenCV's own DFT path for large float kernels.
+        return c["opencv_dft_call"] + scale * outputs * c["opencv_dft_per_output"]
     return c["direct_call"] + taps * (c["loop_per_tap"] + scale * outputs * c["loop_per_mac"])

@@ -22,6 +22,8 @@ Settings (environment variables):
     Most threads one transform uses (default: every core).
 ``CONVSERVE_FFTW_WISDOM``
     A wisdom file the server loads at start and saves at stop (see :func:`load_wisdom`).
+``CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS``
+    MEASURE planning of new large shapes off the request path (see :mod:`.fftw_background`).
 """
 
 from __future__ import annotations
@@ -99,10 +101,34 @@ class Plan:
     input: npt.NDArray[Any]
     output: npt.NDArray[Any]
     nbytes: int
+    generation: int = 0
 
 
-def _build(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[int, ...], threads: int) -> Plan:
-    """Create a plan and its buffers (under the planner lock)."""
+# Bumped by :func:`retire` when better wisdom for a key exists: plans of older generations are
+# dropped instead of being cached again.
+_GENERATIONS: dict[tuple[Any, ...], int] = {}
+
+
+def build(
+    kind: str, shape: tuple[int, ...], dtype: np.dtype[Any] | str, axes: tuple[int, ...], threads: int,
+    effort: str | None = None, timelimit: float | None = None,
+) -> Plan:
+    """Create a plan and its buffers (under the planner lock).
+
+    Parameters
+    ----------
+    kind, shape, dtype, axes, threads
+        As the cache key of :func:`plan`.
+    effort : str, optional
+        Planner flag; default :func:`planner_effort`.
+    timelimit : float, optional
+        Planning time limit in seconds; default :func:`planning_timelimit`.
+
+    Returns
+    -------
+    Plan
+    """
+    dtype = np.dtype(dtype)
     complex_dtype = np.dtype(np.complex64 if dtype in (np.float32, np.complex64) else np.complex128)
     real_dtype = np.dtype(np.float32 if complex_dtype == np.complex64 else np.float64)
     half = list(shape)
@@ -114,16 +140,23 @@ def _build(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[
     else:
         inp, out = pyfftw.empty_aligned(shape, complex_dtype), pyfftw.empty_aligned(shape, complex_dtype)
         direction = "FFTW_FORWARD" if kind == "c2c" else "FFTW_BACKWARD"
-    flags = [planner_effort()]
+    flags = [effort or planner_effort()]
     if kind == "c2r":
         flags.append("FFTW_DESTROY_INPUT")
     with PLANNER_LOCK:
         plan = pyfftw.FFTW(
             inp, out, axes=axes, direction=direction, flags=tuple(flags), threads=threads,
-            planning_timelimit=planning_timelimit(),
+            planning_timelimit=timelimit if timelimit is not None else planning_timelimit(),
         )
         _STATS["plans_created"] += 1
-    return Plan((kind, shape, dtype.str, axes, threads), plan, inp, out, inp.nbytes + out.nbytes)
+    key = (kind, shape, dtype.str, axes, threads)
+    return Plan(key, plan, inp, out, inp.nbytes + out.nbytes, _GENERATIONS.get(key, 0))
+
+
+def retire(key: tuple[Any, ...]) -> None:
+    """Drop the plans of ``key`` (idle now, checked out when given back): newer wisdom exists."""
+    _GENERATIONS[key] = _GENERATIONS.get(key, 0) + 1
+    CACHE.discard(key)
 
 
 class PlanCache:
@@ -161,7 +194,7 @@ class PlanCache:
 
     def give_back(self, plan: Plan) -> None:
         """Return a plan to the cache, evicting the least recently used beyond the bound."""
-        if plan.nbytes > self.max_bytes:
+        if plan.nbytes > self.max_bytes or plan.generation != _GENERATIONS.get(plan.key, 0):
             return
         with self._lock:
             self._idle.setdefault(plan.key, []).append(plan)
@@ -172,6 +205,12 @@ class PlanCache:
                 self._bytes -= plans.pop(0).nbytes
                 if not plans:
                     del self._idle[key]
+
+    def discard(self, key: tuple[Any, ...]) -> None:
+        """Drop the idle plans of ``key``."""
+        with self._lock:
+            for dropped in self._idle.pop(key, []):
+                self._bytes -= dropped.nbytes
 
     def clear(self) -> None:
         """Drop every idle plan."""
@@ -205,8 +244,12 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
     """
     threads = threads_for(math.prod(shape))
     key = (kind, tuple(shape), np.dtype(dtype).str, tuple(axes), threads)
-    found = CACHE.take(key)
-    current = found if found is not None else _build(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
+    current = CACHE.take(key)
+    if current is None:
+        current = build(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
+        from . import fftw_background  # imports this module
+
+        fftw_background.submit(key)
     try:
         yield current
     finally:
@@ -285,8 +328,12 @@ def wisdom_state() -> str:
     with PLANNER_LOCK:
         sizes = [len(p) for p in pyfftw.export_wisdom()]
     s = stats()
+    from . import fftw_background
+
+    background = fftw_background.stats()
     return (
         f"effort={planner_effort()} wisdom_bytes(double,single)={sizes[0]},{sizes[1]} "
         f"plans_created={s['plans_created']} plans_reused={s['plans_reused']} "
-        f"cache_bytes={s['cache_bytes']} file={wisdom_path() or '-'}"
+        f"cache_bytes={s['cache_bytes']} background_plans={background['background_plans']} "
+        f"background_queued={background['background_queued']} file={wisdom_path() or '-'}"
     )
