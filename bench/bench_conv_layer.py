@@ -9,6 +9,9 @@ the noise of a shared 2-core host falls on every peer alike):
   every call; ONNX Runtime sessions then come from the module cache keyed by a weight digest);
 - ``warm``: ``conv_layer(..., prepared=store)`` with one store reused (registered weights).
 
+Each timed call follows a short sleep (``--gap``, 50 ms) so that no peer pays for the previous
+one's spinning worker threads.
+
 It prints a Markdown table with medians, ratios to torch and the path the policy chose, and
 the engine's first-call time (session / spectra / plan creation). ``--paths`` also times every
 eligible path forced, and the alternatives considered: OpenCV ``filter2D`` per channel for the
@@ -91,13 +94,21 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) / peak
 
 
-def round_robin(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """Median seconds of each function, run in turn (one warm-up each first)."""
+def round_robin(fns: dict[str, Callable[[], Any]], repeat: int, gap: float) -> dict[str, float]:
+    """Median seconds of each function, run in turn (one warm-up each first).
+
+    ``gap`` seconds of sleep before each timed call let the previous peer's worker threads stop
+    spinning: torch's OpenMP, OpenBLAS and ONNX Runtime workers all busy-wait for a while after
+    a parallel section, and on 2 cores that halves the speed of whatever runs next (measured:
+    torch 67 ms right after an ONNX Runtime call, 39 ms after a 50 ms gap).
+    """
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
+            if gap:
+                time.sleep(gap)
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
@@ -191,7 +202,7 @@ def check_correctness(grid: int) -> tuple[float, int, dict[str, int]]:
 # --------------------------------------------------------------------------- timing
 
 
-def bench(repeat: int, paths: bool) -> list[dict[str, Any]]:
+def bench(repeat: int, paths: bool, gap: float) -> list[dict[str, Any]]:
     """Time every layer; return one row per layer."""
     rng = np.random.default_rng(0)
     rows = []
@@ -233,7 +244,7 @@ def bench(repeat: int, paths: bool) -> list[dict[str, Any]]:
             openvino = _openvino_peer(x, w, b, s, p, g)
             if openvino is not None:
                 fns["alt:openvino"] = openvino
-        med = round_robin(fns, repeat)
+        med = round_robin(fns, repeat, gap)
         row = dict(layer=name, path=info.method, first_ms=first * 1e3, **{f"{k}_ms": v * 1e3 for k, v in med.items()})
         rows.append(row)
         print(f"  {name}: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in med.items()) + f" ms; path {info.method}",
@@ -294,13 +305,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=15, help="timed rounds per layer (default 15)")
     ap.add_argument("--grid", type=int, default=60, help="random configurations checked against torch")
     ap.add_argument("--paths", action="store_true", help="also time every eligible path forced, and alternatives")
+    ap.add_argument("--gap", type=float, default=0.05, help="seconds of sleep before each timed call (default 0.05)")
     ap.add_argument("--json", help="write the rows as JSON here")
     args = ap.parse_args()
     worst, checks, per_path = check_correctness(args.grid)
-    rows = bench(args.repeat, args.paths)
+    rows = bench(args.repeat, args.paths, args.gap)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"ConvLayer benchmark, {now}, nproc {os.cpu_count()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), numpy {np.__version__}, median of {args.repeat} round-robin rounds, float32 NCHW\n")
+          f"({torch.get_num_threads()} threads), numpy {np.__version__}, median of {args.repeat} round-robin rounds "
+          f"({args.gap * 1e3:.0f} ms settle gap before each call), float32 NCHW\n")
     print(table(rows))
     print(f"\nCorrectness vs torch.nn.functional (float32): {checks} checks "
           f"({', '.join(f'{k} {v}' for k, v in per_path.items())}), worst error {worst:.2e} of the output's peak "
