@@ -96,6 +96,36 @@ def test_conv_layer_rpc_never_fails_internally(stub: pb_grpc.ConvolutionServiceS
     assert code in ALLOWED, code
 
 
+WEIGHTS_REQUESTS = st.builds(
+    pb.RegisterWeightsRequest,
+    weight=st.one_of(TENSORS, st.builds(lambda s: codec.encode(np.ones(s, np.float32)),
+                                        st.lists(st.integers(1, 3), min_size=1, max_size=6).map(tuple))),
+    bias=st.one_of(st.none(), TENSORS, st.builds(lambda n: codec.encode(np.ones(n, np.float32)), st.integers(0, 4))),
+)
+TRANSPOSE_REQUESTS = st.builds(
+    pb.ConvTransposeRequest,
+    input=LAYER_REQUESTS.map(lambda r: r.input), weight=LAYER_REQUESTS.map(lambda r: r.weight),
+    bias=st.one_of(st.none(), TENSORS), stride=INTS, padding=INTS, output_padding=INTS, dilation=INTS,
+    groups=st.integers(-1, 4), weights_id=st.sampled_from(["", "0" * 64, "not-an-id", "x" * 1000]),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(register=WEIGHTS_REQUESTS, transpose=TRANSPOSE_REQUESTS, layer=LAYER_REQUESTS,
+       weights_id=st.sampled_from(["", "0" * 64, "x" * 1000]))
+def test_weights_and_transpose_rpcs_never_fail_internally(
+    stub: pb_grpc.ConvolutionServiceStub, register: pb.RegisterWeightsRequest, transpose: pb.ConvTransposeRequest,
+    layer: pb.ConvLayerRequest, weights_id: str,
+) -> None:
+    code = _status(stub.RegisterWeights, register)
+    assert code in ALLOWED, code
+    code = _status(stub.ConvTranspose, transpose)
+    assert code in ALLOWED | {grpc.StatusCode.NOT_FOUND}, code
+    layer.weights_id = weights_id
+    code = _status(stub.ConvLayer, layer)
+    assert code in ALLOWED | {grpc.StatusCode.NOT_FOUND}, code
+
+
 CHUNKS = st.builds(
     pb.TensorChunk,
     field=st.sampled_from(["in1", "in2", "input", "weight", "bias", "result", "", "x" * 300]),
