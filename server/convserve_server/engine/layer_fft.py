@@ -145,6 +145,7 @@ def fft_correlate(
 _PARALLEL_MIN_POINTS = 1 << 17
 # OpenBLAS threads a GEMM of about this many multiply-adds and more.
 _BLAS_THREADED_MIN = 1 << 16
+_CPUS = os.cpu_count() or 1
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -153,7 +154,7 @@ def _parts(points: int) -> int:
     """How many threads to split the work into: the request's share of the cores, or 1 when small."""
     if points < _PARALLEL_MIN_POINTS:
         return 1
-    return max(1, resources.thread_limit(os.cpu_count() or 1))
+    return max(1, resources.thread_limit(_CPUS))
 
 
 def _run_split(fn: Callable[[int, int], None], total: int, parts: int) -> None:
@@ -171,7 +172,7 @@ def _run_split(fn: Callable[[int, int], None], total: int, parts: int) -> None:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="conv-fft")
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, _CPUS), thread_name_prefix="conv-fft")
         pool = _POOL
     futures = [pool.submit(contextvars.copy_context().run, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:

@@ -32,6 +32,9 @@ try:  # optional: the numpy paths serve without it
 except ImportError:  # pragma: no cover - exercised only where onnxruntime is absent
     _ort = None
 
+# os.cpu_count() reads /sys on every call (7 us here): read it once.
+_CPUS = os.cpu_count() or 1
+
 # ONNX enums (onnx.proto): TensorProto.DataType and AttributeProto.AttributeType.
 _FLOAT = 1
 _ATTR_INT = 2
@@ -175,10 +178,7 @@ def conv_model_bytes(
     if bias is not None:
         graph += _field_bytes(5, _tensor("b", bias))
     graph += _field_bytes(11, _value_info("x", ("N",) + tuple(input_shape[1:])))
-    out_spatial = tuple(
-        (size + b + a - (d * (k - 1) + 1)) // s + 1
-        for size, (b, a), d, k, s in zip(input_shape[2:], pads, dilations, weight.shape[2:], strides)
-    )
+    out_spatial = _conv_out_spatial(input_shape, weight.shape, strides, pads, dilations)
     if pool is not None:
         out_spatial = pool.output_shape
     graph += _field_bytes(12, _value_info("y", ("N", weight.shape[0]) + out_spatial))
@@ -236,7 +236,7 @@ def run(
     ndarray
         float32 ``(N, C_out, *out_spatial)``.
     """
-    threads = resources.thread_limit(os.cpu_count() or 1)
+    threads = resources.thread_limit(_CPUS)
     pool_key = None if pool is None else (pool.kind, pool.kernel_size, pool.stride, pool.padding)
     key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, pool_key,
            layer_cache.digest(bias), threads)
@@ -245,6 +245,17 @@ def run(
         model = conv_model_bytes(tuple(x.shape), weight, bias, strides, pads, dilations, groups, relu, pool)
         session = _new_session(model, threads)
         prepared[key] = session
-    result: NDArray[np.float32] = session.run(None, {"x": np.ascontiguousarray(x)})[0]
+    result: NDArray[np.float32] = session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
     return result
+
+
+def _conv_out_spatial(
+    input_shape: tuple[int, ...], weight_shape: tuple[int, ...], strides: tuple[int, ...],
+    pads: list[tuple[int, int]], dilations: tuple[int, ...],
+) -> tuple[int, ...]:
+    """The convolution's output spatial shape (torch's / ONNX's floor rule)."""
+    return tuple(
+        (size + b + a - (d * (k - 1) + 1)) // s + 1
+        for size, (b, a), d, k, s in zip(input_shape[2:], pads, dilations, weight_shape[2:], strides)
+    )
 
