@@ -21,6 +21,9 @@ from .weights import Entry
 # Work arrays of the FFT path, in units of the full-size array: padded x, padded h, two spectra
 # (half size, complex: one real-size each), the product and the inverse.
 FFT_WORK_ARRAYS = 5
+# Work arrays of an explicit direct call, in the same units: the output, an input converted to
+# the working dtype, and the crop of a full-size result.
+DIRECT_WORK_ARRAYS = 3
 
 
 def _shape(tensor: pb.Tensor) -> list[int]:
@@ -48,6 +51,8 @@ def signal_request_bytes(request: pb.SignalRequest) -> int:
     complex_data = any(t.dtype in (pb.DTYPE_COMPLEX64, pb.DTYPE_COMPLEX128) for t in (request.in1, request.in2))
     work_itemsize = 16 if complex_data else 8
     full = math.prod(a + b - 1 if a and b else 0 for a, b in zip(s1, s2))
+    if request.method == pb.METHOD_DIRECT:  # no transforms: a 2.5 GB signal with a short kernel fits
+        return received + DIRECT_WORK_ARRAYS * full * work_itemsize
     return received + FFT_WORK_ARRAYS * full * work_itemsize + full * 16
 
 

@@ -179,7 +179,8 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             if request.options.HasField("in1") or request.options.HasField("in2"):
                 raise InvalidArgumentError("options", "in1 and in2 go in the shared tensors, not in options")
             declared = pb.SignalRequest(in1=pb.Tensor(dtype=request.in1.dtype, shape=request.in1.shape),
-                                        in2=pb.Tensor(dtype=request.in2.dtype, shape=request.in2.shape))
+                                        in2=pb.Tensor(dtype=request.in2.dtype, shape=request.in2.shape),
+                                        method=request.options.method)
             for name in ("in1", "in2"):
                 wire.check_declared(getattr(declared, name), name, self.settings)
             dtype, shape, info = await self.pool.run(self._shared, request, correlate, cost=cost.estimate(declared))
