@@ -9,7 +9,7 @@ the noise of a shared 2-core host falls on every peer alike):
   every call; ONNX Runtime sessions then come from the module cache keyed by a weight digest);
 - ``warm``: ``conv_layer(..., prepared=store)`` with one store reused (registered weights).
 
-Each timed call follows a short sleep (``--gap``, 50 ms) so that no peer pays for the previous
+Each timed call follows a short sleep (``--gap``, 150 ms) so that no peer pays for the previous
 one's spinning worker threads.
 
 It prints a Markdown table with medians, ratios to torch and the path the policy chose, and
@@ -100,7 +100,9 @@ def round_robin(fns: dict[str, Callable[[], Any]], repeat: int, gap: float) -> d
     ``gap`` seconds of sleep before each timed call let the previous peer's worker threads stop
     spinning: torch's OpenMP, OpenBLAS and ONNX Runtime workers all busy-wait for a while after
     a parallel section, and on 2 cores that halves the speed of whatever runs next (measured:
-    torch 67 ms right after an ONNX Runtime call, 39 ms after a 50 ms gap).
+    torch 67 ms right after an ONNX Runtime call, 39 ms after a 50 ms gap). OpenBLAS's workers
+    spin for about 2^28 cycles (~0.1 s): with a 50 ms gap whatever ran after the numpy baseline
+    was still 11 ms slower on the first layer, hence 150 ms by default.
     """
     for fn in fns.values():
         fn()
@@ -309,7 +311,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=15, help="timed rounds per layer (default 15)")
     ap.add_argument("--grid", type=int, default=60, help="random configurations checked against torch")
     ap.add_argument("--paths", action="store_true", help="also time every eligible path forced, and alternatives")
-    ap.add_argument("--gap", type=float, default=0.05, help="seconds of sleep before each timed call (default 0.05)")
+    ap.add_argument("--gap", type=float, default=0.15, help="seconds of sleep before each timed call (default 0.15)")
     ap.add_argument("--json", help="write the rows as JSON here")
     args = ap.parse_args()
     worst, checks, per_path = check_correctness(args.grid)
