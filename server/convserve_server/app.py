@@ -15,7 +15,7 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import logs, metrics, security, shared
+from . import allocator, logs, metrics, security, shared
 from .engine import costs, fftw_plans
 from .pool import WorkerPool
 from .servicer import ConvolutionServicer
@@ -83,7 +83,8 @@ async def serve(settings: Settings) -> None:
         print(f"convserve: WARNING: listening on {settings.host} without TLS or a token: anyone who can reach "
               "this address can use the server (set --tls-cert/--tls-key and/or --auth-token)", file=sys.stderr, flush=True)
     server = create_server(settings)
-    log.info("engine set-up", extra={"wisdom": fftw_plans.load_wisdom(), "calibration": costs.load()})
+    log.info("engine set-up", extra={"wisdom": fftw_plans.load_wisdom(), "calibration": costs.load(),
+                                     "malloc": allocator.configure(settings.malloc_retain_bytes)})
     metrics_port = -1
     if settings.metrics_port >= 0:
         try:

@@ -40,6 +40,9 @@ class Settings:
         default=64, metadata={"help": "HTTP/2 streams per connection (bounds what can arrive before admission)"}
     )
     fftw_wisdom: str = field(default="", metadata={"help": "FFTW wisdom file: loaded at start, saved at shutdown (empty: none)"})
+    malloc_retain_bytes: int = field(
+        default=1024 * MIB, metadata={"help": "glibc malloc keeps freed blocks up to this size for reuse instead of re-faulting pages (0: glibc defaults)"}
+    )
     fftw_background_planning_seconds: float = field(
         default=0.0, metadata={"help": "FFTW_MEASURE time limit for each new large transform shape, planned off the request path (0: off)"}
     )
@@ -73,6 +76,8 @@ class Settings:
             raise SettingsError(
                 f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least workers ({self.workers})"
             )
+        if self.malloc_retain_bytes < 0:
+            raise SettingsError(f"malloc_retain_bytes must be >= 0, got {self.malloc_retain_bytes}")
         if self.fftw_background_planning_seconds < 0:
             raise SettingsError(f"fftw_background_planning_seconds must be >= 0, got {self.fftw_background_planning_seconds}")
         if self.grace_seconds < 0:
