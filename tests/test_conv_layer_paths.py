@@ -313,3 +313,33 @@ def test_layer_pool_matches_apply_pool(shape: tuple[int, ...], spec: dict[str, A
     assert got.dtype == want.dtype and got.shape == want.shape and got.flags.c_contiguous
     peak = float(np.nanmax(np.abs(want)))
     np.testing.assert_allclose(got, want, rtol=0, atol=(1e-6 if dtype == np.float32 else 1e-14) * peak)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fft_tiles_match_the_whole_transform_and_the_reference(nd: int, stride: int) -> None:
+    """Overlap-save tiles (forced small) give the same result as the whole-input transform."""
+    from convserve_server.engine import layer_fft
+
+    rng = np.random.default_rng(nd + 10 * stride)
+    spatial = {1: (61,), 2: (23, 19), 3: (11, 12, 10)}[nd]
+    kernel = {1: (7,), 2: (5, 4), 3: (3, 3, 2)}[nd]
+    x = rng.standard_normal((2, 3) + spatial)
+    w = rng.standard_normal((4, 3) + kernel)
+    out = tuple((s - k) // stride + 1 for s, k in zip(spatial, kernel))
+    tile = tuple(max(2 * k, 8) for k in kernel)
+    got = layer_fft.fft_correlate(x, w, (stride,) * nd, out, {}, tile=tile)
+    whole = layer_fft.fft_correlate(x, w, (stride,) * nd, out, {})
+    want = ref_conv(x, w, None, (stride,) * nd, [(0, 0)] * nd, (1,) * nd, 1, "zeros")
+    assert_close(got, want, np.float64)
+    assert_close(whole, want, np.float64)
+    got32 = layer_fft.fft_correlate(x.astype(np.float32), w.astype(np.float32), (stride,) * nd, out, {}, tile=tile)
+    assert_close(got32, want, np.float32)
+
+
+def test_fft_tiles_are_planned_only_for_large_spectra() -> None:
+    from convserve_server.engine.layer_fft import plan_tiles
+
+    assert plan_tiles((142, 142), (15, 15), 1, 16, 16)[0] == (144, 144)  # 21.5 MB spectrum: whole
+    sizes = plan_tiles((66, 66), (11, 11), 1, 64, 64)[0]  # 87 MB spectrum: tiles
+    assert all(11 < s < 72 for s in sizes)

@@ -36,7 +36,6 @@ import math
 from dataclasses import dataclass
 
 from . import layer_onnx
-from .fft import fast_length
 
 PATHS: tuple[str, ...] = ("onnxruntime", "fft", "pointwise", "depthwise", "im2col_gemm")
 # Below this many multiply-adds a call stays in numpy (ONNX Runtime's per-call cost and a
@@ -46,10 +45,11 @@ SMALL_MACS = 1 << 16
 FFT_ADVANTAGE = 0.7
 # Cost model constants (seconds per unit), measured on the 2-core benchmark host with
 # bench/bench_conv_layer.py; only their ratios matter for the choice.
-_DIRECT_PER_MAC = 1.0 / 40e9  # ONNX Runtime / MLAS float32 multiply-adds
-_FFT_PER_POINT_LOG = 1.0 / 3e9  # one real FFT point times log2(size)
-_CMAC = 1.0 / 6e9  # one complex multiply-add of the batched per-frequency matmul
-_SPECTRA_BYTE = 1.0 / 6e9  # reading the cached weight spectra (memory-bound when N is small)
+DIRECT_PER_MAC = 1.0 / 40e9  # ONNX Runtime / MLAS float32 multiply-adds
+FFT_PER_POINT_LOG = 1.0 / 3e9  # one real FFT point times log2(size)
+CMAC = 1.0 / 6e9  # one complex multiply-add of the batched per-frequency matmul
+SPECTRA_BYTE = 1.0 / 6e9  # reading the weight spectra from memory (bound when N is small)
+CACHED_BYTE = 1.0 / 30e9  # reading a spectrum small enough to stay in cache
 
 
 @dataclass(frozen=True)
@@ -97,22 +97,20 @@ def eligible(path: str, p: Problem) -> bool:
 
 
 def fft_cost(p: Problem) -> float:
-    """Modelled seconds of the ``fft`` path: transforms in and out, then channel products.
+    """Modelled seconds of the ``fft`` path, whole or tiled (see :func:`.layer_fft.plan_tiles`).
 
     The channel products read the whole weight spectrum (``C_in * C_out`` complex values per
-    frequency), so with a small batch they are bound by memory bandwidth, not by arithmetic.
+    frequency), so with a small batch they are bound by memory bandwidth, not by arithmetic;
+    tiling trades more transform work for a spectrum small enough to stay in cache.
     """
-    fshape = tuple(fast_length(s) for s in p.padded)
-    points = math.prod(fshape)
-    half = points // fshape[-1] * (fshape[-1] // 2 + 1)
-    transforms = p.n * (p.c_in + p.c_out) * points * math.log2(max(points, 2)) * _FFT_PER_POINT_LOG
-    products = max(p.n * p.c_in * p.c_out * half * _CMAC, p.c_in * p.c_out * half * 8 * _SPECTRA_BYTE)
-    return transforms + products
+    from .layer_fft import plan_tiles
+
+    return plan_tiles(p.padded, p.kernel, p.n, p.c_in, p.c_out)[1]
 
 
 def direct_cost(p: Problem) -> float:
     """Modelled seconds of the direct (GEMM) computation."""
-    return p.macs * _DIRECT_PER_MAC
+    return p.macs * DIRECT_PER_MAC
 
 
 def numpy_path(p: Problem) -> str:
