@@ -343,3 +343,24 @@ def test_fft_tiles_are_planned_only_for_large_spectra() -> None:
     assert plan_tiles((142, 142), (15, 15), 1, 16, 16)[0] == (144, 144)  # 21.5 MB spectrum: whole
     sizes = plan_tiles((66, 66), (11, 11), 1, 64, 64)[0]  # 87 MB spectrum: tiles
     assert all(11 < s < 72 for s in sizes)
+
+
+@pytest.mark.parametrize("pool", [None, {"kind": "max", "kernel_size": 2}, {"kind": "avg", "kernel_size": 2}])
+def test_nan_stays_local_on_every_path_with_relu_and_pool(pool: Any) -> None:
+    """ReLU keeps NaN (as torch.relu) and pooling propagates it, whichever path ran."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 4, 20, 20)).astype(np.float32)
+    x[0, 2, 10, 10] = np.nan
+    w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    masks = []
+    for path in ("onnxruntime", "im2col_gemm"):
+        if path == "onnxruntime" and not layer_onnx.available():
+            continue
+        out = conv_layer(x, w, padding=1, activation="relu", pool=pool, path=path)
+        masks.append(np.isnan(out))
+    expected = np.zeros((1, 4, 20, 20), bool)
+    expected[0, :, 9:12, 9:12] = True
+    if pool is not None:
+        expected = expected.reshape(1, 4, 10, 2, 10, 2).any(axis=(3, 5))
+    for mask in masks:
+        np.testing.assert_array_equal(mask, expected)
