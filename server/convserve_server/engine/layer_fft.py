@@ -8,8 +8,13 @@ aligned buffers). Per frequency the channel contraction is a small matrix produc
 ``Y[f] (N, C_out) = X[f] (N, C_in) @ conj(W[f]) (C_in, C_out)``, done for all frequencies by
 one batched ``np.matmul``. Each of the three stages is split over the request's share of the
 cores (transforms by rows, products by frequencies) in a small thread pool: FFTW's own
-threads do not pay at these sizes here, but independent batches do. The weight spectra ``conj(W)`` (already scaled by ``1/L``) depend
-only on the weights, ``L`` and the dtype, and are memoized in the caller's ``prepared`` store.
+threads do not pay at these sizes here, but independent batches do. The weight spectra
+``conj(W)`` (already scaled by ``1/L``) depend only on the weights, ``L`` and the dtype, and are
+memoized in the caller's ``prepared`` store.
+
+When the whole input's spectrum would be large (the channel products then stream it from
+memory), :func:`plan_tiles` cuts the input into overlap-save tiles that become extra batch
+items, so one smaller spectrum serves every tile.
 
 It serves ``groups == 1``, dilation 1 and any stride (the strided output is a subsample of the
 stride-1 one; the policy only picks it where that is cheap). NaN or Inf in the input would
