@@ -364,3 +364,21 @@ def test_nan_stays_local_on_every_path_with_relu_and_pool(pool: Any) -> None:
         expected = expected.reshape(1, 4, 10, 2, 10, 2).any(axis=(3, 5))
     for mask in masks:
         np.testing.assert_array_equal(mask, expected)
+
+
+def test_an_onnxruntime_failure_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not layer_onnx.available():
+        pytest.skip("onnxruntime not installed")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise layer_onnx.RUNTIME_ERRORS[-1]("simulated")
+
+    monkeypatch.setattr(layer_onnx, "run", broken)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 8, 30, 30)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    out, info = conv_layer(x, w, padding=1, activation="relu", pool={"kind": "max", "kernel_size": 2}, return_info=True)
+    assert info.method == "im2col_gemm" and "onnxruntime failed" in info.warnings[0]
+    want = conv_layer(x.astype(np.float64), w.astype(np.float64), padding=1, activation="relu",
+                      pool={"kind": "max", "kernel_size": 2})
+    assert_close(out, want, np.float32)

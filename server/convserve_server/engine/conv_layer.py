@@ -284,11 +284,17 @@ def conv_layer(
     relu = activation == "relu"
     if prepared is None:
         prepared = layer_cache.store_for(w)
+    warnings: tuple[str, ...] = ()
+    out: NDArray[Any] | None = None
     if chosen == "onnxruntime":  # bias, ReLU and pooling all run inside ONNX Runtime
         xo = xb if padding_mode == "zeros" else _pad(xb, pads, padding_mode)
         ort_pads = pads if padding_mode == "zeros" else [(0, 0)] * nd
-        out = layer_onnx.run(xo, w, b, strides, ort_pads, dilations, groups, relu, prepared, pool_spec)
-    else:
+        try:
+            out = layer_onnx.run(xo, w, b, strides, ort_pads, dilations, groups, relu, prepared, pool_spec)
+        except layer_onnx.RUNTIME_ERRORS as exc:  # never fail a call ONNX Runtime cannot run
+            chosen = layer_policy.numpy_path(problem)
+            warnings = (f"onnxruntime failed ({type(exc).__name__}: {str(exc)[:200]}); computed by {chosen}",)
+    if out is None:
         out = _run_path(chosen, xb, w, b, strides, pads, padding_mode, dilations, groups, out_spatial, relu, prepared)
         if pool_spec is not None:
             out = layer_pool.pool(out, pool_spec)
@@ -296,5 +302,5 @@ def conv_layer(
         out = out[0]
     elapsed = time.perf_counter() - started
     if return_info:
-        return out, CallInfo(method=chosen, compute_seconds=elapsed, warnings=())
+        return out, CallInfo(method=chosen, compute_seconds=elapsed, warnings=warnings)
     return out

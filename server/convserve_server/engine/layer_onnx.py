@@ -29,8 +29,17 @@ from .pooling import PoolSpec
 
 try:  # optional: the numpy paths serve without it
     import onnxruntime as _ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 except ImportError:  # pragma: no cover - exercised only where onnxruntime is absent
     _ort = None
+    _ort_state = None
+
+_ERROR_NAMES = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile",
+                "NotImplemented", "RuntimeException", "EPFail", "ModelLoaded")
+# What a failed session creation or run raises; the caller falls back to numpy on these.
+RUNTIME_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,) + tuple(
+    getattr(_ort_state, name) for name in _ERROR_NAMES if isinstance(getattr(_ort_state, name, None), type)
+)
 
 # os.cpu_count() reads /sys on every call (7 us here): read it once.
 _CPUS = os.cpu_count() or 1
