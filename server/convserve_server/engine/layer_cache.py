@@ -4,8 +4,8 @@ The server hands registered weights' store to :func:`.conv_layer.conv_layer`; a 
 inline weights has none. For those, this module keeps a small LRU of stores keyed by a digest
 of the weight bytes (with their shape and dtype), so a client that sends the same weights with
 every call still gets the packed matrices, FFT spectra and ONNX Runtime sessions made once.
-The digest (BLAKE2b) reads the weights once: about 0.3 ms for 0.6 MB here, small next to the
-convolution those weights feed.
+The digest (SHA-256, hardware-accelerated here) reads the weights once: about 0.13 ms for
+0.23 MB, small next to the convolution those weights feed.
 
 ``CONVSERVE_LAYER_CACHE_WEIGHTS`` sets how many weights' stores are kept (default 16; 0
 disables the cache, and then nothing is memoized across calls), and
@@ -61,13 +61,13 @@ def _evict(keep: bytes) -> None:
 
 
 def digest(array: NDArray[Any] | None) -> bytes:
-    """A 16-byte BLAKE2b digest of an array's shape, dtype and bytes (``b""`` for None)."""
+    """A 16-byte SHA-256 digest of an array's shape, dtype and bytes (``b""`` for None)."""
     if array is None:
         return b""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha256()  # SHA-NI here: 3x BLAKE2b's speed (133 against 389 us for 230 KB)
     h.update(f"{array.shape}{array.dtype.str}".encode())
     h.update(np.ascontiguousarray(array).data)
-    return h.digest()
+    return h.digest()[:16]
 
 
 def store_for(weight: NDArray[Any]) -> MutableMapping[Any, Any]:
