@@ -24,6 +24,8 @@ FFT_WORK_ARRAYS = 5
 # Work arrays of an explicit direct call, in the same units: the output, an input converted to
 # the working dtype, and the crop of a full-size result.
 DIRECT_WORK_ARRAYS = 3
+# Dtypes whose direct work stays in single precision (float32 / complex64).
+_SINGLE = (pb.DTYPE_FLOAT16, pb.DTYPE_FLOAT32, pb.DTYPE_COMPLEX64)
 
 
 def _shape(tensor: pb.Tensor) -> list[int]:
@@ -52,7 +54,8 @@ def signal_request_bytes(request: pb.SignalRequest) -> int:
     work_itemsize = 16 if complex_data else 8
     full = math.prod(a + b - 1 if a and b else 0 for a, b in zip(s1, s2))
     if request.method == pb.METHOD_DIRECT:  # no transforms: a 2.5 GB signal with a short kernel fits
-        return received + DIRECT_WORK_ARRAYS * full * work_itemsize
+        single = all(t.dtype in _SINGLE for t in (request.in1, request.in2))  # float32 stays float32
+        return received + DIRECT_WORK_ARRAYS * full * (work_itemsize // 2 if single else work_itemsize)
     return received + FFT_WORK_ARRAYS * full * work_itemsize + full * 16
 
 
