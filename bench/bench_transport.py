@@ -187,7 +187,7 @@ def streaming_audio(seconds: int = 20) -> None:
 def huge() -> None:
     size = 2560
     x = np.ones(size * MIB // 4, np.float32)
-    server = start_server(*SERVER_FLAGS)
+    server = start_server(*SERVER_FLAGS, "--max-output-bytes", str(4096 * MIB), "--max-elements", str(2**32))
     try:
         with convserve.Client(server.target, chunk_threshold=0, timeout=None) as client:
             started = time.perf_counter()

@@ -25,6 +25,7 @@ log = logging.getLogger("convserve.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvolutionService"].full_name
 # Room for the protobuf framing around the tensors.
 MESSAGE_OVERHEAD = 64 * 1024
+MAX_MESSAGE = 2**31 - 1
 
 
 class StartupError(RuntimeError):
@@ -53,8 +54,9 @@ def create_server(settings: Settings) -> Server:
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", settings.max_request_bytes + MESSAGE_OVERHEAD),
-            ("grpc.max_send_message_length", settings.max_output_bytes + MESSAGE_OVERHEAD),
+            # gRPC takes an int; larger tensors travel chunked anyway.
+            ("grpc.max_receive_message_length", min(settings.max_request_bytes + MESSAGE_OVERHEAD, MAX_MESSAGE)),
+            ("grpc.max_send_message_length", min(settings.max_output_bytes + MESSAGE_OVERHEAD, MAX_MESSAGE)),
             ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ],

@@ -41,7 +41,7 @@ class Settings:
     )
     fftw_wisdom: str = field(default="", metadata={"help": "FFTW wisdom file: loaded at start, saved at shutdown (empty: none)"})
     malloc_retain_bytes: int = field(
-        default=1024 * MIB, metadata={"help": "glibc malloc keeps freed blocks up to this size for reuse instead of re-faulting pages (0: glibc defaults)"}
+        default=32 * MIB, metadata={"help": "glibc malloc keeps freed blocks up to this size for reuse instead of re-faulting pages (0: glibc defaults)"}
     )
     fftw_background_planning_seconds: float = field(
         default=0.0, metadata={"help": "FFTW_MEASURE time limit for each new large transform shape, planned off the request path (0: off)"}
