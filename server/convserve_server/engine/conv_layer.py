@@ -24,24 +24,12 @@ from numpy.typing import NDArray
 
 from .errors import InvalidArgumentError
 from .info import CallInfo
-from . import layer_cache, layer_depthwise, layer_fft, layer_gemm, layer_onnx, layer_policy, layer_pool
-from .pooling import int_tuple, is_int, validate_pool
+from . import layer_args, layer_cache, layer_depthwise, layer_fft, layer_gemm, layer_onnx, layer_policy, layer_pool
+from .pooling import int_tuple, validate_pool
 
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
 ACTIVATIONS: tuple[str, ...] = ("relu",)
 _NUMPY_PAD_MODE: dict[str, str] = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _float_array(value: object, field: str) -> NDArray[Any]:
-    """``np.asarray(value)``, required to be float32 or float64."""
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgumentError(field, f"expected a float32 or float64 array, got an unconvertible {type(value).__name__}: {exc}") from exc
-    if arr.dtype not in _FLOAT_DTYPES:
-        raise InvalidArgumentError(field, f"dtype must be float32 or float64 (as torch's conv layers), got {arr.dtype}")
-    return arr
 
 
 def _resolve_padding(
@@ -188,35 +176,14 @@ def conv_layer(
     InvalidArgumentError
         Any malformed or inconsistent argument (``.field`` names it), before any work.
     """
-    x = _float_array(input, "input")
-    w = _float_array(weight, "weight")
-    if w.ndim not in (3, 4, 5):
-        raise InvalidArgumentError("weight", f"expected a 3-D, 4-D or 5-D weight (C_out, C_in/groups, *kernel), got shape {w.shape}")
-    nd = w.ndim - 2
-    if x.ndim not in (nd + 1, nd + 2):
-        raise InvalidArgumentError(
-            "input",
-            f"expected a {nd + 1}-D (unbatched) or {nd + 2}-D (batched) input for a {nd}-D convolution "
-            f"with weight of shape {w.shape}, got {x.ndim}-D input of shape {x.shape}",
-        )
-    if x.dtype != w.dtype:
-        raise InvalidArgumentError("weight", f"input and weight must have the same dtype, got input {x.dtype} and weight {w.dtype}")
-    if 0 in x.shape:
-        raise InvalidArgumentError("input", f"every dimension must be non-empty, got shape {x.shape}")
-    if 0 in w.shape:
-        raise InvalidArgumentError("weight", f"every dimension must be non-empty, got shape {w.shape}")
-    batched = x.ndim == nd + 2
+    x, w, nd, batched = layer_args.input_and_weight(input, weight, "(C_out, C_in/groups, *kernel)", "convolution")
     xb = x if batched else x[np.newaxis]
     n, c_in = xb.shape[0], xb.shape[1]
     spatial = tuple(int(s) for s in xb.shape[2:])
     c_out = w.shape[0]
     kernel = tuple(int(k) for k in w.shape[2:])
 
-    if not is_int(groups) or groups < 1:
-        raise InvalidArgumentError("groups", f"expected a positive int, got {groups!r}")
-    groups = int(groups)
-    if c_in % groups:
-        raise InvalidArgumentError("groups", f"C_in ({c_in}) must be divisible by groups ({groups})")
+    groups = layer_args.groups_count(groups, c_in)
     if c_out % groups:
         raise InvalidArgumentError("groups", f"C_out ({c_out}) must be divisible by groups ({groups})")
     if w.shape[1] * groups != c_in:
@@ -225,15 +192,7 @@ def conv_layer(
             f"expected weight.shape[1] == C_in / groups = {c_in} / {groups} = {c_in // groups}, "
             f"got weight of shape {w.shape} for input of shape {x.shape}",
         )
-
-    b: NDArray[Any] | None = None
-    if bias is not None:
-        b = _float_array(bias, "bias")
-        if isinstance(bias, np.ndarray) and b.dtype != x.dtype:
-            raise InvalidArgumentError("bias", f"bias must have the input's dtype {x.dtype}, got {b.dtype}")
-        b = b.astype(x.dtype, copy=False)
-        if b.shape != (c_out,):
-            raise InvalidArgumentError("bias", f"expected shape (C_out,) = ({c_out},), got {b.shape}")
+    b = layer_args.bias_vector(bias, x.dtype, c_out)
 
     strides = int_tuple(stride, nd, "stride", "stride", 1)
     dilations = int_tuple(dilation, nd, "dilation", "dilation", 1)
