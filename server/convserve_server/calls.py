@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -27,6 +29,34 @@ class CallRecord:
         self.received = received
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
         metrics.BYTES_IN.labels(rpc).inc(received)
+        self._undo: list[Callable[[], None]] = []
+
+    def undo_on_failure(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (release a reservation...) if the guarded work fails or is cancelled."""
+        self._undo.append(action)
+
+    @contextlib.asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        """Turn any failure inside into the call's status and a cancellation into its record.
+
+        Every failure becomes a status (the server keeps serving); ``asyncio.CancelledError``
+        (the caller cancelled or the deadline passed) is recorded and propagates. Actions given
+        to :meth:`undo_on_failure` run first, in either case.
+        """
+        try:
+            yield
+        except Exception as error:
+            self._run_undo()
+            await self.fail(error)  # aborts the call (raises)
+            raise
+        except BaseException:
+            self._run_undo()
+            self.cancelled()
+            raise
+
+    def _run_undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
 
     def _elapsed_ms(self) -> float:
         return round(1e3 * (time.perf_counter() - self.started), 2)

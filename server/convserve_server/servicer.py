@@ -57,19 +57,13 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
 
     async def RegisterWeights(self, request: pb.RegisterWeightsRequest, context: grpc.aio.ServicerContext) -> pb.RegisterWeightsResponse:  # noqa: N802
         record = CallRecord("RegisterWeights", context, len(request.weight.data) + len(request.bias.data))
-        try:
+        async with record.guard():
             wire.check_headers(request, self.settings)
             size = cost.estimate(request)
             if size > self.weights.limit_bytes:
                 raise LimitExceeded(f"the weights take {size} bytes; the weights cache holds at most "
                                     f"{self.weights.limit_bytes} bytes (weights_cache_bytes): send them with each call instead")
             entry = await self.pool.run(self._register, request, cost=size)
-        except Exception as error:
-            await record.fail(error)
-            raise
-        except BaseException:
-            record.cancelled()
-            raise
         record.ok("", 0)
         return pb.RegisterWeightsResponse(weights_id=entry.id)
 
@@ -113,16 +107,10 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         """Admit and run ``work`` (given the registered weights the request names) on the pool;
         encode its result; map any failure to a status."""
         record = CallRecord(rpc, context, sum(len(getattr(request, n).data) for n in wire.tensor_fields(request)))
-        try:
+        async with record.guard():
             wire.check_headers(request, self.settings)
             entry = self._registered(request)
             result, info = await self.pool.run(work, entry, cost=cost.estimate(request, entry))
-        except Exception as error:  # every failure becomes a status; the server keeps serving
-            await record.fail(error)
-            raise  # unreachable: fail() aborts
-        except BaseException:  # asyncio.CancelledError: the caller cancelled or the deadline passed
-            record.cancelled()
-            raise
         tensor = wire.result_tensor(result)
         record.ok(info.method, len(tensor.data))
         if isinstance(request, pb.SignalRequest):
@@ -133,8 +121,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
                        work: Callable[[Any, Arrays, Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> AsyncIterator[pb.ResponsePart]:
         """Header, then chunks: validate and admit from the header, assemble, compute, stream the result back."""
         record = CallRecord(rpc, context, 0)
-        reservation = None
-        try:
+        async with record.guard():
             first = await anext(aiter(parts), None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidArgumentError("header", "the first message of a chunked call must be the header")
@@ -146,6 +133,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             record.add_received(sum(len(getattr(header, n).data) for n in inline))
             entry = self._registered(header)
             reservation = self.pool.reserve(cost.estimate(header, entry))  # before any data is accepted
+            record.undo_on_failure(reservation.release)
             async for part in parts:
                 if part.WhichOneof("part") != "chunk":
                     raise InvalidArgumentError("chunk", "only chunks may follow the header")
@@ -153,16 +141,6 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
                 record.add_received(len(part.chunk.data))
             arrays = assembler.finish()
             result, info = await self.pool.run(work, header, arrays, entry, reservation=reservation)
-        except Exception as error:
-            if reservation is not None:
-                reservation.release()
-            await record.fail(error)
-            raise
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
-            record.cancelled()
-            raise
         field = "result" if isinstance(header, pb.SignalRequest) else "output"
         for part in chunks.response_parts(result, wire.compute_info(info), field):
             yield part
@@ -172,7 +150,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
                            correlate: bool) -> pb.SharedResponse:
         """Compute with inputs and result in the client's shared memory (opt-in)."""
         record = CallRecord(rpc, context, 0)
-        try:
+        async with record.guard():
             if not self.settings.allow_shared_memory:
                 raise FailedPrecondition("shared memory is off on this server; start it with --allow-shared-memory "
                                          "(and share /dev/shm with the client)")
@@ -184,12 +162,6 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             for name in ("in1", "in2"):
                 wire.check_declared(getattr(declared, name), name, self.settings)
             dtype, shape, info = await self.pool.run(self._shared, request, correlate, cost=cost.estimate(declared))
-        except Exception as error:
-            await record.fail(error)
-            raise
-        except BaseException:
-            record.cancelled()
-            raise
         record.ok(info.method, 0)
         return pb.SharedResponse(result=pb.Tensor(dtype=wire.codec.dtype_code(dtype, "result"), shape=shape),
                                  info=wire.compute_info(info))

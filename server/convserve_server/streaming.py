@@ -27,9 +27,8 @@ async def convolve_stream(settings: Settings, pool: WorkerPool, requests: AsyncI
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
     """Serve one streaming convolution (see the module docstring)."""
     record = CallRecord("ConvolveStream", context, 0)
-    reservation = None
     sent = 0
-    try:
+    async with record.guard():
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("part") != "config":
             raise InvalidArgumentError("config", "the first message of a stream must be its config")
@@ -44,6 +43,7 @@ async def convolve_stream(settings: Settings, pool: WorkerPool, requests: AsyncI
         convolver = StreamConvolver(kernel, output_dtype)
         record.add_received(len(config.kernel.data))
         reservation = pool.reserve(16 * kernel.nbytes + STREAM_OVERHEAD_BYTES)
+        record.undo_on_failure(reservation.release)
         async for message in requests:
             if message.WhichOneof("part") != "block":
                 raise InvalidArgumentError("block", "only blocks may follow the config")
@@ -59,16 +59,6 @@ async def convolve_stream(settings: Settings, pool: WorkerPool, requests: AsyncI
             tensor = codec.encode(tail, "block")
             sent += len(tensor.data)
             yield pb.StreamResponse(block=tensor)
-    except Exception as error:
-        if reservation is not None:
-            reservation.release()
-        await record.fail(error)
-        raise
-    except BaseException:
-        if reservation is not None:
-            reservation.release()
-        record.cancelled()
-        raise
     reservation.release()
     record.ok("upols" if not convolver.exact else "direct", sent)
 
