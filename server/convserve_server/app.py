@@ -50,7 +50,7 @@ def create_server(settings: Settings) -> Server:
     os.environ["CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS"] = str(settings.fftw_background_planning_seconds)
     if settings.calibration:
         os.environ["CONVSERVE_CALIBRATION"] = settings.calibration
-    interceptors = [security.TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []
+    interceptors = security.interceptors(settings)
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -47,6 +47,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._reserved = 0
+        self._tokens: set[threading.Event] = set()  # cancellation tokens of the work submitted and not done
         self.on_change: Callable[[int, int], None] = lambda in_flight, reserved: None
 
     @property
@@ -104,23 +105,41 @@ class WorkerPool:
                 cancellation.check()  # cancelled while queued: do not start
                 return function(*args)
 
+        with self._lock:
+            self._tokens.add(token)
         try:
             future: Future[Result] = self._executor.submit(context.run, work)
         except BaseException:
+            with self._lock:
+                self._tokens.discard(token)
             if release:
                 reservation.release()
             raise
-        if release:
-            future.add_done_callback(lambda _: reservation.release())
+
+        def done(_: Future[Result]) -> None:
+            with self._lock:
+                self._tokens.discard(token)
+            if release:
+                reservation.release()
+
+        future.add_done_callback(done)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             token.set()
             raise
 
-    def shutdown(self) -> None:
-        """Finish queued work and stop the threads."""
-        self._executor.shutdown(wait=True)
+    def cancel_running(self) -> int:
+        """Set the cancellation token of every queued or running piece of work; return how many."""
+        with self._lock:
+            tokens = list(self._tokens)
+        for token in tokens:
+            token.set()
+        return len(tokens)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the threads; with ``wait=False`` return at once (cancel the work first to stop it soon)."""
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
 
 class Reservation:

@@ -25,6 +25,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
+def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """The server's interceptors, outermost first (authentication when a token is set)."""
+    return [TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuse calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 

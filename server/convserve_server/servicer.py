@@ -161,28 +161,11 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
                                         method=request.options.method)
             for name in ("in1", "in2"):
                 wire.check_declared(getattr(declared, name), name, self.settings)
-            dtype, shape, info = await self.pool.run(self._shared, request, correlate, cost=cost.estimate(declared))
+            dtype, shape, info = await self.pool.run(shared.compute, request, correlate, self.settings, self._check_output,
+                                                     cost=cost.estimate(declared))
         record.ok(info.method, 0)
         return pb.SharedResponse(result=pb.Tensor(dtype=wire.codec.dtype_code(dtype, "result"), shape=shape),
                                  info=wire.compute_info(info))
-
-    def _shared(self, request: pb.SharedSignalRequest, correlate: bool) -> tuple[np.dtype[Any], tuple[int, ...], CallInfo]:
-        """Attach, compute, write the result into the client's buffer, detach (on a worker thread)."""
-        limit = self.settings.max_elements
-        with shared.regions() as attached:
-            arrays = {"in1": attached.tensor(request.in1, "in1", limit), "in2": attached.tensor(request.in2, "in2", limit)}
-            plan = plan_signal_call(**wire.signal_arguments(request.options, self.settings, arrays), correlate=correlate)
-            del arrays
-            self._check_output(plan.output_shape, plan.out_dtype)
-            started = time.perf_counter()
-            result = execute(plan)
-            info = CallInfo(plan.method, time.perf_counter() - started, tuple(plan.warnings))
-            dtype, shape = plan.out_dtype, plan.output_shape
-            del plan  # drop every view of the regions before they are detached
-            target = attached.output(request.result, dtype, shape)
-            np.copyto(target, result)
-            del target
-        return dtype, shape, info
 
     def _check_output(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
         """Refuse a result larger than the configured limits before computing it."""

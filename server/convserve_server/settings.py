@@ -62,11 +62,33 @@ class Settings:
     weights_cache_bytes: int = field(
         default=1024 * MIB, metadata={"help": "registered weights (and their prepared forms) kept at most; least recently used evicted first"}
     )
+    weights_cache_entries: int = field(
+        default=4096, metadata={"help": "registered weights kept at most, by count (each entry also counts its overhead in bytes)"}
+    )
+    idle_timeout_seconds: float = field(
+        default=30.0, metadata={"help": "chunked and streaming calls that send nothing for this long end with DEADLINE_EXCEEDED and free what they hold"}
+    )
+    max_waiting_streams: int = field(
+        default=16, metadata={"help": "chunked uploads and streams waiting for data at once (they hold no compute slot); more get RESOURCE_EXHAUSTED"}
+    )
+    waiting_budget_bytes: int = field(
+        default=1024 * MIB, metadata={"help": "bytes that streams waiting for data may hold together (their declared inputs)"}
+    )
+    max_concurrent_calls: int = field(
+        default=256, metadata={"help": "calls in progress on the whole server, of any kind; more get RESOURCE_EXHAUSTED"}
+    )
+    max_calls_per_identity: int = field(
+        default=64, metadata={"help": "calls in progress per authenticated identity (bearer token or client certificate)"}
+    )
+    fftw_max_planned_shapes: int = field(
+        default=512, metadata={"help": "transform shapes FFTW plans and wisdom are kept for; past it new shapes get uncached ESTIMATE plans"}
+    )
 
     def __post_init__(self) -> None:
         positive = ("workers", "max_concurrent_requests", "max_elements", "max_request_bytes", "max_output_bytes",
                     "fftw_threads", "memory_budget_bytes", "max_concurrent_streams", "busy_pushback_ms",
-                    "weights_cache_bytes")
+                    "weights_cache_bytes", "weights_cache_entries", "max_waiting_streams", "waiting_budget_bytes",
+                    "max_concurrent_calls", "max_calls_per_identity", "fftw_max_planned_shapes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -80,6 +102,8 @@ class Settings:
             raise SettingsError(f"malloc_retain_bytes must be >= 0, got {self.malloc_retain_bytes}")
         if self.fftw_background_planning_seconds < 0:
             raise SettingsError(f"fftw_background_planning_seconds must be >= 0, got {self.fftw_background_planning_seconds}")
+        if self.idle_timeout_seconds <= 0:
+            raise SettingsError(f"idle_timeout_seconds must be > 0, got {self.idle_timeout_seconds}")
         if self.grace_seconds < 0:
             raise SettingsError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -17,8 +17,9 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
@@ -28,7 +29,12 @@ import numpy.typing as npt
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 
+from . import wire
 from .engine.errors import InvalidArgumentError
+from .engine.info import CallInfo
+from .engine.planner import plan_signal_call
+from .engine.signal import execute
+from .settings import Settings
 
 NAME = re.compile(r"^convserve[A-Za-z0-9_.-]{0,200}$")
 
@@ -141,3 +147,23 @@ def _detach(region: shared_memory.SharedMemory) -> None:
 def regions() -> Iterator[Regions]:
     """The regions a request names, attached through the shared attachment cache."""
     yield Regions(ATTACHED)
+
+
+def compute(request: pb.SharedSignalRequest, correlate: bool, settings: Settings,
+            check_output: Callable[[tuple[int, ...], np.dtype[Any]], None]) -> tuple[np.dtype[Any], tuple[int, ...], CallInfo]:
+    """Attach, compute, write the result into the client's buffer, detach (on a worker thread)."""
+    limit = settings.max_elements
+    with regions() as attached:
+        arrays = {"in1": attached.tensor(request.in1, "in1", limit), "in2": attached.tensor(request.in2, "in2", limit)}
+        plan = plan_signal_call(**wire.signal_arguments(request.options, settings, arrays), correlate=correlate)
+        del arrays
+        check_output(plan.output_shape, plan.out_dtype)
+        started = time.perf_counter()
+        result = execute(plan)
+        info = CallInfo(plan.method, time.perf_counter() - started, tuple(plan.warnings))
+        dtype, shape = plan.out_dtype, plan.output_shape
+        del plan  # drop every view of the regions before they are detached
+        target = attached.output(request.result, dtype, shape)
+        np.copyto(target, result)
+        del target
+    return dtype, shape, info

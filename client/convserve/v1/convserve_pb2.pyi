@@ -366,32 +366,38 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., block: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("block",)
+    __slots__ = ("block", "warnings")
     BLOCK_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     block: Tensor
-    def __init__(self, block: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, block: _Optional[_Union[Tensor, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SharedTensor(_message.Message):
-    __slots__ = ("region", "offset", "dtype", "shape")
+    __slots__ = ("region", "offset", "dtype", "shape", "capability")
     REGION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     region: str
     offset: int
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    capability: bytes
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., capability: _Optional[bytes] = ...) -> None: ...
 
 class SharedBuffer(_message.Message):
-    __slots__ = ("region", "offset", "size")
+    __slots__ = ("region", "offset", "size", "capability")
     REGION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     region: str
     offset: int
     size: int
-    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    capability: bytes
+    def __init__(self, region: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., capability: _Optional[bytes] = ...) -> None: ...
 
 class SharedSignalRequest(_message.Message):
     __slots__ = ("options", "in1", "in2", "result")
