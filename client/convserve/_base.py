@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +27,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # larger ones are retried by the client itself under the same rule.
 RETRY_BUFFER_BYTES = 256 * 1024
 SERVICE = "convserve.v1.ConvolutionService"
+# gRPC's own retries (the service config's retryPolicy) apply to these unary methods only: on the
+# client-streaming methods they have aborted the caller's process (promise_based_filter.cc ILLEGAL
+# STATE: FORWARDED_BATCH, seen with grpcio 1.85). The client retries its streams itself (fresh stream).
+UNARY_METHODS = ("Convolve", "Correlate", "ConvLayer", "ConvTranspose", "RegisterWeights",
+                 "ConvolveShared", "CorrelateShared", "GetServerInfo")
+STREAMING_METHODS = ("ConvolveChunked", "CorrelateChunked", "ConvLayerChunked", "ConvolveStream")
 # Above this many input bytes a call streams its tensors in 1 MiB chunks (see the README).
 DEFAULT_CHUNK_THRESHOLD = 4 * 1024 * 1024
 
@@ -54,11 +61,15 @@ class RetryPolicy:
             raise ValueError(f"invalid retry policy {self}: max_attempts >= 1, positive backoffs, multiplier >= 1")
 
     def service_config(self) -> str:
-        """The gRPC service config that makes gRPC apply this policy itself (none for a single attempt)."""
+        """The gRPC service config that makes gRPC apply this policy itself to the unary methods.
+
+        Streaming methods get no ``retryPolicy`` (the client retries them itself); a single attempt
+        gets none at all.
+        """
         if self.max_attempts == 1:
             return json.dumps({"methodConfig": [{"name": [{"service": SERVICE}]}]})
         return json.dumps({"methodConfig": [{
-            "name": [{"service": SERVICE}],
+            "name": [{"service": SERVICE, "method": method} for method in UNARY_METHODS],
             "retryPolicy": {
                 "maxAttempts": self.max_attempts,
                 "initialBackoff": f"{self.initial_backoff}s",
@@ -157,7 +168,8 @@ class BaseClient:
     tls : bool
         Use TLS with the system's CA bundle even without ``root_certificates``.
     retry : RetryPolicy
-        Retry rule (gRPC's own retries for small requests, the client's for large ones).
+        Retry rule: gRPC's own retries for small unary requests; the client's for large ones and for
+        chunked calls (a fresh stream each attempt) and for streams refused before any block went out.
     max_message_bytes : int
         Largest message sent or received.
     load_balancing : str
@@ -214,6 +226,23 @@ class BaseClient:
     def _timeout(self, timeout: float | None | object) -> float | None:
         """The call's deadline: the per-call value, or the client's default."""
         return self.timeout if timeout is _DEFAULT else timeout  # type: ignore[return-value]
+
+    def _retry_wait(self, attempt: int, error: ConvserveError, ends: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None: not retryable, attempts used up, or past the deadline."""
+        wait = self.retry.delay(attempt, error)
+        if wait is None or (ends is not None and time.monotonic() + wait >= ends):
+            return None
+        return wait
+
+    def _deadline(self, timeout: float | None | object) -> float | None:
+        """The call's deadline on the monotonic clock (None: no deadline)."""
+        seconds = self._timeout(timeout)
+        return None if seconds is None else time.monotonic() + seconds
+
+    @staticmethod
+    def _left(ends: float | None) -> float | None:
+        """Seconds left until the deadline ``ends`` (None: no deadline)."""
+        return None if ends is None else max(0.0, ends - time.monotonic())
 
     def _client_retries(self, request: Any) -> bool:
         """Whether the client must retry ``request`` itself (too large for gRPC's retry buffer)."""

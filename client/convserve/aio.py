@@ -12,7 +12,8 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from . import _chunking, codec
+from . import _blocks, _chunking, codec
+from ._aio_status import StatusWitness
 from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
 from .errors import NotFoundError, from_rpc_error
 from .v1 import convserve_pb2 as pb
@@ -51,17 +52,35 @@ class AsyncClient(BaseClient):
 
     async def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
         """One RPC with the deadline, credentials and the retry rule; errors become ConvserveError."""
-        deadline = self._timeout(timeout)
-        ends = None if deadline is None else time.monotonic() + deadline
+        ends = self._deadline(timeout)
         attempt = 0
         while True:
-            left = None if ends is None else max(0.0, ends - time.monotonic())
             try:
-                return await method(request, timeout=left, metadata=self.metadata)
+                return await method(request, timeout=self._left(ends), metadata=self.metadata)
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-            wait = self.retry.delay(attempt, error) if self._client_retries(request) else None
-            if wait is None or (ends is not None and time.monotonic() + wait >= ends):
+                error = from_rpc_error(rpc_error, self.target)
+            wait = self._retry_wait(attempt, error, ends) if self._client_retries(request) else None
+            if wait is None:
+                raise error
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any,
+                            timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        """A chunked call, retried by the client as a fresh stream (see :meth:`convserve.Client._chunked_call`)."""
+        assert prepared.streamed is not None
+        ends = self._deadline(timeout)
+        attempt = 0
+        while True:
+            parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
+            call = method(parts, timeout=self._left(ends), metadata=self.metadata)
+            witness = StatusWitness(call)
+            try:
+                return await _chunking.assemble_async(call)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(witness.error(rpc_error), self.target)
+            wait = self._retry_wait(attempt, error, ends)
+            if wait is None:
                 raise error
             await asyncio.sleep(wait)
             attempt += 1
@@ -73,11 +92,7 @@ class AsyncClient(BaseClient):
             return self._from_shared(await self._call(shared, prepared.shared, timeout))
         if prepared.streamed is None:
             return self._from_unary(await self._call(unary, prepared.request, timeout))
-        parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
-        try:
-            return await _chunking.assemble_async(chunked(parts, timeout=self._timeout(timeout), metadata=self.metadata))
-        except grpc.RpcError as rpc_error:
-            raise from_rpc_error(rpc_error) from None
+        return await self._chunked_call(prepared, chunked, part_type, timeout)
 
     async def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                        axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
@@ -191,23 +206,31 @@ class AsyncClient(BaseClient):
         """Convolve an unbounded signal block by block (see :meth:`convserve.Client.convolve_stream`).
 
         ``blocks`` may be an async iterable or a plain iterable; output blocks are yielded as they are ready.
+        A refused stream is started again only while none of ``blocks`` has gone out.
         """
         config = self._stream_config(kernel, output_dtype)
-
-        async def requests() -> AsyncIterator[pb.StreamRequest]:
-            yield config
-            if isinstance(blocks, AsyncIterable):
-                async for block in blocks:
-                    yield self._stream_block(block)
-            else:
-                for block in blocks:
-                    yield self._stream_block(block)
-
-        try:
-            async for response in self._stub.ConvolveStream(requests(), timeout=timeout, metadata=self.metadata):
-                yield np.array(codec.decode(response.block, "block"))
-        except grpc.RpcError as rpc_error:
-            raise from_rpc_error(rpc_error) from None
+        source = _blocks.AsyncBlocks(blocks)
+        ends = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            current = _blocks.Attempt()
+            answered = False
+            current.call = self._stub.ConvolveStream(source.requests(config, current, self._stream_block),
+                                                     timeout=self._left(ends), metadata=self.metadata)
+            witness = StatusWitness(current.call)
+            try:
+                async for response in current.call:
+                    answered = True
+                    yield np.array(codec.decode(response.block, "block"))
+                return
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(witness.error(rpc_error), self.target)
+            fresh = source.give_up(current) and not answered
+            wait = self._retry_wait(attempt, error, ends) if fresh else None
+            if wait is None:
+                raise error
+            await asyncio.sleep(wait)
+            attempt += 1
 
     async def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""

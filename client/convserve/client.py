@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from . import _chunking, codec
+from . import _blocks, _chunking, codec
 from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
 from .errors import NotFoundError, from_rpc_error
 from .v1 import convserve_pb2 as pb
@@ -53,17 +53,36 @@ class Client(BaseClient):
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
         """One RPC with the deadline, credentials and the retry rule; errors become ConvserveError."""
-        deadline = self._timeout(timeout)
-        ends = None if deadline is None else time.monotonic() + deadline
+        ends = self._deadline(timeout)
         attempt = 0
         while True:
-            left = None if ends is None else max(0.0, ends - time.monotonic())
             try:
-                return method(request, timeout=left, metadata=self.metadata)
+                return method(request, timeout=self._left(ends), metadata=self.metadata)
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-            wait = self.retry.delay(attempt, error) if self._client_retries(request) else None
-            if wait is None or (ends is not None and time.monotonic() + wait >= ends):
+                error = from_rpc_error(rpc_error, self.target)
+            wait = self._retry_wait(attempt, error, ends) if self._client_retries(request) else None
+            if wait is None:
+                raise error
+            time.sleep(wait)
+            attempt += 1
+
+    def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any,
+                      timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        """A chunked call, retried by the client (gRPC must not: see ``RetryPolicy.service_config``).
+
+        Each attempt is a fresh stream from the arrays the client still holds.
+        """
+        assert prepared.streamed is not None
+        ends = self._deadline(timeout)
+        attempt = 0
+        while True:
+            parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
+            try:
+                return _chunking.assemble(method(parts, timeout=self._left(ends), metadata=self.metadata))
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error, self.target)
+            wait = self._retry_wait(attempt, error, ends)
+            if wait is None:
                 raise error
             time.sleep(wait)
             attempt += 1
@@ -75,11 +94,7 @@ class Client(BaseClient):
             return self._from_shared(self._call(shared, prepared.shared, timeout))
         if prepared.streamed is None:
             return self._from_unary(self._call(unary, prepared.request, timeout))
-        parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
-        try:
-            return _chunking.assemble(chunked(parts, timeout=self._timeout(timeout), metadata=self.metadata))
-        except grpc.RpcError as rpc_error:
-            raise from_rpc_error(rpc_error) from None
+        return self._chunked_call(prepared, chunked, part_type, timeout)
 
     def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                  axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
@@ -274,19 +289,35 @@ class Client(BaseClient):
         iterator of numpy.ndarray
             Output blocks as they are ready, then the tail once ``blocks`` is exhausted;
             concatenated they equal ``scipy.signal.convolve(signal, kernel)`` per channel.
+
+        Notes
+        -----
+        A stream the server refuses (busy, or unreachable) is started again under the retry
+        policy only while none of ``blocks`` has gone out; once a block has, the error is raised,
+        so that no block is ever computed twice or lost.
         """
         config = self._stream_config(kernel, output_dtype)
-
-        def requests() -> Iterator[pb.StreamRequest]:
-            yield config
-            for block in blocks:
-                yield self._stream_block(block)
-
-        try:
-            for response in self._stub.ConvolveStream(requests(), timeout=timeout, metadata=self.metadata):
-                yield np.array(codec.decode(response.block, "block"))
-        except grpc.RpcError as rpc_error:
-            raise from_rpc_error(rpc_error) from None
+        source = _blocks.Blocks(blocks)
+        ends = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            current = _blocks.Attempt()
+            answered = False
+            try:
+                current.call = self._stub.ConvolveStream(source.requests(config, current, self._stream_block),
+                                                         timeout=self._left(ends), metadata=self.metadata)
+                for response in current.call:
+                    answered = True
+                    yield np.array(codec.decode(response.block, "block"))
+                return
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error, self.target)
+            fresh = source.give_up(current) and not answered
+            wait = self._retry_wait(attempt, error, ends) if fresh else None
+            if wait is None:
+                raise error
+            time.sleep(wait)
+            attempt += 1
 
     def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""
