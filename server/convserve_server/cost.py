@@ -15,6 +15,7 @@ import numpy.typing as npt
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 
+from .engine import overlap_add, planner
 from .engine.conv_transpose import sizes as transpose_sizes
 from .weights import Entry
 
@@ -24,8 +25,13 @@ FFT_WORK_ARRAYS = 5
 # Work arrays of an explicit direct call, in the same units: the output, an input converted to
 # the working dtype, and the crop of a full-size result.
 DIRECT_WORK_ARRAYS = 3
-# Dtypes whose direct work stays in single precision (float32 / complex64).
-_SINGLE = (pb.DTYPE_FLOAT16, pb.DTYPE_FLOAT32, pb.DTYPE_COMPLEX64)
+# Below this many bytes the conservative (FFT) estimate is given without predicting the method
+# (a prediction costs about 30 us; a small over-estimate costs nothing).
+PREDICT_ABOVE = 64 << 20
+_MODES = {pb.MODE_UNSPECIFIED: "full", pb.MODE_FULL: "full", pb.MODE_SAME: "same", pb.MODE_VALID: "valid",
+          pb.MODE_CIRCULAR: "circular"}
+_METHODS = {pb.METHOD_UNSPECIFIED: "auto", pb.METHOD_AUTO: "auto", pb.METHOD_DIRECT: "direct", pb.METHOD_FFT: "fft",
+            pb.METHOD_OVERLAP_ADD: "overlap_add"}
 
 
 def _shape(tensor: pb.Tensor) -> list[int]:
@@ -44,19 +50,69 @@ def declared_bytes(tensor: pb.Tensor) -> int:
 
 
 def signal_request_bytes(request: pb.SignalRequest) -> int:
-    """Estimated peak bytes of a Convolve/Correlate request."""
+    """Estimated peak bytes of a Convolve/Correlate request, for the method it will run.
+
+    ``method=auto`` is resolved by the planner's own choice (:func:`planner.predict_method`,
+    from the declared shapes and dtypes only), so a 3-tap kernel over a 512 MiB signal is
+    estimated as the direct sum it runs, not as an FFT of the whole signal.
+    """
     s1, s2 = _shape(request.in1), _shape(request.in2)
     received = declared_bytes(request.in1) + declared_bytes(request.in2)
-    ndim = max(len(s1), len(s2), 1)
-    s1 = [1] * (ndim - len(s1)) + s1
-    s2 = [1] * (ndim - len(s2)) + s2
+    conservative = received + _fft_bytes(request, s1, s2, None)
+    if conservative <= PREDICT_ABOVE:  # small: the largest method's estimate is cheaper to give
+        return max(0, conservative)
+    prediction = _prediction(request, s1, s2)
+    if prediction is None:  # the call will be refused; estimate the largest method anyway
+        return max(0, received + _fft_bytes(request, s1, s2, None))
+    full = math.prod(n + m - 1 for n, m in zip(prediction.x_shape, prediction.h_shape))
+    work_itemsize = max(prediction.work_dtype.itemsize, 8 if prediction.work_dtype.kind == "c" else 4)
+    output = math.prod(prediction.lengths) * _batch(prediction) * prediction.out_dtype.itemsize
+    if prediction.method == "direct":  # no transforms: a 2.5 GB signal with a short kernel fits
+        return max(0, received + DIRECT_WORK_ARRAYS * full * work_itemsize)
+    if prediction.method == "overlap_add":
+        return max(0, received + _overlap_add_bytes(prediction, full, work_itemsize) + 2 * output)  # cast, encoded
+    return max(0, received + _fft_bytes(request, s1, s2, prediction))
+
+
+def _batch(prediction: Any) -> int:
+    """Elements of the broadcast, not convolved axes."""
+    return math.prod(max(a, b) for i, (a, b) in enumerate(zip(prediction.x_shape, prediction.h_shape))
+                     if i not in prediction.axes)
+
+
+def _prediction(request: pb.SignalRequest, s1: list[int], s2: list[int]) -> Any:
+    """The planner's prediction for the request's headers, or None when they are invalid."""
+    d1, d2 = codec.NUMPY_BY_DTYPE.get(request.in1.dtype), codec.NUMPY_BY_DTYPE.get(request.in2.dtype)
+    if d1 is None or d2 is None or 0 in s1 or 0 in s2:
+        return None
+    output_dtype = codec.NUMPY_BY_DTYPE.get(request.output_dtype) if request.output_dtype else None
+    fill = complex(request.fill_value.real, request.fill_value.imag)
+    extends = request.boundary not in (pb.BOUNDARY_UNSPECIFIED, pb.BOUNDARY_FILL) or fill != 0
+    try:
+        return planner.predict_method(
+            tuple(s1), tuple(s2), d1, d2, _MODES.get(request.mode, "?"), _METHODS.get(request.method, "?"),
+            list(request.axes.values) if request.HasField("axes") else None, extends, output_dtype)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _fft_bytes(request: pb.SignalRequest, s1: list[int], s2: list[int], prediction: Any) -> int:
+    """Work arrays of the whole-array FFT path (the old conservative formula)."""
+    if prediction is not None:
+        x_shape, h_shape = list(prediction.x_shape), list(prediction.h_shape)
+    else:
+        ndim = max(len(s1), len(s2), 1)
+        x_shape, h_shape = [1] * (ndim - len(s1)) + s1, [1] * (ndim - len(s2)) + s2
     complex_data = any(t.dtype in (pb.DTYPE_COMPLEX64, pb.DTYPE_COMPLEX128) for t in (request.in1, request.in2))
     work_itemsize = 16 if complex_data else 8
-    full = math.prod(a + b - 1 if a and b else 0 for a, b in zip(s1, s2))
-    if request.method == pb.METHOD_DIRECT:  # no transforms: a 2.5 GB signal with a short kernel fits
-        single = all(t.dtype in _SINGLE for t in (request.in1, request.in2))  # float32 stays float32
-        return received + DIRECT_WORK_ARRAYS * full * (work_itemsize // 2 if single else work_itemsize)
-    return received + FFT_WORK_ARRAYS * full * work_itemsize + full * 16
+    full = math.prod(a + b - 1 if a and b else 0 for a, b in zip(x_shape, h_shape))
+    return FFT_WORK_ARRAYS * full * work_itemsize + full * 16
+
+
+def _overlap_add_bytes(prediction: Any, full: int, work_itemsize: int) -> int:
+    """Overlap-add: the accumulator, the crop and cast copies, and one group of block transforms
+    (x's blocks and spectra, the product and its inverse: four buffers of at most GROUP_BYTES)."""
+    return 3 * full * work_itemsize + 4 * min(overlap_add.GROUP_BYTES, 2 * full * work_itemsize)
 
 
 def _registered(entry: Entry | None, request: Any) -> tuple[pb.Tensor, pb.Tensor]:
@@ -82,7 +138,7 @@ def conv_layer_request_bytes(request: pb.ConvLayerRequest, entry: Entry | None =
     if len(x) < 2 or len(w) < 3:
         return received
     spatial = x[-(len(w) - 2):]
-    pads = [int(p) for p in request.padding.sizes] or [0]
+    pads = [max(0, int(p)) for p in request.padding.sizes] or [0]  # negative: refused by wire.check_geometry
     if len(pads) == 1:
         pads = pads * len(spatial)
     if request.padding.preset == pb.PADDING_PRESET_SAME:
@@ -94,7 +150,7 @@ def conv_layer_request_bytes(request: pb.ConvLayerRequest, entry: Entry | None =
     batch = math.prod(x[: len(x) - len(spatial) - 1]) if len(x) > len(spatial) + 1 else 1
     columns = batch_channels * kernel * padded
     output = batch * out_channels * padded
-    return received + itemsize * (batch_channels * padded + columns + 2 * output)
+    return max(0, received + itemsize * (batch_channels * padded + columns + 2 * output))
 
 
 def _per_dim(values: Any, nd: int, default: int) -> tuple[int, ...]:
@@ -124,11 +180,15 @@ def conv_transpose_request_bytes(request: pb.ConvTransposeRequest, entry: Entry 
     lead = math.prod(x[:-nd])  # N * C_in
     columns = lead * taps * positions
     itemsize = 8  # float64 accumulation may be used for small layers
-    return received + itemsize * (max(0, upsampled) + columns + 2 * math.prod(max(0, o) for o in output))
+    return max(0, received + itemsize * (max(0, upsampled) + max(0, columns) + 2 * math.prod(max(0, o) for o in output)))
 
 
 def estimate(request: Any, entry: Entry | None = None) -> int:
-    """Estimated peak bytes of any compute request (``entry``: the registered weights it names)."""
+    """Estimated peak bytes of any compute request (``entry``: the registered weights it names); never negative."""
+    return max(0, _estimate(request, entry))
+
+
+def _estimate(request: Any, entry: Entry | None) -> int:
     if isinstance(request, pb.SignalRequest):
         return signal_request_bytes(request)
     if isinstance(request, pb.ConvLayerRequest):

@@ -18,6 +18,7 @@ from .engine.errors import InvalidArgumentError
 from .engine.info import CallInfo
 from .pool import LimitExceeded
 from .settings import Settings
+from .status import NotFound
 from .weights import Entry
 
 _MODES = {pb.MODE_UNSPECIFIED: "full", pb.MODE_FULL: "full", pb.MODE_SAME: "same", pb.MODE_VALID: "valid", pb.MODE_CIRCULAR: "circular"}
@@ -55,10 +56,7 @@ def _tensor(message: Any, name: str, settings: Settings, arrays: Mapping[str, np
         return arrays[name]
     if not message.HasField(name):
         raise InvalidArgumentError(name, "is required")
-    try:
-        return codec.decode(getattr(message, name), name, settings.max_elements)
-    except ValueError as exc:  # convserve.InvalidArgumentError
-        raise as_engine_error(exc, name) from None
+    return decode_tensor(getattr(message, name), name, settings)
 
 
 def tensor_fields(request: Any) -> tuple[str, ...]:
@@ -84,25 +82,115 @@ def registered_id(request: Any) -> str:
     if weights_id and (request.HasField("weight") or request.HasField("bias")):
         raise InvalidArgumentError("weights_id", "give either weight (and bias) or weights_id, not both; "
                                    "registered weights carry their own bias")
+    if len(weights_id) > MAX_ECHO:  # ids are 64 hex digits: this one was never registered
+        raise NotFound(f"weights_id {bounded(weights_id)!r} ({len(weights_id)} characters) is not registered on "
+                       "this server; registered ids are 64 hex digits, as RegisterWeights returns them")
     return weights_id
 
 
+# Longest caller-chosen text (an id, a name) echoed in an error message.
+MAX_ECHO = 80
+
+
+def bounded(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` cut to ``limit`` characters with '...' when longer (for echoing in error messages)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_headers(request: Any, settings: Settings, only: list[str] | None = None) -> None:
-    """Validate every present tensor's (or only those named) dtype, shape and byte count (no data is read)."""
+    """Validate every present tensor's (or only those named) dtype, shape and byte count (no data is
+    read), and the request's geometry (:func:`check_geometry`): everything the estimate relies on.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A malformed tensor header or invalid geometry.
+    LimitExceeded
+        A tensor beyond ``max_elements``.
+    """
+    check_geometry(request)
     for name in tensor_fields(request) if only is None else only:
         if request.HasField(name):
+            tensor = getattr(request, name)
             try:
-                codec.check_header(getattr(request, name), name, settings.max_elements)
+                codec.check_header(tensor, name)
             except ValueError as exc:
                 raise as_engine_error(exc, name) from None
+            check_limits(tensor.shape, name, settings)
+
+
+def _at_least(values: Any, field: str, minimum: int, what: str) -> tuple[int, ...]:
+    """The repeated option's values, each at least ``minimum`` (else INVALID_ARGUMENT naming ``field``)."""
+    items = tuple(int(v) for v in values)
+    bad = [v for v in items if v < minimum]
+    if bad:
+        raise InvalidArgumentError(field, f"must be {what}; got {bounded(str(list(items)))}")
+    return items
+
+
+def check_geometry(request: Any) -> None:
+    """Refuse invalid ConvLayer / ConvTranspose geometry from the message alone, before any estimate.
+
+    Strides and dilations are at least 1, paddings and output paddings at least 0, groups not
+    negative (0 means 1); a pool's kernel_size and stride (when given) are at least 1, as torch
+    refuses a pool stride of 0, and its padding at most half its kernel; a transposed
+    convolution's output_padding is smaller than its stride or its dilation (torch's rule).
+    """
+    if not isinstance(request, (pb.ConvLayerRequest, pb.ConvTransposeRequest)):
+        return
+    stride = _at_least(request.stride, "stride", 1, "at least 1")
+    dilation = _at_least(request.dilation, "dilation", 1, "at least 1")
+    if request.groups < 0:
+        raise InvalidArgumentError("groups", f"must be positive (0 or unset means 1); got {request.groups}")
+    if isinstance(request, pb.ConvLayerRequest):
+        _at_least(request.padding.sizes, "padding", 0, "non-negative")
+        if request.HasField("pool"):
+            kernel = _at_least(request.pool.kernel_size, "pool.kernel_size", 1, "at least 1")
+            _at_least(request.pool.stride, "pool.stride", 1, "at least 1 (a pool stride of 0 is an error, as in torch)")
+            pads = _at_least(request.pool.padding, "pool.padding", 0, "non-negative")
+            if kernel and pads and len(kernel) in (1, len(pads)) and len(pads) in (1, len(kernel)):
+                pairs = zip(pads * len(kernel) if len(pads) == 1 else pads, kernel * len(pads) if len(kernel) == 1 else kernel)
+                if any(2 * p > k for p, k in pairs):
+                    raise InvalidArgumentError("pool.padding", f"must be at most half of kernel_size {list(kernel)}; "
+                                               f"got {list(pads)}")
+        return
+    _at_least(request.padding, "padding", 0, "non-negative")
+    extras = _at_least(request.output_padding, "output_padding", 0, "non-negative")
+    if extras:
+        n = max(len(extras), len(stride), len(dilation))
+        def spread(values: tuple[int, ...]) -> tuple[int, ...]:
+            return (values or (1,)) * n if len(values) <= 1 else values
+        if all(len(v) == n for v in (spread(extras), spread(stride), spread(dilation))):
+            for op, st, d in zip(spread(extras), spread(stride), spread(dilation)):
+                if op >= st and op >= d:
+                    raise InvalidArgumentError(
+                        "output_padding", f"must be smaller than either stride or dilation (as torch); got "
+                        f"output_padding {list(extras)}, stride {list(stride) or [1]}, dilation {list(dilation) or [1]}")
 
 
 def check_declared(tensor: pb.Tensor, name: str, settings: Settings) -> None:
     """Validate a tensor's declared dtype and shape (its bytes are elsewhere)."""
     try:
-        codec.check_declared(tensor.dtype, tensor.shape, name, settings.max_elements)
+        codec.check_declared(tensor.dtype, tensor.shape, name)
     except ValueError as exc:
         raise as_engine_error(exc, name) from None
+    check_limits(tensor.shape, name, settings)
+
+
+def check_limits(shape: Any, name: str, settings: Settings | int) -> None:
+    """Refuse a well-formed tensor with more elements than ``max_elements`` (``settings`` or the number).
+
+    Raises
+    ------
+    LimitExceeded
+        RESOURCE_EXHAUSTED with pushback -1: the request can never fit, retrying is futile
+        (section 6 of issue 10; a malformed shape stays INVALID_ARGUMENT, checked first).
+    """
+    limit = settings if isinstance(settings, int) else settings.max_elements
+    count = math.prod(int(d) for d in shape)
+    if count > limit:
+        raise LimitExceeded(f"{bounded(name)}: {count} elements exceed the limit of {limit} "
+                            "(max_elements); send a smaller tensor or raise --max-elements")
 
 
 def decode_field(message: Any, name: str, settings: Settings) -> npt.NDArray[Any]:
@@ -113,7 +201,9 @@ def decode_field(message: Any, name: str, settings: Settings) -> npt.NDArray[Any
 def decode_tensor(tensor: pb.Tensor, name: str, settings: Settings) -> npt.NDArray[Any]:
     """Decode a tensor message (INVALID_ARGUMENT naming ``name`` when malformed)."""
     try:
-        return codec.decode(tensor, name, settings.max_elements)
+        codec.check_declared(tensor.dtype, tensor.shape, name)
+        check_limits(tensor.shape, name, settings)
+        return codec.decode(tensor, name)
     except ValueError as exc:
         raise as_engine_error(exc, name) from None
 
@@ -191,7 +281,7 @@ def conv_layer_arguments(request: pb.ConvLayerRequest, settings: Settings,
         arguments["pool"] = {
             "kind": _enum(pool.kind, _POOL_KINDS, "pool.kind"),
             "kernel_size": _ints(pool.kernel_size, "pool.kernel_size", 1),
-            "stride": _ints(pool.stride, "pool.stride", 0) or None,
+            "stride": _ints(pool.stride, "pool.stride", 1) if pool.stride else None,  # 0 is refused
             "padding": _ints(pool.padding, "pool.padding", 0),
         }
     return arguments
@@ -209,7 +299,8 @@ def _check_padded_size(arguments: dict[str, Any], settings: Settings) -> None:
         return  # the engine reports the length mismatch
     padded = math.prod(shape[: len(shape) - len(spatial)]) * math.prod(s + 2 * p for s, p in zip(spatial, pads))
     if padded > settings.max_elements:
-        raise InvalidArgumentError("padding", f"the padded input would hold {padded} elements; the limit is {settings.max_elements}")
+        raise LimitExceeded(f"padding: the padded input would hold {padded} elements; the limit is "
+                            f"{settings.max_elements} (max_elements)")
 
 
 def conv_transpose_arguments(request: pb.ConvTransposeRequest, settings: Settings,

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InvalidArgumentError
-from .info import CallInfo
+from .info import CallInfo, nonfinite_warnings
 from . import layer_args, layer_cache, layer_depthwise, layer_fft, layer_gemm, layer_onnx, layer_policy, layer_pool
 from .pooling import int_tuple, validate_pool
 
@@ -261,5 +261,6 @@ def conv_layer(
         out = out[0]
     elapsed = time.perf_counter() - started
     if return_info:
+        warnings += tuple(nonfinite_warnings(out))
         return out, CallInfo(method=chosen, compute_seconds=elapsed, warnings=warnings)
     return out

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from . import cancellation, layer_args
 from .conv_layer import conv_layer
 from .errors import InvalidArgumentError
-from .info import CallInfo
+from .info import CallInfo, nonfinite_warnings
 from .pooling import int_tuple
 
 # Keys of this module in a ``prepared`` store: (PREFIX, groups, taps) holds a phase's weight and
@@ -260,7 +260,7 @@ def conv_transpose(
         out = out[0]
     elapsed = time.perf_counter() - started
     if return_info:
-        return out, CallInfo(method=method or "bias_only", compute_seconds=elapsed, warnings=())
+        return out, CallInfo(method=method or "bias_only", compute_seconds=elapsed, warnings=tuple(nonfinite_warnings(out)))
     return out
 
 

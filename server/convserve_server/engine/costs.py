@@ -125,23 +125,28 @@ def overlap_add_cost(batch: int, sizes: Sequence[tuple[int, int]], work: np.dtyp
 
 
 def direct_cost(
-    x_shape: Sequence[int], h: npt.NDArray[Any], axes: Sequence[int], lengths: Sequence[int],
+    x_shape: Sequence[int], h: npt.NDArray[Any] | Sequence[int], axes: Sequence[int], lengths: Sequence[int],
     batch: int, work: np.dtype[Any], integer_ok: bool, c: dict[str, float],
 ) -> float:
-    """Predicted seconds of the direct method, for the backend ``direct_fast`` will pick."""
+    """Predicted seconds of the direct method, for the backend ``direct_fast`` will pick.
+
+    ``h`` is the kernel, or only its shape (then it is taken as not separable: the slower
+    prediction, as for a memory estimate made from the request's headers).
+    """
+    h_shape = tuple(h.shape) if isinstance(h, np.ndarray) else tuple(int(d) for d in h)
     taps_x = math.prod(x_shape[a] for a in axes)
-    taps_h = math.prod(h.shape[a] for a in axes)
+    taps_h = math.prod(h_shape[a] for a in axes)
     taps = min(taps_x, taps_h)
     outputs = batch * math.prod(lengths)
     scale = _scale(work, c)
-    kernel_sides = [min(x_shape[a], h.shape[a]) for a in axes]
+    kernel_sides = [min(x_shape[a], h_shape[a]) for a in axes]
     backend = direct_fast.backend(len(axes), len(x_shape), kernel_sides, work, integer_ok)
     if backend == "numpy_1d":
         return c["direct_call"] + scale * outputs * taps * c["numpy_1d_per_mac"]
     if backend == "opencv":
-        kernel = h if taps_h <= taps_x else None
+        kernel = h if taps_h <= taps_x and isinstance(h, np.ndarray) else None
         if kernel is not None and len(axes) == 2 and direct_fast.is_separable(np.squeeze(kernel), work):
-            side_sum = sum(h.shape[a] for a in axes)
+            side_sum = sum(h_shape[a] for a in axes)
             return c["direct_call"] + scale * outputs * (c["opencv_sep_per_output"] + side_sum * c["opencv_sep_per_tap"])
         summed = c["direct_call"] + scale * outputs * (c["opencv_per_output"] + taps * c["opencv_per_mac"])
         if direct_fast.summed(kernel_sides) or work.kind != "f":

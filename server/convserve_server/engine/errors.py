@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+# Longest description an error carries: values echoed from a request (a list of 100,000 strides,
+# an axes list) are cut, so an error message stays small whatever the request held.
+MAX_MESSAGE = 1000
+
+
+def bounded_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` cut to ``limit`` characters, ending in '...' when cut."""
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""
 
@@ -19,6 +29,7 @@ class InvalidArgumentError(EngineError, ValueError):
     """
 
     def __init__(self, field: str, message: str) -> None:
+        message = bounded_message(message)
         super().__init__(f"{field}: {message}")
         self.field = field
         self.description = message

@@ -51,12 +51,17 @@ def fast_length(n: int) -> int:
 
 
 def load(buffer: npt.NDArray[Any], a: npt.NDArray[Any], scale: float = 1.0) -> None:
-    """Copy ``a`` into the leading corner of ``buffer`` (times ``scale``) and zero the rest."""
+    """Copy ``a`` into the leading corner of ``buffer`` (times ``scale``) and zero the rest.
+
+    The product is computed in the buffer's (the working) precision: numpy 2 would compute
+    ``float32 array * Python float`` in float32 even into a float64 ``out`` (and a float16
+    operand in float16, where 1/L is subnormal), so the dtype is given explicitly.
+    """
     corner = tuple(slice(0, n) for n in a.shape)
     if scale == 1.0:
         np.copyto(buffer[corner], a, casting="unsafe")
     else:
-        np.multiply(a, scale, out=buffer[corner], casting="unsafe")
+        np.multiply(a, buffer.dtype.type(scale), out=buffer[corner], dtype=buffer.dtype, casting="unsafe")
     zero_outside(buffer, a.shape)
 
 

@@ -17,6 +17,8 @@ back to the numpy paths without it. It runs float32 only (its CPU ``Conv`` has n
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from collections.abc import MutableMapping
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import layer_cache, resources
+from . import cancellation, layer_cache, layer_pool, resources
 from .pooling import PoolSpec
 
 try:  # optional: the numpy paths serve without it
@@ -246,15 +248,103 @@ def run(
         float32 ``(N, C_out, *out_spatial)``.
     """
     threads = resources.thread_limit(_CPUS)
+    if cancellation.current() is None:  # library use: one run of the whole layer
+        return _run_part(x, weight, bias, strides, pads, dilations, groups, relu, prepared, pool, threads, None)
+    # Served: ORT checks its terminate flag only between the graph's nodes, so the layer runs in
+    # pieces of about CHUNK_MACS multiply-adds (batch slices of one session; within one sample,
+    # slices of output rows, or of output channels when there is one row), with a cancellation
+    # check between pieces and the watcher terminating the running piece's Relu/Pool nodes.
+    c_out = weight.shape[0]
+    out_spatial = pool.output_shape if pool is not None else _conv_out_spatial(tuple(x.shape), weight.shape, strides, pads,
+                                                                               dilations)
+    conv_spatial = _conv_out_spatial(tuple(x.shape), weight.shape, strides, pads, dilations)
+    per_sample = c_out * math.prod(conv_spatial) * math.prod(weight.shape[1:])
+    batch = max(1, min(x.shape[0], CHUNK_MACS // max(1, per_sample)))
+    units = groups if groups > 1 else c_out  # a piece takes whole groups (or any channels if one group)
+    parts = max(1, min(units, -(-per_sample // CHUNK_MACS)))
+    bounds = [units * i // parts for i in range(parts + 1)]
+    per_unit = c_out // units
+    if parts > 1 and conv_spatial[0] > 1:  # row pieces of one session (a pool then runs on the whole)
+        conv = np.empty((x.shape[0], c_out) + tuple(conv_spatial), dtype=np.float32)
+        _run_rows(x, weight, bias, strides, pads, dilations, groups, relu, prepared, threads, batch,
+                  min(conv_spatial[0], parts), conv)
+        return conv if pool is None else layer_pool.pool(conv, pool)
+    out = np.empty((x.shape[0], c_out) + tuple(out_spatial), dtype=np.float32)
+    for first in range(0, x.shape[0], batch):
+        xs = x[first:first + batch]
+        for lo, hi in itertools.pairwise(bounds):
+            cancellation.check()
+            rows = slice(lo * per_unit, hi * per_unit)
+            xg = xs if groups == 1 else xs[:, lo * (x.shape[1] // groups):hi * (x.shape[1] // groups)]
+            w_part = weight if parts == 1 else weight[rows]
+            b_part = None if bias is None else (bias if parts == 1 else bias[rows])
+            out[first:first + batch, rows] = _run_part(xg, w_part, b_part, strides, pads, dilations,
+                                                       groups if groups == 1 else hi - lo, relu, prepared, pool, threads,
+                                                       None if parts == 1 else (lo, hi))
+    cancellation.check()
+    return out
+
+
+def _run_rows(
+    x: NDArray[np.float32], weight: NDArray[np.float32], bias: NDArray[np.float32] | None, strides: tuple[int, ...],
+    pads: list[tuple[int, int]], dilations: tuple[int, ...], groups: int, relu: bool,
+    prepared: MutableMapping[Any, Any], threads: int, batch: int, pieces: int, out: NDArray[np.float32],
+) -> None:
+    """Fill ``out`` in ``pieces`` slices of output rows (the first spatial axis), all of one shape
+    so that one session runs them all (sessions' spinning workers would compete): the rows'
+    padding is applied to the input once, and the last slice overlaps the one before it."""
+    rows_out = out.shape[2]
+    stride, dilation, (top, bottom) = strides[0], dilations[0], pads[0]
+    if top or bottom:
+        x = np.pad(x, [(0, 0), (0, 0), (top, bottom)] + [(0, 0)] * (x.ndim - 3))
+    reach = dilation * (weight.shape[2] - 1) + 1
+    size = -(-rows_out // pieces)
+    piece_pads = [(0, 0)] + list(pads[1:])
+    for first in range(0, x.shape[0], batch):
+        for r0 in range(0, rows_out, size):
+            cancellation.check()
+            r0 = min(r0, rows_out - size)
+            piece = x[first:first + batch, :, r0 * stride:(r0 + size - 1) * stride + reach]
+            out[first:first + batch, :, r0:r0 + size] = _run_part(piece, weight, bias, strides, piece_pads, dilations,
+                                                                  groups, relu, prepared, None, threads, None)
+    cancellation.check()
+
+
+# Multiply-adds of one ORT run when served (about 0.1-0.5 s on one core of the project's machines).
+CHUNK_MACS = 2_000_000_000
+
+
+def _run_part(
+    x: NDArray[np.float32], weight: NDArray[np.float32], bias: NDArray[np.float32] | None, strides: tuple[int, ...],
+    pads: list[tuple[int, int]], dilations: tuple[int, ...], groups: int, relu: bool,
+    prepared: MutableMapping[Any, Any], pool: PoolSpec | None, threads: int, part: tuple[int, int] | None,
+) -> NDArray[np.float32]:
+    """One ORT run (the session cached in ``prepared``; ``part``: the channel or group slice of the
+    weights it holds), terminated if the request is cancelled."""
     pool_key = None if pool is None else (pool.kind, pool.kernel_size, pool.stride, pool.padding)
     key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, pool_key,
-           layer_cache.digest(bias), threads)
+           layer_cache.digest(bias), threads) + (() if part is None else ("part",) + part)
     session = prepared.get(key)
     if session is None:
-        model = conv_model_bytes(tuple(x.shape), weight, bias, strides, pads, dilations, groups, relu, pool)
+        model = conv_model_bytes(tuple(x.shape), np.ascontiguousarray(weight), bias, strides, pads, dilations, groups,
+                                 relu, pool)
         session = _new_session(model, threads)
         prepared[key] = session
-    result: NDArray[np.float32] = session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+    feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+    if cancellation.current() is None:
+        result: NDArray[np.float32] = session.run(None, feed)[0]
+        return result
+    options = _ort.RunOptions()
+
+    def terminate() -> None:
+        options.terminate = True
+
+    try:
+        with cancellation.on_cancel(terminate):
+            result = session.run(None, feed, options)[0]
+    except Exception:
+        cancellation.check()  # a terminated run is Cancelled, not an engine failure
+        raise
     return result
 
 

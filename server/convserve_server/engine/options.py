@@ -100,7 +100,26 @@ def normalize_output_dtype(output_dtype: Any, natural: np.dtype[Any]) -> np.dtyp
             f"the result is {natural}; it cannot be given as {requested} without losing its kind "
             "(e.g. complex to real); ask for a dtype of the same kind or wider",
         )
+    if not widens(natural, requested):
+        raise InvalidArgumentError(
+            "output_dtype",
+            f"the result is {natural}; {requested} is narrower and would lose precision or overflow; "
+            f"ask for {natural} or a wider dtype of the same kind",
+        )
     return requested
+
+
+def widens(natural: np.dtype[Any], requested: np.dtype[Any]) -> bool:
+    """Whether ``requested`` is ``natural`` or wider ("same kind or wider", DESIGN section 2).
+
+    Floats and complex need a safe cast (float64 -> float16 is refused, never an overflow to
+    inf). Integer results may change signedness at the same width or more (their range is
+    checked exactly, with OUT_OF_RANGE naming a holder such as uint16 for an int16 result).
+    """
+    if np.can_cast(natural, requested, casting="safe"):
+        return True
+    integers = "iu"
+    return natural.kind in integers and requested.kind in integers and requested.itemsize >= natural.itemsize
 
 
 def normalize_fill_value(fill_value: Any, complex_ok: bool) -> complex | float:

@@ -196,16 +196,7 @@ def _choose_method(
             notes.append("overlap-add does not apply to circular mode; ran 'fft'")
             return "fft"
         return method
-    batch = math.prod(max(x.shape[a], h.shape[a]) for a in range(x.ndim) if a not in axes)
-    c = costs.constants()
-    direct_work = np.dtype(np.float64) if exact else work
-    predicted = {
-        "direct": costs.direct_cost(x.shape, h, axes, lengths, batch, direct_work, bound < direct_fast.EXACT_FLOAT64, c),
-        "fft": costs.fft_cost(batch, sizes, np.dtype(np.float64) if exact else work, c),
-    }
-    if mode != "circular" and len(sizes) == 1:  # measured: blocking one axis of an image loses to a whole FFT
-        predicted["overlap_add"] = costs.overlap_add_cost(batch, sizes, np.dtype(np.float64) if exact else work, c)
-    chosen = min(predicted, key=lambda name: predicted[name])
+    chosen = fastest(mode, x.shape, h, axes, lengths, exact, bound < direct_fast.EXACT_FLOAT64, work)
     if chosen != "direct" and not (exact or _finite(x, h)):
         notes.append("an input holds NaN or Inf; ran 'direct' to keep it local")
         return "direct"
@@ -215,3 +206,103 @@ def _choose_method(
 def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
     """Whether both inputs are free of NaN and Inf (checked only when an FFT would run)."""
     return bool(np.isfinite(h).all()) and bool(np.isfinite(x).all())
+
+
+def fastest(
+    mode: str, x_shape: tuple[int, ...], h: npt.NDArray[Any] | tuple[int, ...], axes: tuple[int, ...],
+    lengths: list[int], exact: bool, integer_ok: bool, work: np.dtype[Any],
+) -> str:
+    """The method of least predicted time (``auto``'s choice before the exactness and NaN rules).
+
+    ``h`` is the aligned kernel, or only its shape (see :func:`predict_method`).
+    """
+    h_shape = tuple(h.shape) if isinstance(h, np.ndarray) else tuple(h)
+    sizes = [(x_shape[a], h_shape[a]) for a in axes]
+    batch = math.prod(max(x_shape[a], h_shape[a]) for a in range(len(x_shape)) if a not in axes)
+    c = costs.constants()
+    fft_work = np.dtype(np.float64) if exact else work
+    predicted = {
+        "direct": costs.direct_cost(x_shape, h, axes, lengths, batch, fft_work, integer_ok, c),
+        "fft": costs.fft_cost(batch, sizes, fft_work, c),
+    }
+    if mode != "circular" and len(sizes) == 1:  # measured: blocking one axis of an image loses to a whole FFT
+        predicted["overlap_add"] = costs.overlap_add_cost(batch, sizes, fft_work, c)
+    return min(predicted, key=lambda name: predicted[name])
+
+
+@dataclass
+class Prediction:
+    """What a call will run, predicted from its declared shapes and dtypes (no data)."""
+
+    method: str
+    work_dtype: np.dtype[Any]  # the transforms' or sums' dtype (float64 for exact integers on an FFT)
+    out_dtype: np.dtype[Any]
+    x_shape: tuple[int, ...]  # in1 after boundary extension, in2 aligned to its dimensions
+    h_shape: tuple[int, ...]
+    axes: tuple[int, ...]
+    lengths: list[int]
+
+
+def predict_method(
+    shape1: tuple[int, ...], shape2: tuple[int, ...], dtype1: np.dtype[Any], dtype2: np.dtype[Any],
+    mode: str, method: str, axes: Any, extends: bool, output_dtype: Any,
+) -> Prediction:
+    """The method a call of these shapes and dtypes will run, for a memory estimate from headers.
+
+    The same rules as :func:`plan_signal_call` and the same cost model, with what needs the data
+    taken the conservative way: the kernel counts as not separable, integers as exact in float64
+    sums only when the dtypes' worst case is below 2^53. The data-dependent rules (inexact FFT
+    for integers, NaN) only ever switch to ``direct``, which needs less memory than predicted.
+    ``extends``: the boundary extends in1 (a boundary other than zero fill, full/same modes).
+
+    Raises
+    ------
+    InvalidArgumentError
+        When the shapes or options are invalid (the call itself will be refused too).
+    """
+    mode = choose(mode, MODES, "mode")
+    method = choose(method, METHODS, "method")
+    ndim = max(len(shape1), len(shape2), 1)
+    x_shape = tuple(shape1) or (1,)
+    conv_axes = normalize_axes(axes, len(x_shape))
+    h_shape = tuple(shape2) or (1,)
+    if len(h_shape) != len(x_shape):
+        if axes is not None and len(h_shape) == len(conv_axes):
+            aligned = [1] * len(x_shape)
+            for axis, size in zip(conv_axes, h_shape):
+                aligned[axis] = size
+            h_shape = tuple(aligned)
+        else:
+            raise InvalidArgumentError("in2", f"has {len(h_shape)} dimensions; in1 has {ndim}")
+    natural = np.result_type(dtype1, dtype2)
+    out_dtype = normalize_output_dtype(output_dtype, natural)
+    sizes_h = [h_shape[a] for a in conv_axes]
+    _, lengths = _output_window(mode, [x_shape[a] for a in conv_axes], sizes_h)
+    if extends and mode in ("full", "same"):
+        x_shape = tuple(n + 2 * (sizes_h[conv_axes.index(i)] - 1) if i in conv_axes else n for i, n in enumerate(x_shape))
+    exact = out_dtype.kind in "biu"
+    complex_work = out_dtype.kind == "c" or natural.kind == "c"
+    work: np.dtype[Any]
+    if exact:
+        worst = _dtype_max(dtype1) * _dtype_max(dtype2) * math.prod(min(x_shape[a], h_shape[a]) for a in conv_axes)
+        integer_ok = worst < direct_fast.EXACT_FLOAT64
+        work = np.dtype(np.int64)
+    else:
+        integer_ok = True
+        work = _float_work_dtype(np.dtype(dtype1), np.dtype(dtype2), out_dtype, complex_work)
+    if method == "auto":
+        chosen = fastest(mode, x_shape, h_shape, conv_axes, lengths, exact, integer_ok, work)
+    else:
+        chosen = "fft" if method == "overlap_add" and mode == "circular" else method
+    if exact and chosen != "direct":
+        work = np.dtype(np.float64)
+    return Prediction(chosen, work, out_dtype, x_shape, h_shape, conv_axes, lengths)
+
+
+def _dtype_max(dtype: np.dtype[Any]) -> float:
+    """Largest magnitude of an integer or bool dtype."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return 1.0
+    info = np.iinfo(dtype)
+    return float(max(abs(int(info.min)), int(info.max)))

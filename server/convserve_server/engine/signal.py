@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import direct, fft, integers, overlap_add
-from .info import CallInfo
+from .info import NONFINITE_WARNING, CallInfo, nonfinite_warnings  # noqa: F401 (re-exported)
 from .planner import SignalPlan, plan_signal_call
 
 
@@ -93,7 +93,20 @@ def _finish(plan: SignalPlan, return_info: bool) -> Any:
 
 
 def execute(plan: SignalPlan) -> npt.NDArray[Any]:
-    """Compute a planned call and return the result in its output dtype and shape."""
+    """Compute a planned call and return the result in its output dtype and shape.
+
+    A float or complex result holding NaN or Inf adds :data:`NONFINITE_WARNING` to
+    ``plan.warnings`` (unless the planner already warned about NaN), on every method.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # reported as a call warning instead
+        result = _compute(plan)
+    if not any("NaN" in note for note in plan.warnings):
+        plan.warnings.extend(nonfinite_warnings(result))
+    return result
+
+
+def _compute(plan: SignalPlan) -> npt.NDArray[Any]:
+    """Run the planned method and cast the result to its output dtype and shape."""
     exact_fft = plan.exact_integer and plan.method != "direct"
     work = np.dtype(np.float64) if exact_fft else plan.work_dtype
     if plan.mode == "circular":

@@ -4,7 +4,8 @@ Floating-point signals use uniformly partitioned overlap-save (UPOLS): the kerne
 partitions of the internal block size B, each transformed once; every B input samples cost one
 forward and one inverse real FFT of size 2B plus one multiply-add per partition and bin, so a
 48,000-tap kernel stays cheap with 1,024-sample blocks. Integer signals are convolved exactly
-(int64 direct sums over the carried history). Blocks of any length go in; output comes out as
+(direct sums over the carried history, in the accumulator the unary path would choose: the
+same worst-case bound, OUT_OF_RANGE and 1-tap rules as ``engine.convolve``). Blocks of any length go in; output comes out as
 soon as whole internal blocks are complete, and :meth:`StreamConvolver.close` delivers the rest:
 concatenated, the outputs equal the ``full`` convolution of the whole signal.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import cancellation, integers
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, OutOfRangeError
 from .options import SUPPORTED_DTYPES, normalize_output_dtype
 
 MIN_BLOCK = 256
@@ -54,6 +55,10 @@ class StreamConvolver:
         self._pending: npt.NDArray[Any] = np.zeros((1, 0))
         self._received = 0
         self._emitted = 0
+        self._warnings: list[str] = []
+        self._low = 0  # running range of the exact outputs (to name a holder dtype)
+        self._high = 0
+        self._sum_h: npt.NDArray[Any] = np.zeros(1)
 
     # -- set-up on the first block ---------------------------------------------------------
     def _start(self, block: npt.NDArray[Any]) -> None:
@@ -68,8 +73,9 @@ class StreamConvolver:
         h = self.kernel.reshape(self.taps, -1)
         h = np.broadcast_to(h, (self.taps, c)).T  # (C, M)
         if self.exact:
-            self._h = h.astype(np.int64)
-            self._history = np.zeros((c, self.taps - 1), np.int64)
+            self._h = np.ascontiguousarray(h)  # native dtype: the accumulator is chosen per block
+            self._sum_h = np.sum(np.abs(h.astype(np.float64)), axis=1)  # (C,): one bound per channel
+            self._history = np.zeros((c, self.taps - 1), block.dtype)
             return
         b = self.block
         parts = -(-self.taps // b)
@@ -94,10 +100,26 @@ class StreamConvolver:
 
     # -- the two engines --------------------------------------------------------------------
     def _exact(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """Exact integer outputs for the new samples ``x`` (C, n) (zeros at close)."""
-        extended = np.concatenate([self._history, x.astype(np.int64)], axis=1)
-        out = np.stack([np.convolve(extended[i], self._h[i], "valid") for i in range(extended.shape[0])])
-        self._history = extended[:, extended.shape[1] - (self.taps - 1):] if self.taps > 1 else self._history
+        """Exact integer outputs for the new samples ``x`` (C, n) (zeros at close).
+
+        As the unary path: the worst-case bound max|x| * sum|h| picks int64 (or uint64 for
+        unsigned inputs and a uint64 result) or raises OUT_OF_RANGE suggesting float64; the
+        sums then cannot wrap. ``max|x|`` covers the carried history, so over a whole stream
+        the decision is the unary one for the whole signal.
+        """
+        assert self.dtype is not None
+        extended = np.concatenate([self._history, x.astype(self.dtype, copy=False)], axis=1)
+        c = extended.shape[0]
+        if x.shape[1] == 0:
+            return np.zeros((c, 0), np.int64)
+        max_x = np.max(np.abs(extended.astype(np.float64)), axis=1, initial=0.0)
+        bound = float(np.max(max_x * self._sum_h)) * (1 + 1e-9)
+        unsigned = self.dtype.kind in "bu" and self.kernel.dtype.kind in "bu"
+        acc = integers.accumulator_for(bound, self.out_dtype, unsigned)
+        xs, hs = extended.astype(acc), self._h.astype(acc)
+        out = np.stack([np.convolve(xs[i], hs[i], "valid") for i in range(c)])
+        if self.taps > 1:
+            self._history = extended[:, extended.shape[1] - (self.taps - 1):]
         return out
 
     def _upols(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -123,8 +145,20 @@ class StreamConvolver:
         """Feed the next block; return the output samples that are now complete (maybe none)."""
         x = self._check(np.asarray(block))
         self._received += x.shape[1]
+        if not self.exact and x.size and not np.isfinite(x.sum(dtype=np.float64)) and not np.isfinite(x).all():
+            self._warn(f"the block at sample {self._received - x.shape[1]} holds NaN or Inf; it spreads "
+                       f"over the next {self.taps - 1} output samples")
         out = self._exact(x) if self.exact else self._upols(x)
         return self._emit(out)
+
+    def take_warnings(self) -> tuple[str, ...]:
+        """The warnings raised by the blocks pushed (and the close) since the last call."""
+        taken, self._warnings = tuple(self._warnings), []
+        return taken
+
+    def _warn(self, text: str) -> None:
+        if text not in self._warnings:
+            self._warnings.append(text)
 
     def close(self) -> npt.NDArray[Any]:
         """End of the signal: return every remaining output sample (the tail)."""
@@ -135,6 +169,8 @@ class StreamConvolver:
         c = self.channels or 1
         if self.exact:
             out = self._exact(np.zeros((c, self.taps - 1), np.int64))
+            if self.taps == 1:
+                out = np.zeros((c, 0), np.int64)
         else:
             flush = -(-(missing - self._pending.shape[1]) // self.block) * self.block + self._pending.shape[1]
             out = self._upols(np.zeros((c, max(0, flush - self._pending.shape[1]) + self.block)))
@@ -144,8 +180,22 @@ class StreamConvolver:
         """Cast and shape an output chunk like the blocks: (k,) or (k, C)."""
         self._emitted += out.shape[1]
         if self.exact:
-            integers.check_range(out, self.out_dtype)
+            self._check_range(out)
             result = (out != 0) if self.out_dtype.kind == "b" else out.astype(self.out_dtype)
         else:
             result = out.astype(self.out_dtype)
+            if result.size and not np.isfinite(result.sum(dtype=np.float64)) and not np.isfinite(result).all():
+                self._warn("NaN or Inf in the output (an input holds NaN or Inf, or the result overflowed "
+                           f"{self.out_dtype.name})")
         return np.ascontiguousarray(result[0] if self.channels is None else result.T)
+
+    def _check_range(self, out: npt.NDArray[Any]) -> None:
+        """OUT_OF_RANGE when exact outputs do not fit; the holder named covers every output so far."""
+        if out.size == 0 or self.out_dtype.kind == "b":
+            return
+        self._low, self._high = min(self._low, int(out.min())), max(self._high, int(out.max()))
+        try:
+            integers.check_range(out, self.out_dtype)
+        except OutOfRangeError:
+            integers.check_range(np.array([self._low, self._high], dtype=object), self.out_dtype)
+            raise
