@@ -23,7 +23,7 @@ from convserve_server.engine.errors import InvalidArgumentError
 from convserve_server.pool import LimitExceeded
 from convserve_server.settings import SettingsError, load
 from convserve_server.status import NotFound, failure_for
-from convserve_server.weights import WeightsRegistry, weights_id
+from convserve_server.weights import ENTRY_OVERHEAD_BYTES, PREPARED_OVERHEAD_BYTES, WeightsRegistry, weights_id
 
 from .conftest import RunningServer, start_server, stop_server
 from .test_conv_layer import ref_conv
@@ -61,7 +61,7 @@ def test_id_is_the_documented_sha256() -> None:
 
 def test_register_twice_and_lru_by_bytes() -> None:
     (wa, ba), (wb, bb), (wc, bc) = layer(), layer(), layer()
-    size = wa.nbytes + ba.nbytes
+    size = wa.nbytes + ba.nbytes + ENTRY_OVERHEAD_BYTES
     registry = WeightsRegistry(2 * size + 10)
     a = registry.register(wa, ba)
     assert registry.register(wa.copy(), ba.copy()) is a and len(registry) == 1
@@ -74,25 +74,26 @@ def test_register_twice_and_lru_by_bytes() -> None:
     with pytest.raises(NotFound, match="register the weights again"):
         registry.get(b.id)
     with pytest.raises(LimitExceeded, match="weights_cache_bytes"):
-        registry.register(*layer(c_out=10))
+        registry.register(*layer(c_out=40))
     assert wa.flags.writeable  # the caller's array is left alone
 
 
 def test_prepared_forms_count_against_the_cache() -> None:
     (wa, ba), (wb, bb) = layer(), layer()
-    size = wa.nbytes + ba.nbytes
-    registry = WeightsRegistry(2 * size + 100)
+    size = wa.nbytes + ba.nbytes + ENTRY_OVERHEAD_BYTES
+    small, packed = 80 + PREPARED_OVERHEAD_BYTES, 480 + PREPARED_OVERHEAD_BYTES
+    registry = WeightsRegistry(2 * size + small + 10)
     a, b = registry.register(wa, ba), registry.register(wb, bb)
     b.prepared["small"] = np.zeros(10)  # fits
-    assert registry.total_bytes == 2 * size + 80 and len(b.prepared) == 1
+    assert registry.total_bytes == 2 * size + small and len(b.prepared) == 1
     b.prepared["packed"] = (np.zeros(50), np.zeros(10))  # needs room: a (least recently used) goes
-    assert a.id not in registry and registry.total_bytes == size + 80 + 480
+    assert a.id not in registry and registry.total_bytes == size + small + packed
     b.prepared["huge"] = np.zeros(10_000)  # could never fit: not kept, b stays
     assert "huge" not in b.prepared and b.id in registry
     del b.prepared["packed"]
-    assert registry.total_bytes == size + 80 and list(b.prepared) == ["small"]
+    assert registry.total_bytes == size + small and list(b.prepared) == ["small"]
     a.prepared["late"] = np.zeros(10)  # an evicted entry's store no longer counts
-    assert registry.total_bytes == size + 80
+    assert registry.total_bytes == size + small
 
 
 def test_objects_without_nbytes_count_as_the_weights() -> None:
@@ -102,7 +103,7 @@ def test_objects_without_nbytes_count_as_the_weights() -> None:
     before = registry.total_bytes
     entry.prepared["session"] = object()
     entry.prepared["meta"] = ("key", 3, None)
-    assert registry.total_bytes - before == w.nbytes + b.nbytes + len("key")
+    assert registry.total_bytes - before == w.nbytes + b.nbytes + len("key") + 2 * PREPARED_OVERHEAD_BYTES
 
 
 def test_invalid_weights_name_the_field() -> None:
@@ -117,7 +118,7 @@ def test_invalid_weights_name_the_field() -> None:
 
 def test_concurrent_registration_keeps_the_books() -> None:
     weights = [layer() for _ in range(12)]
-    registry = WeightsRegistry(5 * (weights[0][0].nbytes + weights[0][1].nbytes))
+    registry = WeightsRegistry(5 * (weights[0][0].nbytes + weights[0][1].nbytes + ENTRY_OVERHEAD_BYTES))
 
     def work(offset: int) -> None:
         for i in range(60):
@@ -131,6 +132,25 @@ def test_concurrent_registration_keeps_the_books() -> None:
         thread.join()
     listed = [registry.peek(weights_id(w, b)) for w, b in weights]
     assert registry.total_bytes == sum(e.nbytes for e in listed if e is not None) <= registry.limit_bytes
+
+
+def test_entries_are_bounded_by_count_and_charged_their_overhead() -> None:
+    tiny = [np.full((1, 1, 1), i, np.float32) for i in range(50)]
+    by_count = WeightsRegistry(1 << 30, max_entries=10)
+    entries = [by_count.register(w) for w in tiny]
+    assert len(by_count) == 10 and by_count.evictions == 40  # bytes are far from the limit
+    assert [e.id in by_count for e in entries] == [False] * 40 + [True] * 10
+    assert by_count.total_bytes == 10 * (4 + ENTRY_OVERHEAD_BYTES)
+    # Four-byte weights count their bookkeeping: 20 of them fill 20 entries' worth of bytes, not 80 bytes.
+    by_bytes = WeightsRegistry(20 * (4 + ENTRY_OVERHEAD_BYTES))
+    for w in tiny:
+        by_bytes.register(w)
+    assert len(by_bytes) == 20
+    entry = by_bytes.register(np.full((1, 1, 1), 99, np.float32))
+    entry.prepared["x"] = np.zeros(1)  # the store's additions never evict the entry itself
+    assert entry.id in by_bytes and len(by_bytes) == 19
+    with pytest.raises(ValueError, match="max_entries"):
+        WeightsRegistry(1 << 20, max_entries=0)
 
 
 def test_setting_and_status() -> None:
@@ -235,8 +255,8 @@ def test_weight_and_weights_id_together_are_refused(server: RunningServer) -> No
 
 @pytest.fixture(scope="module")
 def small_cache() -> Iterator[tuple[RunningServer, str]]:
-    """A server whose weights cache holds two (4, 3, 3, 3) float64 layers, with metrics on."""
-    running = start_server("--weights-cache-bytes", "2000", "--metrics-port", "0", "--log-level", "WARNING")
+    """A server whose weights cache holds two (4, 3, 3, 3) float64 layers (with their overhead), with metrics on."""
+    running = start_server("--weights-cache-bytes", str(2 * (896 + ENTRY_OVERHEAD_BYTES) + 100), "--metrics-port", "0", "--log-level", "WARNING")
     assert running.process.stdout is not None
     metrics_url = running.process.stdout.readline().strip().rsplit(" ", 1)[-1]
     yield running, metrics_url
@@ -264,7 +284,7 @@ def test_eviction_then_transparent_registration(small_cache: tuple[RunningServer
         np.testing.assert_allclose(client.conv_layer(x, a), client.conv_layer(x, wa, ba), rtol=1e-12, atol=1e-12)
         assert _metric(metrics_url, 'convserve_requests_total{code="NOT_FOUND",rpc="ConvLayer"}') == not_found + 1
         with pytest.raises(convserve.ResourceExhaustedError) as too_large:
-            client.register_weights(*layer(c_out=10))
+            client.register_weights(*layer(c_out=30))
         assert too_large.value.retry_pushback_ms == -1 and "weights_cache_bytes" in too_large.value.details
 
 

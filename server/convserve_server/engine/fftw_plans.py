@@ -24,6 +24,15 @@ Settings (environment variables):
     A wisdom file the server loads at start and saves at stop (see :func:`load_wisdom`).
 ``CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS``
     MEASURE planning of new large shapes off the request path (see :mod:`.fftw_background`).
+
+Bound on caller-chosen shapes (:func:`configure`, default :data:`DEFAULT_MAX_SHAPES`): FFTW keeps
+wisdom for every plan it makes, ESTIMATE ones too (about 1-2 KB per shape), and cannot forget
+one entry. So at most ``max_shapes`` distinct transforms (kind, shape, dtype, axes) are planned
+by FFTW in one process; wisdom loaded from a file counts as ``bytes / WISDOM_BYTES_PER_SHAPE``
+of them. Past the bound, a new transform uses a plan made from existing wisdom if there is one
+(``FFTW_WISDOM_ONLY``, which adds nothing), else numpy's pocketfft (single-threaded, same
+results, nothing cached, no background planning). The idle plan cache is bounded by bytes and
+by count (:data:`DEFAULT_MAX_IDLE_PLANS`).
 """
 
 from __future__ import annotations
@@ -44,9 +53,45 @@ from . import resources
 
 EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
 DEFAULT_CACHE_BYTES = 512 << 20
+DEFAULT_MAX_SHAPES = 512
+DEFAULT_MAX_IDLE_PLANS = 1024
+# What one shape's wisdom takes, roughly (measured 0.9 to 2.4 KB for ESTIMATE plans of 1-D shapes).
+WISDOM_BYTES_PER_SHAPE = 2048
 
 PLANNER_LOCK = threading.Lock()
-_STATS = {"plans_created": 0, "plans_reused": 0, "wisdom_loaded": 0}
+_STATS = {"plans_created": 0, "plans_reused": 0, "wisdom_loaded": 0, "unplanned_transforms": 0}
+_SHAPES_LOCK = threading.Lock()
+# Transforms (kind, shape, dtype, axes) FFTW has planned in this process, and the budget.
+_SHAPES: set[tuple[Any, ...]] = set()
+_BUDGET = {"max_shapes": DEFAULT_MAX_SHAPES, "from_file": 0}
+
+
+def configure(max_shapes: int = DEFAULT_MAX_SHAPES, max_idle_plans: int = DEFAULT_MAX_IDLE_PLANS) -> None:
+    """Set the most distinct transforms FFTW plans (setting ``fftw_max_planned_shapes``) and the most idle plans cached.
+
+    The server calls it once at start; the engine never reads settings itself.
+    """
+    if max_shapes < 0 or max_idle_plans < 0:
+        raise ValueError(f"max_shapes and max_idle_plans must be non-negative, got {max_shapes}, {max_idle_plans}")
+    with _SHAPES_LOCK:
+        _BUDGET["max_shapes"] = max_shapes
+    CACHE.max_plans = max_idle_plans
+
+
+def _admit_shape(shape_key: tuple[Any, ...]) -> bool:
+    """True when FFTW may plan (and so add wisdom for) ``shape_key``: known, or within the budget."""
+    with _SHAPES_LOCK:
+        if shape_key in _SHAPES:
+            return True
+        if len(_SHAPES) + _BUDGET["from_file"] >= _BUDGET["max_shapes"]:
+            return False
+        _SHAPES.add(shape_key)
+        return True
+
+
+def planned_shapes() -> int:
+    """Distinct transforms FFTW planned in this process (at most the configured ``max_shapes``)."""
+    return len(_SHAPES)
 
 
 def planner_effort() -> str:
@@ -97,7 +142,7 @@ class Plan:
     """
 
     key: tuple[Any, ...]
-    fftw: pyfftw.FFTW
+    fftw: Any  # pyfftw.FFTW, or a _NumpyTransform past the shape budget
     input: npt.NDArray[Any]
     output: npt.NDArray[Any]
     nbytes: int
@@ -111,7 +156,7 @@ _GENERATIONS: dict[tuple[Any, ...], int] = {}
 
 def build(
     kind: str, shape: tuple[int, ...], dtype: np.dtype[Any] | str, axes: tuple[int, ...], threads: int,
-    effort: str | None = None, timelimit: float | None = None,
+    effort: str | None = None, timelimit: float | None = None, wisdom_only: bool = False,
 ) -> Plan:
     """Create a plan and its buffers (under the planner lock).
 
@@ -123,24 +168,19 @@ def build(
         Planner flag; default :func:`planner_effort`.
     timelimit : float, optional
         Planning time limit in seconds; default :func:`planning_timelimit`.
+    wisdom_only : bool
+        Plan only from existing wisdom (adds none); RuntimeError when there is none.
 
     Returns
     -------
     Plan
     """
     dtype = np.dtype(dtype)
-    complex_dtype = np.dtype(np.complex64 if dtype in (np.float32, np.complex64) else np.complex128)
-    real_dtype = np.dtype(np.float32 if complex_dtype == np.complex64 else np.float64)
-    half = list(shape)
-    half[axes[-1]] = shape[axes[-1]] // 2 + 1
-    if kind == "r2c":
-        inp, out, direction = pyfftw.empty_aligned(shape, real_dtype), pyfftw.empty_aligned(half, complex_dtype), "FFTW_FORWARD"
-    elif kind == "c2r":
-        inp, out, direction = pyfftw.empty_aligned(half, complex_dtype), pyfftw.empty_aligned(shape, real_dtype), "FFTW_BACKWARD"
-    else:
-        inp, out = pyfftw.empty_aligned(shape, complex_dtype), pyfftw.empty_aligned(shape, complex_dtype)
-        direction = "FFTW_FORWARD" if kind == "c2c" else "FFTW_BACKWARD"
+    inp, out = build_buffers(kind, shape, dtype, axes)
+    direction = "FFTW_FORWARD" if kind in ("r2c", "c2c") else "FFTW_BACKWARD"
     flags = [effort or planner_effort()]
+    if wisdom_only:
+        flags.append("FFTW_WISDOM_ONLY")
     if kind == "c2r":
         flags.append("FFTW_DESTROY_INPUT")
     with PLANNER_LOCK:
@@ -159,20 +199,77 @@ def retire(key: tuple[Any, ...]) -> None:
     CACHE.discard(key)
 
 
+class _NumpyTransform:
+    """What runs a transform past the shape budget: numpy's pocketfft between a plan's buffers.
+
+    Unnormalised like FFTW (``norm="forward"`` for the inverses); nothing is planned or cached.
+    """
+
+    def __init__(self, kind: str, inp: npt.NDArray[Any], out: npt.NDArray[Any], axes: tuple[int, ...]) -> None:
+        self.kind, self.input, self.output, self.axes = kind, inp, out, axes
+
+    def execute(self) -> None:
+        """Transform ``input`` into ``output``."""
+        axes = self.axes
+        if self.kind == "r2c":
+            self.output[...] = np.fft.rfftn(self.input, axes=axes)
+        elif self.kind == "c2r":
+            sizes = [self.output.shape[a] for a in axes]
+            self.output[...] = np.fft.irfftn(self.input, s=sizes, axes=axes, norm="forward")
+        elif self.kind == "c2c":
+            self.output[...] = np.fft.fftn(self.input, axes=axes)
+        else:
+            self.output[...] = np.fft.ifftn(self.input, axes=axes, norm="forward")
+
+
+def _unplanned(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[int, ...], threads: int) -> Plan:
+    """A plan for a transform past the shape budget: from existing wisdom if FFTW has some, else numpy."""
+    try:
+        return build(kind, shape, dtype, axes, threads, effort="FFTW_ESTIMATE", wisdom_only=True)
+    except RuntimeError:  # no wisdom for it: FFTW would add some
+        pass
+    like = build_buffers(kind, shape, dtype, axes)
+    _STATS["unplanned_transforms"] += 1
+    key = (kind, shape, np.dtype(dtype).str, axes, threads)
+    return Plan(key, _NumpyTransform(kind, like[0], like[1], axes), like[0], like[1], like[0].nbytes + like[1].nbytes, -1)
+
+
+def build_buffers(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any] | str,
+                  axes: tuple[int, ...]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """The aligned input and output arrays of a transform (as :func:`build` makes them)."""
+    dtype = np.dtype(dtype)
+    complex_dtype = np.dtype(np.complex64 if dtype in (np.float32, np.complex64) else np.complex128)
+    real_dtype = np.dtype(np.float32 if complex_dtype == np.complex64 else np.float64)
+    half = list(shape)
+    half[axes[-1]] = shape[axes[-1]] // 2 + 1
+    if kind == "r2c":
+        return pyfftw.empty_aligned(shape, real_dtype), pyfftw.empty_aligned(half, complex_dtype)
+    if kind == "c2r":
+        return pyfftw.empty_aligned(half, complex_dtype), pyfftw.empty_aligned(shape, real_dtype)
+    return pyfftw.empty_aligned(shape, complex_dtype), pyfftw.empty_aligned(shape, complex_dtype)
+
+
 class PlanCache:
-    """An LRU of idle plans bounded by the bytes of their buffers.
+    """An LRU of idle plans bounded by the bytes of their buffers and by their number.
 
     Parameters
     ----------
     max_bytes : int
         Idle plans beyond this many bytes are dropped, least recently used first.
+    max_plans : int
+        Idle plans beyond this many are dropped, least recently used first.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_plans: int = DEFAULT_MAX_IDLE_PLANS) -> None:
         self.max_bytes = max_bytes
+        self.max_plans = max_plans
         self._idle: OrderedDict[tuple[Any, ...], list[Plan]] = OrderedDict()
         self._bytes = 0
+        self._count = 0
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._count
 
     @property
     def nbytes(self) -> int:
@@ -189,20 +286,23 @@ class PlanCache:
             if not plans:
                 del self._idle[key]
             self._bytes -= plan.nbytes
+            self._count -= 1
             _STATS["plans_reused"] += 1
             return plan
 
     def give_back(self, plan: Plan) -> None:
         """Return a plan to the cache, evicting the least recently used beyond the bound."""
-        if plan.nbytes > self.max_bytes or plan.generation != _GENERATIONS.get(plan.key, 0):
+        if plan.nbytes > self.max_bytes or self.max_plans < 1 or plan.generation != _GENERATIONS.get(plan.key, 0):
             return
         with self._lock:
             self._idle.setdefault(plan.key, []).append(plan)
             self._idle.move_to_end(plan.key)
             self._bytes += plan.nbytes
-            while self._bytes > self.max_bytes and self._idle:
+            self._count += 1
+            while (self._bytes > self.max_bytes or self._count > self.max_plans) and self._idle:
                 key, plans = next(iter(self._idle.items()))
                 self._bytes -= plans.pop(0).nbytes
+                self._count -= 1
                 if not plans:
                     del self._idle[key]
 
@@ -211,12 +311,14 @@ class PlanCache:
         with self._lock:
             for dropped in self._idle.pop(key, []):
                 self._bytes -= dropped.nbytes
+                self._count -= 1
 
     def clear(self) -> None:
         """Drop every idle plan."""
         with self._lock:
             self._idle.clear()
             self._bytes = 0
+            self._count = 0
 
 
 CACHE = PlanCache(int(os.environ.get("CONVSERVE_FFTW_CACHE_BYTES", DEFAULT_CACHE_BYTES)))
@@ -246,10 +348,13 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
     key = (kind, tuple(shape), np.dtype(dtype).str, tuple(axes), threads)
     current = CACHE.take(key)
     if current is None:
-        current = build(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
-        from . import fftw_background  # imports this module
+        if _admit_shape(key[:4]):
+            current = build(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
+            from . import fftw_background  # imports this module
 
-        fftw_background.submit(key)
+            fftw_background.submit(key)
+        else:
+            current = _unplanned(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
     try:
         yield current
     finally:
@@ -257,8 +362,9 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
 
 
 def stats() -> dict[str, int]:
-    """Counters: plans created, plans reused from the cache, wisdom files loaded."""
-    return dict(_STATS, cache_bytes=CACHE.nbytes)
+    """Counters: plans created, plans reused from the cache, wisdom files loaded, transforms run by
+    numpy past the shape budget; idle plans cached (bytes, count); shapes planned."""
+    return dict(_STATS, cache_bytes=CACHE.nbytes, cache_plans=len(CACHE), planned_shapes=planned_shapes())
 
 
 def wisdom_path() -> str | None:
@@ -290,6 +396,8 @@ def load_wisdom(path: str | None = None) -> str:
             return f"rejected {path}: not a convserve wisdom file"
         with PLANNER_LOCK:
             accepted = pyfftw.import_wisdom(tuple(parts))
+        with _SHAPES_LOCK:  # what the file holds counts against the shape budget
+            _BUDGET["from_file"] = sum(len(p) for p, ok in zip(parts, accepted) if ok) // WISDOM_BYTES_PER_SHAPE
     except OSError as exc:
         return f"rejected {path}: {exc}"
     names = ("double", "single", "long double")
