@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,6 +21,7 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
 from .conftest import RunningServer, start_server, stop_server
 from .test_conv_layer import ref_conv
+from .test_idle import metric, metrics_url, wait_for
 
 RNG = np.random.default_rng(11)
 MIB = 2**20
@@ -128,3 +131,41 @@ def test_a_stream_too_large_for_the_budget_is_refused_before_its_data(server: Ru
         release.set()
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()
     assert "budget" in raised.value.details() and time.perf_counter() - started < 10
+
+
+def test_a_deadline_or_cancel_during_an_upload_is_recorded_as_such(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = start_server("--metrics-port", "0", stderr=log)
+    url = metrics_url(server)
+    release = threading.Event()
+    declared = pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[MIB])
+
+    def slow_parts() -> Iterator[pb.SignalRequestPart]:
+        yield _header(declared)
+        yield _chunk("in1", 0, b"\0" * 65536)
+        release.wait(30)  # the rest never comes in time
+
+    def count(code: str) -> float:
+        return metric(url, "convserve_requests_total", f'code="{code}"')
+
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ConvolutionServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                list(stub.ConvolveChunked(slow_parts(), timeout=1))
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            wait_for(lambda: count("DEADLINE_EXCEEDED") + count("INVALID_ARGUMENT") >= 1, "the server to record the call")
+            call = stub.ConvolveChunked(slow_parts(), timeout=30)
+            wait_for(lambda: metric(url, "convserve_received_bytes_total", 'rpc="ConvolveChunked"') >= 2 * 65536,
+                     "the second upload's first chunk to arrive")
+            call.cancel()
+            wait_for(lambda: count("CANCELLED") + count("INVALID_ARGUMENT") >= 1, "the server to record the cancel")
+        assert (count("DEADLINE_EXCEEDED"), count("CANCELLED"), count("INVALID_ARGUMENT")) == (1, 1, 0), log_path.read_text()
+        assert metric(url, "convserve_waiting_streams") == 0  # both freed their waiting share
+    finally:
+        release.set()
+        assert stop_server(server) == 0
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    codes = sorted(r.get("code", "") for r in records if r.get("rpc") == "ConvolveChunked")
+    assert codes == ["CANCELLED", "DEADLINE_EXCEEDED"], records

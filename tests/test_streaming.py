@@ -151,3 +151,15 @@ def test_stream_ends_with_the_tail_only_when_the_client_closes(client: convserve
 
     out = list(client.convolve_stream(blocks(), np.ones(3)))
     np.testing.assert_allclose(np.concatenate(out), np.convolve(np.ones(5), np.ones(3)))
+
+
+def test_stream_messages_carry_the_engine_warnings(server: RunningServer) -> None:
+    block = np.ones(4096)
+    block[100] = np.nan
+    messages = [pb.StreamRequest(config=pb.StreamConfig(kernel=codec.encode(np.ones(3)))),
+                pb.StreamRequest(block=codec.encode(np.ones(4096))), pb.StreamRequest(block=codec.encode(block))]
+    with grpc.insecure_channel(server.target) as channel:
+        replies = list(pb_grpc.ConvolutionServiceStub(channel).ConvolveStream(iter(messages), timeout=30))
+    warnings = [w for reply in replies for w in reply.warnings]
+    assert warnings and any("NaN" in w for w in warnings), warnings
+    assert sum(codec.decode(r.block, "block").shape[0] for r in replies) == 2 * 4096 + 2

@@ -9,13 +9,25 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from prometheus_client import Gauge
 
 from . import metrics
 from .pool import LimitExceeded, Overloaded
-from .status import Failure, failure_for
+from .status import CallerGone, Failure, failure_for
 
 log = logging.getLogger("convserve.server")
 REQUEST_ID_KEY = "x-request-id"
+# Gauges of the waiting budget (to move into metrics.py with the others).
+WAITING_STREAMS = Gauge("convserve_waiting_streams", "Chunked uploads and streams waiting for data (they hold no compute slot)",
+                        registry=metrics.REGISTRY)
+WAITING_BYTES = Gauge("convserve_waiting_bytes", "Bytes held by the calls waiting for data (the waiting budget in use)",
+                      registry=metrics.REGISTRY)
+
+
+def waiting_changed(streams: int, held: int) -> None:
+    """Update the waiting-budget gauges (called by the waiting budget on every change)."""
+    WAITING_STREAMS.set(streams)
+    WAITING_BYTES.set(held)
 
 
 class CallRecord:
@@ -45,6 +57,11 @@ class CallRecord:
         """
         try:
             yield
+        except CallerGone as gone:
+            self._run_undo()
+            self.cancelled(gone.code)
+            await self.context.abort(gone.code, str(gone))  # the call is over anyway: nothing reaches the caller
+            raise
         except Exception as error:
             self._run_undo()
             await self.fail(error)  # aborts the call (raises)
@@ -79,10 +96,18 @@ class CallRecord:
         log.info("call ok", extra={"request_id": self.request_id, "rpc": self.rpc, "method": method,
                                    "ms": self._elapsed_ms(), "bytes_in": self.received, "bytes_out": sent})
 
-    def cancelled(self) -> None:
-        """Record a call the client cancelled (or whose deadline passed)."""
-        self._count(grpc.StatusCode.CANCELLED)
-        log.info("call cancelled", extra={"request_id": self.request_id, "rpc": self.rpc, "ms": self._elapsed_ms()})
+    def gone_code(self) -> grpc.StatusCode:
+        """DEADLINE_EXCEEDED if the caller's deadline has passed, else CANCELLED (the caller went away)."""
+        remaining = self.context.time_remaining()
+        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+    def cancelled(self, code: grpc.StatusCode | None = None) -> None:
+        """Record a call the client cancelled, or whose deadline passed (told apart by the time remaining)."""
+        code = code or self.gone_code()
+        self._count(code)
+        message = "call deadline exceeded" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "call cancelled"
+        log.info(message, extra={"request_id": self.request_id, "rpc": self.rpc, "code": code.name,
+                                 "ms": self._elapsed_ms(), "bytes_in": self.received})
 
     async def fail(self, error: Exception) -> None:
         """Record a failed call and abort it with the mapped status (raises)."""

@@ -3,23 +3,71 @@
 The header of a chunked request declares every tensor's dtype and shape; the assembler checks
 them, then preallocates one array per streamed tensor and copies each chunk straight into it
 (no list of pieces joined at the end). A chunk for an unknown tensor, out of order, past the
-declared size, or a stream that ends early is refused with INVALID_ARGUMENT.
+declared size, or a stream that ends early is refused with INVALID_ARGUMENT, unless it ended
+because the caller cancelled or its deadline passed (then it is recorded as that).
+
+Every message of a chunked or streaming call moves under the idle timeout (:func:`receive`,
+:func:`send`): a caller that sends, or reads, nothing for ``idle_timeout_seconds`` ends its
+call with DEADLINE_EXCEEDED, and what the call holds is freed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 
 from .engine.errors import InvalidArgumentError
+from .status import CallerGone, IdleTimeout
 from .wire import as_engine_error
 
 CHUNK_BYTES = 1024 * 1024
+# How long a request stream that ended short waits for the cancellation that may have ended it.
+CANCEL_ARRIVAL_SECONDS = 0.05
+Message = TypeVar("Message")
+
+
+async def receive(messages: AsyncIterator[Message], seconds: float, what: str) -> Message | None:
+    """The next request message (None at the end); IdleTimeout when none came within ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):  # not wait_for: in 3.11 it can swallow the call's cancellation
+            return await anext(messages, None)
+    except TimeoutError:
+        raise IdleTimeout(f"{what} sent nothing for {seconds:g} s (idle_timeout_seconds), so the server ended it "
+                          "and freed what it held; send the next message sooner, or start a new call") from None
+
+
+async def send(context: grpc.aio.ServicerContext, message: Any, seconds: float, what: str) -> None:
+    """Write one response message; IdleTimeout when the caller has not taken it within ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await context.write(message)
+    except TimeoutError:
+        raise IdleTimeout(f"the caller read nothing of {what} for {seconds:g} s (idle_timeout_seconds), so the "
+                          "server ended the call and freed its result") from None
+
+
+async def check_caller(context: grpc.aio.ServicerContext) -> None:
+    """Raise CallerGone if a request stream that ended early was ended by its caller's deadline or cancel.
+
+    gRPC ends the request iterator first and cancels the handler a moment later, so a short
+    stream waits briefly for that cancellation before it is called malformed.
+    """
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise CallerGone(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed during the upload")
+    await asyncio.sleep(CANCEL_ARRIVAL_SECONDS)  # a cancel arrives here as asyncio.CancelledError
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise CallerGone(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed during the upload")
+    if context.cancelled():
+        raise CallerGone(grpc.StatusCode.CANCELLED, "the caller cancelled during the upload")
 
 
 class Assembler:
@@ -61,6 +109,16 @@ class Assembler:
             raise InvalidArgumentError("chunk.data", f"{chunk.field} would get {end} bytes; its shape declares {len(view)}")
         view[start:end] = chunk.data
         self._received[chunk.field] = end
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Bytes the header declares for the streamed tensors (what the upload will make the server hold)."""
+        return sum(len(view) for view in self._views.values())
+
+    @property
+    def complete(self) -> bool:
+        """Whether every streamed tensor has all its bytes."""
+        return all(self._received[name] == len(view) for name, view in self._views.items())
 
     def finish(self) -> dict[str, npt.NDArray[Any]]:
         """The assembled arrays, once every streamed tensor is complete."""

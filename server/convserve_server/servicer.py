@@ -2,7 +2,9 @@
 
 On the event loop a handler only checks the tensors' headers (cheap), estimates the request's
 working memory and asks the pool for admission; decoding, planning, compute and encoding run on
-a worker. Chunked calls reserve their admission from the header, before any data is accepted.
+a worker. Chunked calls are checked from the header, before any data is accepted; while their
+data arrives they hold a share of the waiting budget, not a compute slot, and they are admitted
+to compute once the data is complete.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy.typing as npt
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from . import __version__, chunks, cost, shared, streaming, wire
+from . import __version__, calls, chunks, cost, shared, streaming, wire
 from .calls import CallRecord
 from .engine import conv_layer, conv_transpose
 from .engine import fft as fft_engine
@@ -26,7 +28,7 @@ from .engine.errors import InvalidArgumentError
 from .engine.info import CallInfo
 from .engine.planner import plan_signal_call
 from .engine.signal import execute
-from .pool import LimitExceeded, WorkerPool
+from .pool import LimitExceeded, WaitingBudget, WorkerPool
 from .settings import Settings
 from .status import FailedPrecondition
 from .weights import Entry, WeightsRegistry
@@ -42,6 +44,8 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         self.pool = pool
         self.wisdom_state = wisdom_state
         self.weights = WeightsRegistry(settings.weights_cache_bytes)
+        self.waiting = WaitingBudget(settings.max_waiting_streams, settings.waiting_budget_bytes, settings.busy_pushback_ms)
+        self.waiting.on_change = calls.waiting_changed
 
     async def Convolve(self, request: pb.SignalRequest, context: grpc.aio.ServicerContext) -> pb.SignalResponse:  # noqa: N802
         return await self._unary("Convolve", context, request, lambda _: self._signal(request, None, False))
@@ -68,20 +72,24 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         return pb.RegisterWeightsResponse(weights_id=entry.id)
 
     async def ConvolveChunked(self, parts: AsyncIterator[pb.SignalRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
-        async for part in self._chunked("ConvolveChunked", context, parts, lambda h, a, _: self._signal(h, a, False)):
-            yield part
+        await self._chunked("ConvolveChunked", context, parts, lambda h, a, _: self._signal(h, a, False))
+        return
+        yield  # an async generator that yields nothing: the parts are written under the idle timeout
 
     async def CorrelateChunked(self, parts: AsyncIterator[pb.SignalRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
-        async for part in self._chunked("CorrelateChunked", context, parts, lambda h, a, _: self._signal(h, a, True)):
-            yield part
+        await self._chunked("CorrelateChunked", context, parts, lambda h, a, _: self._signal(h, a, True))
+        return
+        yield  # see ConvolveChunked
 
     async def ConvLayerChunked(self, parts: AsyncIterator[pb.ConvLayerRequestPart], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ResponsePart]:  # noqa: N802
-        async for part in self._chunked("ConvLayerChunked", context, parts, self._layer):
-            yield part
+        await self._chunked("ConvLayerChunked", context, parts, self._layer)
+        return
+        yield  # see ConvolveChunked
 
     async def ConvolveStream(self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:  # noqa: N802
-        async for message in streaming.convolve_stream(self.settings, self.pool, requests, context):
-            yield message
+        await streaming.convolve_stream(self.settings, self.pool, self.waiting, requests, context)
+        return
+        yield  # see ConvolveChunked
 
     async def ConvolveShared(self, request: pb.SharedSignalRequest, context: grpc.aio.ServicerContext) -> pb.SharedResponse:  # noqa: N802
         return await self._shared_call("ConvolveShared", context, request, False)
@@ -118,11 +126,19 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         return pb.ConvLayerResponse(output=tensor, info=wire.compute_info(info))
 
     async def _chunked(self, rpc: str, context: grpc.aio.ServicerContext, parts: AsyncIterator[Any],
-                       work: Callable[[Any, Arrays, Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> AsyncIterator[pb.ResponsePart]:
-        """Header, then chunks: validate and admit from the header, assemble, compute, stream the result back."""
+                       work: Callable[[Any, Arrays, Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> None:
+        """Header, then chunks: validate from the header, wait for the data on the waiting budget
+        (no compute slot), then admit, compute and send the result back in chunks.
+
+        The compute reservation is taken only once the data is complete (RESOURCE_EXHAUSTED with a
+        pushback if the server is still full a pushback later: the client re-sends) and kept until
+        the result's last chunk has been sent.
+        """
         record = CallRecord(rpc, context, 0)
+        idle = self.settings.idle_timeout_seconds
         async with record.guard():
-            first = await anext(aiter(parts), None)
+            messages = aiter(parts)
+            first = await chunks.receive(messages, idle, "the chunked call")
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidArgumentError("header", "the first message of a chunked call must be the header")
             header = first.header
@@ -132,18 +148,29 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             wire.check_headers(header, self.settings, only=inline)
             record.add_received(sum(len(getattr(header, n).data) for n in inline))
             entry = self._registered(header)
-            reservation = self.pool.reserve(cost.estimate(header, entry))  # before any data is accepted
-            record.undo_on_failure(reservation.release)
-            async for part in parts:
+            estimate = cost.estimate(header, entry)
+            self.pool.check(estimate)  # never fits, or full right now: refused before any data is accepted
+            ticket = self.waiting.admit(assembler.streamed_bytes, "this chunked upload")
+            record.undo_on_failure(ticket.release)
+            while (part := await chunks.receive(messages, idle, "the chunked upload")) is not None:
                 if part.WhichOneof("part") != "chunk":
                     raise InvalidArgumentError("chunk", "only chunks may follow the header")
                 assembler.add(part.chunk)
                 record.add_received(len(part.chunk.data))
+            if not assembler.complete:
+                await chunks.check_caller(context)
             arrays = assembler.finish()
-            result, info = await self.pool.run(work, header, arrays, entry, reservation=reservation)
-        field = "result" if isinstance(header, pb.SignalRequest) else "output"
-        for part in chunks.response_parts(result, wire.compute_info(info), field):
-            yield part
+            # The data is complete: now it needs a compute slot. It waits at most one pushback for
+            # one (its data stays on the waiting budget meanwhile), then is refused like any call.
+            reservation = await self.pool.reserve_within(estimate, self.pool.pushback_ms / 1000)
+            ticket.release()
+            result, info = await self.pool.run(work, header, arrays, entry, reservation=reservation, release=False)
+            record.undo_on_failure(reservation.release)  # held until the last chunk is sent (or the call ends)
+            del arrays, assembler
+            field = "result" if isinstance(header, pb.SignalRequest) else "output"
+            for part in chunks.response_parts(result, wire.compute_info(info), field):
+                await chunks.send(context, part, idle, "the chunked result")
+            reservation.release()
         record.ok(info.method, result.nbytes)
 
     async def _shared_call(self, rpc: str, context: grpc.aio.ServicerContext, request: pb.SharedSignalRequest,

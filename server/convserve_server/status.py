@@ -24,6 +24,21 @@ class NotFound(Exception):
     """A referenced object (registered weights) is unknown or was evicted (maps to NOT_FOUND)."""
 
 
+class IdleTimeout(Exception):
+    """A chunked or streaming call that moved no message for ``idle_timeout_seconds`` (DEADLINE_EXCEEDED)."""
+
+
+class CallerGone(Exception):
+    """The caller cancelled or its deadline passed (seen as its request stream ending early).
+
+    ``code`` is CANCELLED or DEADLINE_EXCEEDED; the call is recorded as such, never as a bad request.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Failure:
     """A status to send: code, message and trailing metadata."""
@@ -59,6 +74,10 @@ def failure_for(error: BaseException, request_id: str) -> Failure:
         return Failure(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     if isinstance(error, NotFound):
         return Failure(grpc.StatusCode.NOT_FOUND, str(error))
+    if isinstance(error, IdleTimeout):
+        return Failure(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+    if isinstance(error, CallerGone):
+        return Failure(error.code, str(error))
     if isinstance(error, Cancelled):
         return Failure(grpc.StatusCode.CANCELLED, str(error))
     if isinstance(error, MemoryError):
