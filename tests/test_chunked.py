@@ -99,7 +99,6 @@ MALFORMED = {
     "second header": ([_header(DECLARED), _header(DECLARED)], "chunk"),
     "negative dimension": ([_header(pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[-4]))], "in1.shape"),
     "unknown dtype": ([_header(pb.Tensor(dtype=99, shape=[4]))], "in1.dtype"),
-    "over the element limit": ([_header(pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**40]))], "in1.shape"),
     "partial inline data": ([_header(pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[4], data=b"\0" * 8))], "in1.data"),
 }
 
@@ -113,6 +112,17 @@ def test_malformed_streams_are_invalid_argument(server: RunningServer, case: str
             list(stub.ConvolveChunked(iter(parts), timeout=10))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
     assert raised.value.details().startswith(field), raised.value.details()
+
+
+def test_a_chunked_tensor_over_the_element_limit_can_never_fit(server: RunningServer) -> None:
+    parts = [_header(pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**40]))]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ConvolutionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.ConvolveChunked(iter(parts), timeout=10))
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()
+    assert raised.value.details().startswith("in1"), raised.value.details()
+    assert dict(raised.value.trailing_metadata())["grpc-retry-pushback-ms"] == "-1"
 
 
 def test_a_stream_too_large_for_the_budget_is_refused_before_its_data(server: RunningServer) -> None:

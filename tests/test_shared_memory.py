@@ -254,7 +254,7 @@ def _serving(target: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-DENIED = grpc.StatusCode.PERMISSION_DENIED if hasattr(status, "PermissionDenied") else grpc.StatusCode.INVALID_ARGUMENT
+DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_a_region_is_used_only_with_its_capability(shm_server: RunningServer, raw: Callable[..., RawRegion]) -> None:

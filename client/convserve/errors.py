@@ -90,6 +90,12 @@ class UnauthenticatedError(ConvserveError, PermissionError):
     default_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDeniedError(ConvserveError, PermissionError):
+    """The caller may not use the object it named, e.g. a shared-memory region without its capability (PERMISSION_DENIED)."""
+
+    default_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotFoundError(ConvserveError, LookupError):
     """A referenced object is unknown to the server (NOT_FOUND)."""
 
@@ -151,6 +157,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ConvserveError]] = {
         CancelledError,
         UnavailableError,
         UnauthenticatedError,
+        PermissionDeniedError,
         NotFoundError,
         FailedPreconditionError,
         InternalError,

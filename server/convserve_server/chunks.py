@@ -25,7 +25,7 @@ from convserve.v1 import convserve_pb2 as pb
 
 from .engine.errors import InvalidArgumentError
 from .status import CallerGone, IdleTimeout
-from .wire import as_engine_error
+from .wire import as_engine_error, check_limits
 
 CHUNK_BYTES = 1024 * 1024
 # How long a request stream that ended short waits for the cancellation that may have ended it.
@@ -82,9 +82,10 @@ class Assembler:
                 continue
             tensor = getattr(header, name)
             try:
-                dtype, shape, nbytes = codec.check_declared(tensor.dtype, tensor.shape, name, max_elements)
+                dtype, shape, nbytes = codec.check_declared(tensor.dtype, tensor.shape, name)
             except ValueError as exc:
                 raise as_engine_error(exc, name) from None
+            check_limits(shape, name, max_elements)
             if len(tensor.data) == nbytes:
                 continue  # complete inline (a small kernel); decoded with the header
             if tensor.data:

@@ -43,7 +43,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         self.settings = settings
         self.pool = pool
         self.wisdom_state = wisdom_state
-        self.weights = WeightsRegistry(settings.weights_cache_bytes)
+        self.weights = WeightsRegistry(settings.weights_cache_bytes, max_entries=settings.weights_cache_entries)
         self.waiting = WaitingBudget(settings.max_waiting_streams, settings.waiting_budget_bytes, settings.busy_pushback_ms)
         self.waiting.on_change = calls.waiting_changed
 

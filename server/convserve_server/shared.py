@@ -56,16 +56,6 @@ _ALIGN = 64
 _PIECE = 1 << 30  # largest single preadv/pwritev (Linux moves at most 2 GiB - 4 KiB per call)
 
 
-class _PermissionDeniedFallback(InvalidArgumentError):
-    """Until status.py maps a ``PermissionDenied`` of its own: INVALID_ARGUMENT, field ``capability``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("capability", message)
-
-
-# PERMISSION_DENIED needs status.PermissionDenied (status.py maps exceptions to statuses).
-PermissionDenied: type[Exception] = getattr(status, "PermissionDenied", _PermissionDeniedFallback)
-
 _DENIED = ("the capability does not match the region's (send the capability of the region's header, "
            "which only the client that created the region knows)")
 
@@ -189,7 +179,7 @@ def open_region(name: str, capability: bytes, field: str) -> Region:
         head = os.pread(fd, HEADER_SIZE, 0) if info.st_size >= HEADER_SIZE else b""
         stored = head[len(MAGIC):len(MAGIC) + CAPABILITY_SIZE] if head[:len(MAGIC)] == MAGIC else b""
         if len(stored) != CAPABILITY_SIZE or len(capability) != CAPABILITY_SIZE or not hmac.compare_digest(stored, capability):
-            raise PermissionDenied(f"{field}: {_DENIED}")
+            raise status.PermissionDenied(f"{field}: {_DENIED}")
         return Region(name, fd, info.st_dev, info.st_ino, info.st_size)
     except BaseException:
         os.close(fd)
@@ -210,13 +200,14 @@ class Regions:
             region = self._open[name] = open_region(name, capability, field)
             self._capabilities[name] = capability
         elif not hmac.compare_digest(self._capabilities[name], capability):
-            raise PermissionDenied(f"{field}: {_DENIED}")
+            raise status.PermissionDenied(f"{field}: {_DENIED}")
         return region
 
     def tensor(self, shared: pb.SharedTensor, field: str, max_elements: int) -> npt.NDArray[Any]:
         """A copy of a shared input tensor, after checking it lies inside its region."""
         try:
-            dtype, shape, nbytes = codec.check_declared(shared.dtype, shared.shape, field, max_elements)
+            dtype, shape, nbytes = codec.check_declared(shared.dtype, shared.shape, field)
+            wire.check_limits(shape, field, max_elements)
         except ValueError as exc:
             violations = getattr(exc, "field_violations", ())
             name, text = violations[0] if violations else (field, str(exc))

@@ -24,6 +24,10 @@ class NotFound(Exception):
     """A referenced object (registered weights) is unknown or was evicted (maps to NOT_FOUND)."""
 
 
+class PermissionDenied(Exception):
+    """The caller may not use the object it named (a shared-memory region without its capability)."""
+
+
 class IdleTimeout(Exception):
     """A chunked or streaming call that moved no message for ``idle_timeout_seconds`` (DEADLINE_EXCEEDED)."""
 
@@ -72,6 +76,8 @@ def failure_for(error: BaseException, request_id: str) -> Failure:
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), (("grpc-retry-pushback-ms", "-1"),))
     if isinstance(error, FailedPrecondition):
         return Failure(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    if isinstance(error, PermissionDenied):
+        return Failure(grpc.StatusCode.PERMISSION_DENIED, str(error))
     if isinstance(error, NotFound):
         return Failure(grpc.StatusCode.NOT_FOUND, str(error))
     if isinstance(error, IdleTimeout):
