@@ -354,3 +354,15 @@ def test_convserve_console_script_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["convserve"] == "convserve.cli:main"
     assert "server" in project["optional-dependencies"]
+
+
+def test_compose_files_set_the_metrics_port_apart_from_the_grpc_port() -> None:
+    """Two servers on one host must not share the default metrics port silently: the compose files
+    set it, and the host-network override lets a second instance choose its own."""
+    base = _environment(_service(_load(COMPOSE)))
+    merged = _environment(_service(_merged()))
+    for env in (base, merged):
+        metrics = int(_interpolated_default(env["CONVSERVE_METRICS_PORT"]))
+        assert 0 < metrics != int(_interpolated_default(env["CONVSERVE_PORT"]))
+    assert re.fullmatch(r"\$\{CONVSERVE_METRICS_PORT:-\d+\}", merged["CONVSERVE_METRICS_PORT"])
+    build_parser().parse_args(["serve", "--metrics-port", _interpolated_default(merged["CONVSERVE_METRICS_PORT"])])

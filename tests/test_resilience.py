@@ -16,9 +16,11 @@ import convserve
 from convserve.errors import ConvserveError
 
 from .conftest import RunningServer, start_server, stop_server
+from .serverwatch import metrics_url, signal_lasting, wait_in_flight, wait_not_serving
 
-SLOW_SIGNAL = np.random.default_rng(0).standard_normal(1_000_000)
-SLOW_KERNEL = np.random.default_rng(1).standard_normal(3001)  # ~2 s with method="direct"
+# Direct convolution with this kernel costs the same per signal sample all along the signal; the
+# tests size the signal from a measurement on the server under test (serverwatch.signal_lasting).
+SLOW_KERNEL = np.random.default_rng(1).standard_normal(3001)
 NO_RETRY = convserve.RetryPolicy(max_attempts=1)
 
 
@@ -30,14 +32,16 @@ def _rss_kib(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def _busy(server: RunningServer, seconds: float = 0.3) -> concurrent.futures.Future[object]:
-    """Start one slow call on ``server`` in the background and give it time to be admitted."""
+def _busy(server: RunningServer, url: str, seconds: float = 1.0) -> concurrent.futures.Future[object]:
+    """Start one call on ``server`` that computes for about ``seconds`` (measured here) in the
+    background; return once the server's metrics show it admitted."""
+    x = signal_lasting(server.target, SLOW_KERNEL, seconds)
     pool = concurrent.futures.ThreadPoolExecutor(1)
     client = convserve.Client(server.target, retry=NO_RETRY, timeout=60)
-    future = pool.submit(client.convolve, SLOW_SIGNAL, SLOW_KERNEL, method="direct")
+    future = pool.submit(client.convolve, x, SLOW_KERNEL, method="direct")
     future.add_done_callback(lambda _: client.close())
     pool.shutdown(wait=False)
-    time.sleep(seconds)
+    wait_in_flight(url, 1, ended=future.done)
     return future
 
 
@@ -45,9 +49,15 @@ def _busy(server: RunningServer, seconds: float = 0.3) -> concurrent.futures.Fut
 def small_server() -> Iterator[RunningServer]:
     """One worker, one admitted request at a time, a 300 MB budget and a 1 s pushback."""
     server = start_server("--workers", "1", "--max-concurrent-requests", "1", "--memory-budget-bytes", str(300 * 2**20),
-                          "--busy-pushback-ms", "1000", "--fftw-threads", "1")
+                          "--busy-pushback-ms", "1000", "--fftw-threads", "1", "--metrics-port", "0")
     yield server
     assert stop_server(server) == 0
+
+
+@pytest.fixture()
+def small_metrics(small_server: RunningServer) -> str:
+    """The /metrics address of ``small_server``."""
+    return metrics_url(small_server)
 
 
 CALLERS = 12
@@ -106,8 +116,9 @@ def test_request_that_can_never_fit_is_refused_without_retry(small_server: Runni
     assert "budget" in raised.value.details and str(300 * 2**20) in raised.value.details
 
 
-def test_busy_server_pushes_back_and_the_client_retries(small_server: RunningServer) -> None:
-    slow = _busy(small_server)
+def test_busy_server_pushes_back_and_the_client_retries(small_server: RunningServer, small_metrics: str) -> None:
+    # Busy for about 1 s: the patient client below retries for about 4 s (5 attempts, 1 s pushback).
+    slow = _busy(small_server, small_metrics, 1.0)
     with convserve.Client(small_server.target, retry=NO_RETRY, timeout=30) as impatient:
         with pytest.raises(convserve.ResourceExhaustedError) as raised:
             impatient.convolve([1.0, 2.0], [1.0])
@@ -150,47 +161,77 @@ def _wait_idle(pid: int, limit: float = 10.0) -> float:
         time.sleep(0.1)
         if _cpu_seconds(pid) - before < 0.005:
             return time.perf_counter() - started
-    raise AssertionError("the server kept computing")
+    raise AssertionError(f"the server kept computing for {limit:.1f} s")
+
+
+# How long the calls below would compute if nothing stopped them (measured on the server under
+# test): long against the deadline or the cancel, so that stopping early is what the test sees.
+UNSTOPPED_SECONDS = 4.0
+# Longer than the upload: overlap-add computes about as fast per byte as gRPC moves the bytes, so
+# its signal is large (up to 256 MiB); with 65537 taps it runs in blocks, checking between them.
+DEADLINE_SECONDS = 1.0
+
+
+@pytest.fixture()
+def roomy_server() -> Iterator[RunningServer]:
+    """One worker, one admitted request at a time, and room for a few seconds of overlap-add."""
+    server = start_server("--workers", "1", "--max-concurrent-requests", "1", "--memory-budget-bytes", str(4 * 2**30),
+                          "--fftw-threads", "1", "--metrics-port", "0")
+    yield server
+    assert stop_server(server) == 0
+
+
+@pytest.fixture()
+def roomy_metrics(roomy_server: RunningServer) -> str:
+    """The /metrics address of ``roomy_server``."""
+    return metrics_url(roomy_server)
 
 
 @pytest.mark.parametrize("method", ["direct", "overlap_add"])
-def test_deadline_stops_the_work_and_frees_the_budget(small_server: RunningServer, method: str) -> None:
-    x = np.random.default_rng(5).standard_normal(4_000_000)
+def test_deadline_stops_the_work_and_frees_the_budget(roomy_server: RunningServer, method: str) -> None:
     h = np.random.default_rng(6).standard_normal(3001 if method == "direct" else 65_537)
-    with convserve.Client(small_server.target, retry=NO_RETRY) as client:
+    x = signal_lasting(roomy_server.target, h, UNSTOPPED_SECONDS, method=method)
+    with convserve.Client(roomy_server.target, retry=NO_RETRY) as client:
         with pytest.raises(convserve.DeadlineExceededError):
-            client.convolve(x, h, method=method, timeout=0.5)
-        idle_after = _wait_idle(small_server.process.pid)
+            client.convolve(x, h, method=method, timeout=DEADLINE_SECONDS)
+        # Idle well before the call would have ended by itself.
+        idle_after = _wait_idle(roomy_server.process.pid, limit=UNSTOPPED_SECONDS / 2)
         print(f"\n{method}: the server was idle {idle_after * 1e3:.0f} ms after the deadline")
         # The budget was released: the next request is admitted (max_concurrent_requests is 1).
         np.testing.assert_allclose(client.convolve([1.0, 1.0], [1.0, 1.0], timeout=10), [1.0, 2.0, 1.0])
 
 
-def test_cancel_stops_the_work(small_server: RunningServer) -> None:
+def test_cancel_stops_the_work(roomy_server: RunningServer, roomy_metrics: str) -> None:
     import asyncio
 
-    async def cancel_midway() -> None:
-        async with convserve.AsyncClient(small_server.target, retry=NO_RETRY, timeout=60) as client:
-            task = asyncio.ensure_future(client.convolve(SLOW_SIGNAL, np.ones(3001), method="direct"))
-            await asyncio.sleep(0.5)
+    x = signal_lasting(roomy_server.target, SLOW_KERNEL, UNSTOPPED_SECONDS)
+
+    async def cancel_while_running() -> None:
+        async with convserve.AsyncClient(roomy_server.target, retry=NO_RETRY, timeout=60) as client:
+            task = asyncio.ensure_future(client.convolve(x, SLOW_KERNEL, method="direct"))
+            await asyncio.to_thread(wait_in_flight, roomy_metrics, 1, 60.0, task.done)  # the server computes it
+            assert not task.done()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-    asyncio.run(cancel_midway())
-    _wait_idle(small_server.process.pid)
-    with convserve.Client(small_server.target, timeout=10) as client:
+    asyncio.run(cancel_while_running())
+    _wait_idle(roomy_server.process.pid, limit=UNSTOPPED_SECONDS / 2)
+    with convserve.Client(roomy_server.target, timeout=10) as client:
         np.testing.assert_allclose(client.convolve([1.0], [2.0]), [2.0])
 
 
 def test_sigterm_finishes_calls_in_flight_and_refuses_new_ones() -> None:
-    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--grace-seconds", "60", "--fftw-threads", "1")
-    expected = np.convolve(SLOW_SIGNAL, SLOW_KERNEL)
+    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--grace-seconds", "60", "--fftw-threads", "1",
+                          "--metrics-port", "0")
+    url = metrics_url(server)
+    x = signal_lasting(server.target, SLOW_KERNEL, 1.0)  # three of them on two workers: about 2 s
+    expected = np.convolve(x, SLOW_KERNEL)
     with concurrent.futures.ThreadPoolExecutor(3) as callers:
-        futures = [callers.submit(_call_slow, server.target) for _ in range(3)]
-        time.sleep(0.4)
+        futures = [callers.submit(_call_slow, server.target, x) for _ in range(3)]
+        wait_in_flight(url, 3, ended=lambda: any(f.done() for f in futures))
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        wait_not_serving(server.target)
         with convserve.Client(server.target, retry=NO_RETRY, timeout=5) as late:
             with pytest.raises(convserve.UnavailableError):
                 late.convolve([1.0], [1.0])
@@ -199,6 +240,6 @@ def test_sigterm_finishes_calls_in_flight_and_refuses_new_ones() -> None:
     assert server.process.wait(timeout=60) == 0
 
 
-def _call_slow(target: str) -> np.ndarray:
+def _call_slow(target: str, x: np.ndarray) -> np.ndarray:
     with convserve.Client(target, retry=NO_RETRY, timeout=120) as client:
-        return client.convolve(SLOW_SIGNAL, SLOW_KERNEL, method="direct")  # type: ignore[no-any-return]
+        return client.convolve(x, SLOW_KERNEL, method="direct")
