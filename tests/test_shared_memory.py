@@ -22,7 +22,6 @@ from convserve import codec
 from convserve._shm import HEADER_SIZE, header
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
-from convserve_server import status
 
 from .conftest import RunningServer, start_server, stop_server
 

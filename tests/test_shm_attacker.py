@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,8 +29,8 @@ from convserve import codec
 from convserve._shm import HEADER_SIZE, header
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
-from convserve_server import status
 
+from .attacker_env import as_nobody, nobody_python, why_not
 from .conftest import RunningServer, start_server, stop_server
 
 ATTACKER = r'''
@@ -92,49 +88,16 @@ print(json.dumps(report))
 '''
 
 
-def _as_nobody(*command: str) -> list[str]:
-    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
-
-
 @pytest.fixture(scope="module")
 def attacker() -> Iterator[tuple[str, str]]:
     """(interpreter, directory) the other uid can run: grpcio, protobuf and the stubs copied for it."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run an attacker under another uid")
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user nobody")
-    import google.protobuf
-    import typing_extensions
-
-    import convserve.v1
-
-    directory = tempfile.mkdtemp(prefix="convserve_attacker_env_", dir="/tmp")
-    try:
-        os.chmod(directory, 0o755)
-        shutil.copytree(os.path.dirname(grpc.__file__), os.path.join(directory, "grpc"))
-        protobuf = os.path.dirname(google.protobuf.__file__)
-        shutil.copytree(protobuf, os.path.join(directory, "google", "protobuf"))
-        upb = os.path.join(os.path.dirname(protobuf), "_upb")
-        if os.path.isdir(upb):
-            shutil.copytree(upb, os.path.join(directory, "google", "_upb"))
-        shutil.copy(typing_extensions.__file__, directory)
-        shutil.copytree(os.path.dirname(convserve.v1.__file__), os.path.join(directory, "convserve", "v1"))
-        open(os.path.join(directory, "convserve", "__init__.py"), "w").close()
-        with open(os.path.join(directory, "attacker.py"), "w") as script:
-            script.write(ATTACKER)
-        subprocess.run(["chmod", "-R", "o+rX", directory], check=True)
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        for interpreter in (sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
-            check = subprocess.run(_as_nobody(interpreter, "-c", "import grpc, sys; print('%d.%d' % sys.version_info[:2])"),
-                                   capture_output=True, text=True, env={"PYTHONPATH": directory}, cwd="/")
-            if check.returncode == 0 and check.stdout.strip() == version:
-                yield interpreter, directory
-                return
-        pytest.skip(f"no python {version} the user nobody can run")
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    reason = why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    with nobody_python({"attacker.py": ATTACKER}) as found:
+        if found is None:
+            pytest.skip("no python the user nobody can run")
+        yield found
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +129,7 @@ def test_a_neighbour_cannot_read_or_write_a_victims_regions(shm_server: RunningS
         assert len(names) == 2
         assert all(os.stat(f"/dev/shm/{n}").st_mode & 0o777 == 0o600 for n in names)
         before = _contents(names)
-        run = subprocess.run(_as_nobody(interpreter, os.path.join(directory, "attacker.py"), shm_server.target, prefix),
+        run = subprocess.run(as_nobody(interpreter, os.path.join(directory, "attacker.py"), shm_server.target, prefix),
                              capture_output=True, text=True, env={"PYTHONPATH": directory}, cwd="/", timeout=120)
         assert run.returncode == 0, run.stderr
         report = json.loads(run.stdout)

@@ -33,6 +33,10 @@ MAX_MESSAGE = 2**31 - 1
 # cancellation check (every 10-50 ms of work). This is how long shutdown waits for that
 # before it exits anyway (a worker stuck in a library call would otherwise hold the exit).
 STOP_SECONDS = 1.0
+# gRPC itself cancels the calls this long after the grace period, so that the calls cancelled at
+# its end can still send their own CANCELLED status (the caller does not retry it) instead of
+# being cut off (UNAVAILABLE, which the client would retry against a server that is going away).
+CANCEL_MARGIN_SECONDS = 0.5
 
 
 class StartupError(RuntimeError):
@@ -173,7 +177,7 @@ async def shut_down(server: Server, settings: Settings) -> bool:
     loop = asyncio.get_running_loop()
     timer = loop.call_later(grace, _cancel_running, server.pool, "grace period over")
     try:
-        await server.grpc_server.stop(grace)
+        await server.grpc_server.stop(grace + CANCEL_MARGIN_SECONDS)
     finally:
         timer.cancel()
     server.pool.cancel_running()  # work that the timer missed (grace 0, or a race with its end)
@@ -184,7 +188,11 @@ async def shut_down(server: Server, settings: Settings) -> bool:
     stopped = await stop_workers(server.pool, max(0.0, deadline - loop.time()))
     shared.ATTACHED.clear()
     if settings.fftw_wisdom:
-        log.info("wisdom saved", extra={"wisdom": fftw_plans.save_wisdom()})
+        saved = fftw_plans.save_wisdom(timeout=STOP_SECONDS)
+        if saved is None:
+            log.warning("wisdom not saved: the FFTW planner stayed busy", extra={"waited_seconds": STOP_SECONDS})
+        else:
+            log.info("wisdom saved", extra={"wisdom": saved})
     print("convserve stopped", flush=True)
     return stopped
 

@@ -409,19 +409,26 @@ def load_wisdom(path: str | None = None) -> str:
     return f"loaded {path}: {', '.join(ok) or 'empty'}"
 
 
-def save_wisdom(path: str | None = None) -> str | None:
+def save_wisdom(path: str | None = None, timeout: float = -1) -> str | None:
     """Save FFTW's accumulated wisdom to ``path`` (default ``CONVSERVE_FFTW_WISDOM``) atomically.
+
+    ``timeout`` bounds the wait for the planner (a background MEASURE planning holds it for up to
+    its time limit); a negative value waits as long as it takes.
 
     Returns
     -------
     str or None
-        The path written, or None when no path is configured.
+        The path written, or None when no path is configured or the planner stayed busy.
     """
     path = path or wisdom_path()
     if not path:
         return None
-    with PLANNER_LOCK:
+    if not PLANNER_LOCK.acquire(timeout=timeout):
+        return None
+    try:
         parts = pyfftw.export_wisdom()
+    finally:
+        PLANNER_LOCK.release()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"

@@ -129,12 +129,14 @@ def linear_region(
             fftw_plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, transform_axes) as pi:
         fft.load(ph.input, h_blocked, scale)
         ph.fftw.execute()
+        cancellation.check()
         acc: npt.NDArray[Any] | None = None
         carry = np.zeros(0, dtype=pi.output.dtype)  # the tail a group leaves for the next one
         for first in range(0, blocks, group):
             cancellation.check()
             count = load_x(px.input, first)
             px.fftw.execute()
+            cancellation.check()  # between transforms too: one group may be the whole signal
             np.multiply(px.output, ph.output, out=pi.input)
             pi.fftw.execute()
             y = pi.output[crop]
