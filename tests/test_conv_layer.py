@@ -155,7 +155,8 @@ def _cases() -> list[Any]:
                 continue  # thin out the slow 3-D cases
             pad = TUPLE_PADDING[nd] if padding == "tuple" else padding
             dtype = np.float32 if i % 2 else np.float64
-            cases.append(pytest.param(nd, mode, pad, stride, dilation, groups, k, dtype, i, id=f"{nd}d-{mode}-{pad}-s{stride}-d{dilation}-g{groups}-k{k}-{np.dtype(dtype).name}"))
+            label = f"{nd}d-{mode}-{pad}-s{stride}-d{dilation}-g{groups}-k{k}-{np.dtype(dtype).name}"
+            cases.append(pytest.param(nd, mode, pad, stride, dilation, groups, k, dtype, i, id=label))
             i += 1
     return cases
 

@@ -26,7 +26,10 @@ IMAGE = np.random.default_rng(1).standard_normal((512, 512)) * (1 + 1j)  # 4 MiB
 NO_RETRY = convserve.RetryPolicy(max_attempts=1)
 
 
-def _timed_call(target: str, kernel: np.ndarray, retry: convserve.RetryPolicy = convserve.RetryPolicy()) -> tuple[str, float]:
+DEFAULT_RETRY = convserve.RetryPolicy()
+
+
+def _timed_call(target: str, kernel: np.ndarray, retry: convserve.RetryPolicy = DEFAULT_RETRY) -> tuple[str, float]:
     """Convolve IMAGE through a client with ``retry`` (default: the default policy); the outcome and when it came."""
     with convserve.Client(target, retry=retry, timeout=300) as client:
         try:

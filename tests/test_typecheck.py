@@ -1,4 +1,4 @@
-"""The code base is mypy-clean (settings in pyproject.toml)."""
+"""The code base is mypy-clean and ruff-clean (settings in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -11,4 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_mypy_is_clean() -> None:
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_is_clean() -> None:
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -100,7 +100,9 @@ class AsyncClient(BaseClient):
                        timeout: Any = _DEFAULT) -> Any:
         """Convolve on the server, as ``scipy.signal.convolve`` (see :meth:`convserve.Client.convolve`)."""
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(await self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout, self._stub.ConvolveShared), return_info)
+        stub = self._stub
+        result = await self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared)
+        return self._finish(result, return_info)
 
     async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                         axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
@@ -108,7 +110,9 @@ class AsyncClient(BaseClient):
                         timeout: Any = _DEFAULT) -> Any:
         """Cross-correlate on the server, as ``scipy.signal.correlate`` (see :meth:`convserve.Client.correlate`)."""
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(await self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout, self._stub.CorrelateShared), return_info)
+        stub = self._stub
+        result = await self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared)
+        return self._finish(result, return_info)
 
     async def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
                          stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,

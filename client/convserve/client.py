@@ -136,7 +136,9 @@ class Client(BaseClient):
             Any other failure, with its gRPC status code.
         """
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(self._run(prepared, self._stub.Convolve, self._stub.ConvolveChunked, pb.SignalRequestPart, timeout, self._stub.ConvolveShared), return_info)
+        stub = self._stub
+        result = self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared)
+        return self._finish(result, return_info)
 
     def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
                   axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
@@ -146,7 +148,9 @@ class Client(BaseClient):
         The arguments, result and errors are those of :meth:`convolve`; in2 is conjugated for complex data.
         """
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        return self._finish(self._run(prepared, self._stub.Correlate, self._stub.CorrelateChunked, pb.SignalRequestPart, timeout, self._stub.CorrelateShared), return_info)
+        stub = self._stub
+        result = self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared)
+        return self._finish(result, return_info)
 
     def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
                    stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,

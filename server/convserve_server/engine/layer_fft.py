@@ -209,7 +209,6 @@ def _fft_batch(
             prepared[key] = spectra
     parts = _parts(n * max(c_in, c_out) * math.prod(fshape))
     points = math.prod(fshape[:-1]) * (fshape[-1] // 2 + 1)
-    half = fshape[:-1] + (fshape[-1] // 2 + 1,)
     xf = np.empty((points, n * c_in), dtype=spectra.dtype)  # (F, N*C_in)
     rows_in = xp.reshape((n * c_in,) + padded)
 
@@ -222,7 +221,7 @@ def _fft_batch(
                     tail = tuple(slice(0, padded[i - 1]) if i < axis else slice(None) for i in range(1, axis))
                     p.input[(slice(None),) + tail + (slice(size, None),)] = 0
             p.fftw.execute()
-            xf[:, lo:hi] = p.output.reshape(hi - lo, points).T
+            xf[:, lo:hi] = p.output.reshape(hi - lo, points).T  # noqa: F821 (deleted after its last use below)
 
     _run_split(forward, n * c_in, parts)
     cancellation.check()
@@ -230,7 +229,7 @@ def _fft_batch(
     xf3 = xf.reshape(points, n, c_in)
 
     def products(lo: int, hi: int) -> None:
-        np.matmul(xf3[lo:hi], spectra[lo:hi], out=yf[lo:hi])
+        np.matmul(xf3[lo:hi], spectra[lo:hi], out=yf[lo:hi])  # noqa: F821 (deleted after its last use below)
 
     # Split the products only where each is too small for BLAS to thread it itself: two
     # threads each calling a multi-threaded OpenBLAS GEMM oversubscribe the cores (measured:
