@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _options, codec
-from ._shm import SharedRegions
+from ._shm import RegionPair, SharedRegions
 from .errors import ConvserveError
 from .v1 import convserve_pb2 as pb
 
@@ -99,6 +99,7 @@ class Prepared:
     request: Any
     streamed: dict[str, npt.NDArray[Any]] | None
     shared: pb.SharedSignalRequest | None = None
+    regions: RegionPair | None = None  # the shared-memory regions the call owns until it ends
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,8 @@ class BaseClient:
         arrays = {"in1": _options.as_array(in1, "in1"), "in2": _options.as_array(in2, "in2")}
         if self.shared_regions is not None and sum(a.nbytes for a in arrays.values()) >= self.shared_memory_threshold:
             options = _options.signal_request(None, None, mode, method, axes, boundary, fill_value, output_dtype)
-            return Prepared(options, None, shared=self.shared_regions.request(arrays, options))
+            message, pair = self.shared_regions.request(arrays, options)
+            return Prepared(options, None, shared=message, regions=pair)
         chunked = self._chunked(arrays)
         request = _options.signal_request(None if chunked else arrays["in1"], None if chunked else arrays["in2"],
                                           mode, method, axes, boundary, fill_value, output_dtype)
@@ -315,9 +317,13 @@ class BaseClient:
     def _stream_block(block: npt.ArrayLike) -> pb.StreamRequest:
         return pb.StreamRequest(block=codec.encode(block, "block"))
 
-    def _from_shared(self, response: pb.SharedResponse) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
-        assert self.shared_regions is not None
-        return self.shared_regions.read_result(response), response.info
+    def _from_shared(self, response: pb.SharedResponse, pair: RegionPair) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        return SharedRegions.read_result(response, pair), response.info
+
+    def _end_shared(self, pair: RegionPair, ok: bool) -> None:
+        """A shared-memory call is over: its regions serve the next call, or are unlinked after a failure."""
+        if self.shared_regions is not None:
+            self.shared_regions.give_back(pair, reusable=ok)
 
     def _close_shared(self) -> None:
         if self.shared_regions is not None:

@@ -1,4 +1,4 @@
-"""Client side of same-host shared memory: two regions (inputs, result) owned by the client.
+"""Client side of same-host shared memory: regions (inputs, result) owned by the client, a pair per call in flight.
 
 The regions are created once (mode 0600, as ``SharedMemory`` creates them), reused by later
 calls (so their pages are not first-touched every time) and grown when a call needs more; the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import threading
 import weakref
 from multiprocessing import shared_memory
 from typing import Any
@@ -70,30 +71,83 @@ class _Region:
             memory.unlink()
 
 
-class SharedRegions:
-    """The inputs and result regions of one client."""
+class RegionPair:
+    """The inputs region and the result region of one call at a time."""
 
     def __init__(self) -> None:
         self.inputs = _Region("in")
         self.result = _Region("out")
-        self._finalizer = weakref.finalize(self, SharedRegions._release_all, self.inputs, self.result)
+
+    def release(self) -> None:
+        """Unlink both regions."""
+        self.inputs.release()
+        self.result.release()
+
+
+class SharedRegions:
+    """The shared-memory regions of one client: a pool of region pairs, one pair per call in flight.
+
+    Concurrent calls (threads, or tasks of an AsyncClient) each take a pair of their own, so no
+    call ever reads another's result. A pair goes back to the pool only after a call that ended
+    normally; after any failure (a deadline, say, while the server may still write its result)
+    the pair is unlinked instead, so a late write can never land in a later call's result.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[RegionPair] = []
+        self._pairs: set[RegionPair] = set()
+        self._finalizer = weakref.finalize(self, SharedRegions._release_all, self._pairs, self._lock)
 
     @staticmethod
-    def _release_all(*regions: _Region) -> None:
-        for region in regions:
-            region.release()
+    def _release_all(pairs: set[RegionPair], lock: threading.Lock) -> None:
+        with lock:
+            taken = list(pairs)
+            pairs.clear()
+        for pair in taken:
+            pair.release()
 
     def close(self) -> None:
-        """Unlink both regions."""
+        """Unlink every region."""
         self._finalizer()
 
-    def request(self, arrays: dict[str, npt.NDArray[Any]], options: pb.SignalRequest) -> pb.SharedSignalRequest:
-        """Copy the inputs into the inputs region and describe them and the result buffer."""
+    def take(self) -> RegionPair:
+        """A free region pair (a new one when every pair is in use)."""
+        with self._lock:
+            if not self._finalizer.alive:
+                raise RuntimeError("the client is closed")
+            pair = self._free.pop() if self._free else RegionPair()
+            self._pairs.add(pair)
+            return pair
+
+    def give_back(self, pair: RegionPair, reusable: bool) -> None:
+        """End a call's use of ``pair``: keep it for the next call, or unlink it (``reusable=False``)."""
+        with self._lock:
+            if reusable and self._finalizer.alive and pair in self._pairs:
+                self._free.append(pair)
+                return
+            self._pairs.discard(pair)
+        pair.release()
+
+    def request(self, arrays: dict[str, npt.NDArray[Any]], options: pb.SignalRequest) -> tuple[pb.SharedSignalRequest, RegionPair]:
+        """Copy the inputs into a pair's inputs region and describe them and the result buffer.
+
+        The caller owns the returned pair until it calls :meth:`give_back`.
+        """
+        pair = self.take()
+        try:
+            return self._describe(pair, arrays, options), pair
+        except BaseException:
+            self.give_back(pair, reusable=False)
+            raise
+
+    @staticmethod
+    def _describe(pair: RegionPair, arrays: dict[str, npt.NDArray[Any]], options: pb.SignalRequest) -> pb.SharedSignalRequest:
         layout, offset = {}, HEADER_SIZE
         for name, array in arrays.items():
             layout[name] = offset
             offset = _aligned(offset + array.nbytes)
-        memory = self.inputs.ensure(offset - HEADER_SIZE)
+        memory = pair.inputs.ensure(offset - HEADER_SIZE)
         buffer = memory.buf
         assert buffer is not None
         message = pb.SharedSignalRequest(options=options)
@@ -102,19 +156,20 @@ class SharedRegions:
             buffer[layout[name]:layout[name] + len(data)] = data
             getattr(message, name).CopyFrom(pb.SharedTensor(region=memory.name, offset=layout[name],
                                                             dtype=codec.dtype_code(array.dtype, name), shape=array.shape,
-                                                            capability=self.inputs.capability))
+                                                            capability=pair.inputs.capability))
         axes = list(options.axes.values) if options.HasField("axes") else None
         bound = result_bound(arrays["in1"].shape, arrays["in2"].shape, axes)
-        out = self.result.ensure(bound)
+        out = pair.result.ensure(bound)
         message.result.CopyFrom(pb.SharedBuffer(region=out.name, offset=HEADER_SIZE, size=bound,
-                                                capability=self.result.capability))
+                                                capability=pair.result.capability))
         return message
 
-    def read_result(self, response: pb.SharedResponse) -> npt.NDArray[Any]:
-        """Copy the result out of the result region into an array the caller owns."""
+    @staticmethod
+    def read_result(response: pb.SharedResponse, pair: RegionPair) -> npt.NDArray[Any]:
+        """Copy the result out of the pair's result region into an array the caller owns."""
         dtype, shape, _ = codec.check_declared(response.result.dtype, response.result.shape, "result")
-        assert self.result.memory is not None
-        view = np.ndarray(shape, dtype=dtype, buffer=self.result.memory.buf, offset=HEADER_SIZE)
+        assert pair.result.memory is not None
+        view = np.ndarray(shape, dtype=dtype, buffer=pair.result.memory.buf, offset=HEADER_SIZE)
         copy = np.array(view, dtype=dtype.newbyteorder("="))
         del view
         return copy

@@ -88,8 +88,14 @@ class AsyncClient(BaseClient):
     async def _run(self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any,
                    timeout: Any, shared: Callable[..., Any] | None = None) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """Send a prepared request unary or as a chunked stream; return the result and its info."""
-        if prepared.shared is not None and shared is not None:
-            return self._from_shared(await self._call(shared, prepared.shared, timeout))
+        if prepared.shared is not None and shared is not None and prepared.regions is not None:
+            ok = False
+            try:
+                result = self._from_shared(await self._call(shared, prepared.shared, timeout), prepared.regions)
+                ok = True
+                return result
+            finally:
+                self._end_shared(prepared.regions, ok)
         if prepared.streamed is None:
             return self._from_unary(await self._call(unary, prepared.request, timeout))
         return await self._chunked_call(prepared, chunked, part_type, timeout)
