@@ -11,18 +11,26 @@ Identity (``max_calls_per_identity``):
 
 * with mutual TLS, the client certificate's subject (``x509_subject``, else the peer
   identities): each certificate is its own identity. gRPC Python shows it only to a running
-  handler (``context.auth_context()``), so with mTLS unary-request methods are served through
-  a request-streaming wrapper that checks the identity before it reads the one message;
+  handler (``context.auth_context()``); the request-streaming wrapper below checks it before it
+  reads the one message;
 * else, with ``--auth-token``, the SHA-256 of the bearer token: every holder of the one token
   is one identity, so the identity cap bounds all token holders together;
 * without authentication there is no identity and only the global cap applies (per-address
   limits mean nothing on loopback or behind a balancer).
+
+Unary-request methods are served through a request-streaming wrapper: a unary handler runs only
+once gRPC has received the whole message, so a caller that sends the metadata and then stalls
+(or trickles its body) would hold its count with nothing on the server able to end it. The
+wrapper runs at once and reads the one message within ``idle_timeout`` (the setting
+``idle_timeout_seconds``), then checks that no second message follows; a call that does not
+deliver its message in time ends with DEADLINE_EXCEEDED and stops counting.
 
 Health checks (``/grpc.health.v1.Health/``) are never counted nor refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import inspect
@@ -174,10 +182,13 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         Identify callers by their client certificate (mTLS).
     pushback_ms : int
         The ``grpc-retry-pushback-ms`` sent with a refusal.
+    idle_timeout : float
+        Seconds a unary-request call has to deliver its one message.
     """
 
     def __init__(self, max_calls: int, max_per_identity: int, token_identities: bool = False,
-                 certificate_identities: bool = False, pushback_ms: int = 50) -> None:
+                 certificate_identities: bool = False, pushback_ms: int = 50, idle_timeout: float = 30.0) -> None:
+        self.idle_timeout = idle_timeout
         self.limiter = Limiter(max_calls, max_per_identity)
         self._tokens = token_identities and not certificate_identities
         self._certificates = certificate_identities
@@ -259,8 +270,8 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
                     ticket.release()
             return run_sync
 
-        if certificates and not handler.request_streaming and _is_async(handler):
-            return self._as_request_streaming(handler, ticket, admit)
+        if not handler.request_streaming and _is_async(handler):
+            return self._as_request_streaming(handler, ticket, admit, self.idle_timeout)
         return handler._replace(
             unary_unary=wrap(handler.unary_unary), unary_stream=wrap(handler.unary_stream),
             stream_unary=wrap(handler.stream_unary), stream_stream=wrap(handler.stream_stream),
@@ -268,15 +279,28 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _as_request_streaming(handler: grpc.RpcMethodHandler, ticket: Ticket,
-                              admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]]) -> grpc.RpcMethodHandler:
-        """A unary-request handler served as a request-streaming one, so that the identity (known
-        only from the call's context) is checked before its message is read; then the one message
-        is read and handed to the unary behaviour."""
+                              admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
+                              idle_timeout: float) -> grpc.RpcMethodHandler:
+        """A unary-request handler served as a request-streaming one: the identity (known only from
+        the call's context) is checked before its message is read; the one message must arrive
+        within ``idle_timeout`` and be the only one; then it goes to the unary behaviour."""
 
         async def first(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            async for request in requests:
-                return request
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
+            iterator = aiter(requests)
+            request: Any = None
+            try:
+                async with asyncio.timeout(idle_timeout):  # not wait_for: it can swallow a cancel (3.11)
+                    request = await anext(iterator, None)
+                    extra = None if request is None else await anext(iterator, None)
+            except TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"the request message did not arrive within {idle_timeout:g} s "
+                                    "(idle_timeout_seconds); send it at once, or in chunks")
+            if request is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
+            if extra is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a unary method takes exactly one request message")
+            return request
 
         if handler.unary_unary is not None:
             unary = handler.unary_unary

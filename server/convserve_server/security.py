@@ -62,7 +62,7 @@ def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     chain.append(CallLimitInterceptor(
         settings.max_concurrent_calls, settings.max_calls_per_identity,
         token_identities=bool(settings.auth_token), certificate_identities=bool(settings.tls_client_ca),
-        pushback_ms=settings.busy_pushback_ms,
+        pushback_ms=settings.busy_pushback_ms, idle_timeout=settings.idle_timeout_seconds,
     ))
     return chain
 
