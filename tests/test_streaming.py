@@ -163,3 +163,10 @@ def test_stream_messages_carry_the_engine_warnings(server: RunningServer) -> Non
     warnings = [w for reply in replies for w in reply.warnings]
     assert warnings and any("NaN" in w for w in warnings), warnings
     assert sum(codec.decode(r.block, "block").shape[0] for r in replies) == 2 * 4096 + 2
+
+
+def test_stream_warnings_reach_the_caller_as_runtime_warnings(client: convserve.Client) -> None:
+    blocks = [np.ones(8), np.array([1.0, np.nan, 1.0]), np.ones(8)]
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):
+        out = np.concatenate(list(client.convolve_stream(iter(blocks), np.ones(3))))
+    assert out.shape == (21,) and np.isnan(out).any()

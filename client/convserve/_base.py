@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +317,13 @@ class BaseClient:
     @staticmethod
     def _stream_block(block: npt.ArrayLike) -> pb.StreamRequest:
         return pb.StreamRequest(block=codec.encode(block, "block"))
+
+    @staticmethod
+    def _stream_output(response: pb.StreamResponse) -> npt.NDArray[Any]:
+        """A stream's output block; the server's warnings about it (NaN or Inf, say) as RuntimeWarnings."""
+        for text in response.warnings:
+            warnings.warn(f"convserve stream: {text}", RuntimeWarning, stacklevel=3)
+        return np.array(codec.decode(response.block, "block"))
 
     def _from_shared(self, response: pb.SharedResponse, pair: RegionPair) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         return SharedRegions.read_result(response, pair), response.info

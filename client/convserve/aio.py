@@ -9,10 +9,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
-import numpy as np
 import numpy.typing as npt
 
-from . import _blocks, _chunking, codec
+from . import _blocks, _chunking
 from ._aio_status import StatusWitness
 from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
 from .errors import NotFoundError, from_rpc_error
@@ -231,7 +230,7 @@ class AsyncClient(BaseClient):
             try:
                 async for response in current.call:
                     answered = True
-                    yield np.array(codec.decode(response.block, "block"))
+                    yield self._stream_output(response)
                 return
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(witness.error(rpc_error), self.target)

@@ -8,10 +8,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
-import numpy as np
 import numpy.typing as npt
 
-from . import _blocks, _chunking, codec
+from . import _blocks, _chunking
 from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
 from .errors import NotFoundError, from_rpc_error
 from .v1 import convserve_pb2 as pb
@@ -318,7 +317,7 @@ class Client(BaseClient):
                                                          timeout=self._left(ends), metadata=self.metadata)
                 for response in current.call:
                     answered = True
-                    yield np.array(codec.decode(response.block, "block"))
+                    yield self._stream_output(response)
                 return
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error, self.target)
