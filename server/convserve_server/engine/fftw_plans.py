@@ -25,14 +25,11 @@ Settings (environment variables):
 ``CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS``
     MEASURE planning of new large shapes off the request path (see :mod:`.fftw_background`).
 
-Bound on caller-chosen shapes (:func:`configure`, default :data:`DEFAULT_MAX_SHAPES`): FFTW keeps
-wisdom for every plan it makes, ESTIMATE ones too (about 1-2 KB per shape), and cannot forget
-one entry. So at most ``max_shapes`` distinct transforms (kind, shape, dtype, axes) are planned
-by FFTW in one process; wisdom loaded from a file counts as ``bytes / WISDOM_BYTES_PER_SHAPE``
-of them. Past the bound, a new transform uses a plan made from existing wisdom if there is one
-(``FFTW_WISDOM_ONLY``, which adds nothing), else numpy's pocketfft (single-threaded, same
-results, nothing cached, no background planning). The idle plan cache is bounded by bytes and
-by count (:data:`DEFAULT_MAX_IDLE_PLANS`).
+Bound on caller-chosen shapes (:func:`configure`; :mod:`.fftw_budget` holds the rule): at most
+``max_shapes`` distinct transforms are planned by FFTW in one process. Past the bound, a new
+transform uses a plan made from existing wisdom if there is one (``FFTW_WISDOM_ONLY``, which adds
+nothing), else numpy's pocketfft. The idle plan cache is bounded by bytes and by count
+(:data:`DEFAULT_MAX_IDLE_PLANS`).
 """
 
 from __future__ import annotations
@@ -49,21 +46,15 @@ import numpy as np
 import numpy.typing as npt
 import pyfftw
 
-from . import resources
+from . import fftw_budget, resources
+from .fftw_budget import _BUDGET, DEFAULT_MAX_SHAPES, WISDOM_BYTES_PER_SHAPE, NumpyTransform, planned_shapes  # noqa: F401 (re-exported)
 
 EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
 DEFAULT_CACHE_BYTES = 512 << 20
-DEFAULT_MAX_SHAPES = 512
 DEFAULT_MAX_IDLE_PLANS = 1024
-# What one shape's wisdom takes, roughly (measured 0.9 to 2.4 KB for ESTIMATE plans of 1-D shapes).
-WISDOM_BYTES_PER_SHAPE = 2048
 
 PLANNER_LOCK = threading.Lock()
 _STATS = {"plans_created": 0, "plans_reused": 0, "wisdom_loaded": 0, "unplanned_transforms": 0}
-_SHAPES_LOCK = threading.Lock()
-# Transforms (kind, shape, dtype, axes) FFTW has planned in this process, and the budget.
-_SHAPES: set[tuple[Any, ...]] = set()
-_BUDGET = {"max_shapes": DEFAULT_MAX_SHAPES, "from_file": 0}
 
 
 def configure(max_shapes: int = DEFAULT_MAX_SHAPES, max_idle_plans: int = DEFAULT_MAX_IDLE_PLANS) -> None:
@@ -71,27 +62,10 @@ def configure(max_shapes: int = DEFAULT_MAX_SHAPES, max_idle_plans: int = DEFAUL
 
     The server calls it once at start; the engine never reads settings itself.
     """
-    if max_shapes < 0 or max_idle_plans < 0:
-        raise ValueError(f"max_shapes and max_idle_plans must be non-negative, got {max_shapes}, {max_idle_plans}")
-    with _SHAPES_LOCK:
-        _BUDGET["max_shapes"] = max_shapes
+    if max_idle_plans < 0:
+        raise ValueError(f"max_idle_plans must be non-negative, got {max_idle_plans}")
+    fftw_budget.set_max_shapes(max_shapes)
     CACHE.max_plans = max_idle_plans
-
-
-def _admit_shape(shape_key: tuple[Any, ...]) -> bool:
-    """True when FFTW may plan (and so add wisdom for) ``shape_key``: known, or within the budget."""
-    with _SHAPES_LOCK:
-        if shape_key in _SHAPES:
-            return True
-        if len(_SHAPES) + _BUDGET["from_file"] >= _BUDGET["max_shapes"]:
-            return False
-        _SHAPES.add(shape_key)
-        return True
-
-
-def planned_shapes() -> int:
-    """Distinct transforms FFTW planned in this process (at most the configured ``max_shapes``)."""
-    return len(_SHAPES)
 
 
 def planner_effort() -> str:
@@ -142,7 +116,7 @@ class Plan:
     """
 
     key: tuple[Any, ...]
-    fftw: Any  # pyfftw.FFTW, or a _NumpyTransform past the shape budget
+    fftw: Any  # pyfftw.FFTW, or a fftw_budget.NumpyTransform past the shape budget
     input: npt.NDArray[Any]
     output: npt.NDArray[Any]
     nbytes: int
@@ -199,29 +173,6 @@ def retire(key: tuple[Any, ...]) -> None:
     CACHE.discard(key)
 
 
-class _NumpyTransform:
-    """What runs a transform past the shape budget: numpy's pocketfft between a plan's buffers.
-
-    Unnormalised like FFTW (``norm="forward"`` for the inverses); nothing is planned or cached.
-    """
-
-    def __init__(self, kind: str, inp: npt.NDArray[Any], out: npt.NDArray[Any], axes: tuple[int, ...]) -> None:
-        self.kind, self.input, self.output, self.axes = kind, inp, out, axes
-
-    def execute(self) -> None:
-        """Transform ``input`` into ``output``."""
-        axes = self.axes
-        if self.kind == "r2c":
-            self.output[...] = np.fft.rfftn(self.input, axes=axes)
-        elif self.kind == "c2r":
-            sizes = [self.output.shape[a] for a in axes]
-            self.output[...] = np.fft.irfftn(self.input, s=sizes, axes=axes, norm="forward")
-        elif self.kind == "c2c":
-            self.output[...] = np.fft.fftn(self.input, axes=axes)
-        else:
-            self.output[...] = np.fft.ifftn(self.input, axes=axes, norm="forward")
-
-
 def _unplanned(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[int, ...], threads: int) -> Plan:
     """A plan for a transform past the shape budget: from existing wisdom if FFTW has some, else numpy."""
     try:
@@ -231,7 +182,7 @@ def _unplanned(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tu
     like = build_buffers(kind, shape, dtype, axes)
     _STATS["unplanned_transforms"] += 1
     key = (kind, shape, np.dtype(dtype).str, axes, threads)
-    return Plan(key, _NumpyTransform(kind, like[0], like[1], axes), like[0], like[1], like[0].nbytes + like[1].nbytes, -1)
+    return Plan(key, NumpyTransform(kind, like[0], like[1], axes), like[0], like[1], like[0].nbytes + like[1].nbytes, -1)
 
 
 def build_buffers(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any] | str,
@@ -348,7 +299,7 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
     key = (kind, tuple(shape), np.dtype(dtype).str, tuple(axes), threads)
     current = CACHE.take(key)
     if current is None:
-        if _admit_shape(key[:4]):
+        if fftw_budget.admit(key[:4]):
             current = build(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
             from . import fftw_background  # imports this module
 
@@ -396,8 +347,7 @@ def load_wisdom(path: str | None = None) -> str:
             return f"rejected {path}: not a convserve wisdom file"
         with PLANNER_LOCK:
             accepted = pyfftw.import_wisdom(tuple(parts))
-        with _SHAPES_LOCK:  # what the file holds counts against the shape budget
-            _BUDGET["from_file"] = sum(len(p) for p, ok in zip(parts, accepted) if ok) // WISDOM_BYTES_PER_SHAPE
+        fftw_budget.count_wisdom_file(sum(len(p) for p, ok in zip(parts, accepted) if ok))  # counts against the budget
     except OSError as exc:
         return f"rejected {path}: {exc}"
     names = ("double", "single", "long double")
