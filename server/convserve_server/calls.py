@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -53,14 +55,15 @@ class CallRecord:
 
         Every failure becomes a status (the server keeps serving); ``asyncio.CancelledError``
         (the caller cancelled or the deadline passed) is recorded and propagates. Actions given
-        to :meth:`undo_on_failure` run first, in either case.
+        to :meth:`undo_on_failure` run first, in either case. A failed call's frames are cleared
+        once it has ended (see :meth:`_abort`), so what they hold goes with its reservation.
         """
         try:
             yield
         except CallerGone as gone:
             self._run_undo()
             self.cancelled(gone.code)
-            await self.context.abort(gone.code, str(gone))  # the call is over anyway: nothing reaches the caller
+            await self._abort(gone.code, str(gone))  # the call is over anyway: nothing reaches the caller
             raise
         except Exception as error:
             self._run_undo()
@@ -69,6 +72,26 @@ class CallRecord:
         except BaseException:
             self._run_undo()
             self.cancelled()
+            raise
+
+    async def _abort(self, code: grpc.StatusCode, message: str,
+                     trailers: tuple[tuple[str, str | bytes], ...] = ()) -> None:
+        """End the call with ``code`` (raises gRPC's abort exception), and clear its frames when it is over.
+
+        gRPC keeps the abort exception in the call's state; the exception's traceback holds the
+        handler's frames, and they hold the call's context, which holds that state. The cycle kept
+        every failed call's data (a chunked upload's arrays, a unary request message) alive until
+        the cyclic garbage collector happened to run, long after its reservation was released:
+        memory that no budget covered. Once the call is over, its frames are done and are cleared
+        here, which frees what they held at once.
+        """
+        try:
+            if trailers:
+                await self.context.abort(code, message, trailing_metadata=trailers)
+            else:
+                await self.context.abort(code, message)
+        except BaseException as aborted:
+            self.context.add_done_callback(functools.partial(_clear_frames, aborted))
             raise
 
     def _run_undo(self) -> None:
@@ -117,5 +140,27 @@ class CallRecord:
             metrics.REJECTIONS.labels("busy" if isinstance(error, Overloaded) else "never_fits").inc()
         log.info("call failed", extra={"request_id": self.request_id, "rpc": self.rpc, "code": failure.code.name,
                                        "ms": self._elapsed_ms(), "detail": failure.message})
-        await self.context.abort(failure.code, failure.message,
-                                 trailing_metadata=((REQUEST_ID_KEY, self.request_id), *failure.trailers))
+        _clear_frames(error)  # the work's frames are done: drop what they hold now, before the status is sent
+        await self._abort(failure.code, failure.message, ((REQUEST_ID_KEY, self.request_id), *failure.trailers))
+
+
+def _clear_frames(error: BaseException, context: object = None) -> None:
+    """Clear the locals of the finished frames in ``error``'s traceback and its causes', and cut the
+    links to them, so that whatever still holds ``error`` holds none of the call's data.
+
+    Frames still running are left alone (``traceback.clear_frames`` skips them); cutting the
+    traceback also lets go of the frames they called (a finished frame keeps its caller, such as
+    the worker thread's frame that ran the work with the call's arguments). Also a done callback
+    of the call (``context`` is the call's context, unused).
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        pending.extend((current.__context__, current.__cause__))
+        traceback.clear_frames(current.__traceback__)
+        current.__traceback__ = None
+        current.__context__ = current.__cause__ = None

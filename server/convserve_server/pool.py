@@ -168,6 +168,12 @@ class WorkerPool:
             if future.done():  # finished before the cancel: ``done`` did not release it
                 reservation.release()
             raise
+        finally:
+            # A failure's traceback holds this frame, and the future holds the failure: without
+            # this, future -> exception -> traceback -> frame -> future is a cycle that keeps the
+            # call's data (the arguments the work's frames hold) alive until the cyclic garbage
+            # collector runs, after the reservation was released.
+            del future
 
     def cancel_running(self) -> int:
         """Set the cancellation token of every queued or running piece of work; return how many."""
