@@ -399,15 +399,15 @@ HOSTILE_BLOCKS = st.one_of(
 )
 
 
-MALFORMED_BLOCK = object()  # a block whose declared shape no array has (today RESOURCE_EXHAUSTED, see below)
+MALFORMED_BLOCK = object()  # a block whose declared shape no array has: INVALID_ARGUMENT (see below)
 
 
 def test_stream_block_of_a_shape_no_array_has_is_invalid_argument(stub: pb_grpc.ConvolutionServiceStub) -> None:
     """A block declaring a dimension beyond 2**62 (or a shape larger than any array) is malformed:
     INVALID_ARGUMENT, as the same header gets on Convolve and ConvolveChunked.
 
-    Found by test_convolve_stream_answers_match_numpy: ConvolveStream sizes the waiting budget from
-    the block's declared shape before decoding it, so such a block gets RESOURCE_EXHAUSTED
+    Found by test_convolve_stream_answers_match_numpy: ConvolveStream sized the waiting budget from
+    the block's declared shape before decoding it, so such a block got RESOURCE_EXHAUSTED
     (pushback -1, "this stream would hold 73786976294838206506 bytes while waiting for data").
     """
     for shape in ([2**62 + 1], [2**63 - 1], [2**62, 2**62]):
@@ -416,9 +416,7 @@ def test_stream_block_of_a_shape_no_array_has_is_invalid_argument(stub: pb_grpc.
         header_only = [pb.SignalRequestPart(header=pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_BOOL, shape=shape),
                                                                     in2=codec.encode(np.ones(1, bool))))]
         assert _stream_status(stub.ConvolveChunked, header_only) == INVALID
-        if _stream_status(stub.ConvolveStream, messages) != INVALID:
-            pytest.xfail(f"a ConvolveStream block of shape {shape} is RESOURCE_EXHAUSTED, not INVALID_ARGUMENT "
-                         "(streaming.py sizes the waiting budget before it checks the block's shape)")
+        assert _stream_status(stub.ConvolveStream, messages) == INVALID, shape
 
 
 def _values(rng: np.random.Generator, dtype: np.dtype[Any], shape: tuple[int, ...], extreme: bool) -> np.ndarray:
@@ -531,7 +529,7 @@ def test_convolve_stream_answers_match_numpy(
     c = 1 if first is None or first.ndim == 1 else first.shape[1]
     signal = np.concatenate([b.reshape(len(b), c).T for b in valid], axis=1) if valid else np.zeros((c, 0))
     h = np.broadcast_to(kernel.reshape(taps, -1), (taps, c)).T if out is not None else kernel.reshape(taps, -1).T
-    allowed = {INVALID, EXHAUSTED} if refusal is MALFORMED_BLOCK else {refusal or OK}
+    allowed = {INVALID} if refusal is MALFORMED_BLOCK else {refusal or OK}
     reference = None
     if out is not None and out.kind in "biu":  # exact integers
         full = _exact_full(signal, h)

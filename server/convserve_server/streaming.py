@@ -126,6 +126,7 @@ async def convolve_stream(settings: Settings, pool: WorkerPool, waiting: Waiting
         while (message := await chunks.receive(messages, idle, "the stream")) is not None:
             if message.WhichOneof("part") != "block":
                 raise InvalidArgumentError("block", "only blocks may follow the config")
+            block = wire.decode_tensor(message.block, "block", settings)  # a malformed block: INVALID_ARGUMENT first
             samples, channels = _block_geometry(message.block)
             exact = _exact_for(convolver, message.block)
             first_block = convolver.dtype is None
@@ -134,7 +135,6 @@ async def convolve_stream(settings: Settings, pool: WorkerPool, waiting: Waiting
                 incoming = largest * channels * F64  # the next block in flight, as large as the largest yet
                 ticket.resize(kernel_bytes + state_bytes(convolver.taps, convolver.block, channels, exact)
                               + carried_bytes(largest, convolver.taps, convolver.block, channels, exact) + incoming)
-            block = wire.decode_tensor(message.block, "block", settings)
             record.add_received(len(message.block.data))
             work = block_work_bytes(samples, convolver.taps, convolver.block, channels, exact, first_block)
             reservation = await pool.reserve_within(work, idle)
