@@ -183,9 +183,11 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
                                          "(and share /dev/shm with the client)")
             if request.options.HasField("in1") or request.options.HasField("in2"):
                 raise InvalidArgumentError("options", "in1 and in2 go in the shared tensors, not in options")
-            declared = pb.SignalRequest(in1=pb.Tensor(dtype=request.in1.dtype, shape=request.in1.shape),
-                                        in2=pb.Tensor(dtype=request.in2.dtype, shape=request.in2.shape),
-                                        method=request.options.method)
+            declared = pb.SignalRequest()
+            declared.CopyFrom(request.options)  # every option counts in the estimate (mode, boundary, output_dtype)
+            declared.in1.CopyFrom(pb.Tensor(dtype=request.in1.dtype, shape=request.in1.shape))
+            declared.in2.CopyFrom(pb.Tensor(dtype=request.in2.dtype, shape=request.in2.shape))
+            wire.check_options(declared)
             for name in ("in1", "in2"):
                 wire.check_declared(getattr(declared, name), name, self.settings)
             dtype, shape, info = await self.pool.run(shared.compute, request, correlate, self.settings, self._check_output,

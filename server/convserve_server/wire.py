@@ -109,6 +109,7 @@ def check_headers(request: Any, settings: Settings, only: list[str] | None = Non
         A tensor beyond ``max_elements``.
     """
     check_geometry(request)
+    check_options(request)
     for name in tensor_fields(request) if only is None else only:
         if request.HasField(name):
             tensor = getattr(request, name)
@@ -126,6 +127,18 @@ def _at_least(values: Any, field: str, minimum: int, what: str) -> tuple[int, ..
     if bad:
         raise InvalidArgumentError(field, f"must be {what}; got {bounded(str(list(items)))}")
     return items
+
+
+def check_options(request: Any) -> None:
+    """Refuse unknown enum values of a Convolve/Correlate request (mode, method, boundary,
+    output_dtype) before any estimate: a bad option is INVALID_ARGUMENT, never a size refusal."""
+    if not isinstance(request, pb.SignalRequest):
+        return
+    _enum(request.mode, _MODES, "mode")
+    _enum(request.method, _METHODS, "method")
+    _enum(request.boundary, _BOUNDARIES, "boundary")
+    if request.output_dtype != pb.DTYPE_UNSPECIFIED and request.output_dtype not in codec.NUMPY_BY_DTYPE:
+        raise InvalidArgumentError("output_dtype", f"unknown value {request.output_dtype}")
 
 
 def check_geometry(request: Any) -> None:
