@@ -88,3 +88,27 @@ def test_an_unknown_option_is_invalid_argument_before_any_estimate() -> None:
                 assert raised.value.details().startswith(field), raised.value.details()
     finally:
         assert stop_server(server) == 0
+
+
+def test_geometry_is_judged_before_its_size() -> None:
+    """An empty ConvTranspose output was INVALID_ARGUMENT with padding 10 but RESOURCE_EXHAUSTED
+    ("needs an estimated 63999360002033 bytes") with padding 10**6; an unknown padding_mode with a
+    huge padding was RESOURCE_EXHAUSTED too."""
+    server = start_server()
+    try:
+        x = codec.encode(np.ones((1, 2, 8, 8), np.float32))
+        w = codec.encode(np.ones((2, 2, 3, 3), np.float32))
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ConvolutionServiceStub(channel)
+            for padding in (10, 10**6, 2**40):
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.ConvTranspose(pb.ConvTransposeRequest(input=x, weight=w, padding=[padding]), timeout=30)
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (padding, raised.value.details())
+                assert "empty" in raised.value.details()
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ConvLayer(pb.ConvLayerRequest(input=x, weight=w, padding_mode=9, padding=pb.Padding(sizes=[2**40])),
+                               timeout=30)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+            assert raised.value.details().startswith("padding_mode")
+    finally:
+        assert stop_server(server) == 0

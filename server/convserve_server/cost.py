@@ -187,6 +187,8 @@ def conv_transpose_request_bytes(request: pb.ConvTransposeRequest, entry: Entry 
     padding, output_padding = _per_dim(request.padding, nd, 0), _per_dim(request.output_padding, nd, 0)
     output, upsampled = transpose_sizes(tuple(x), tuple(w), max(1, request.groups), stride, padding,
                                         output_padding, dilation)
+    if min(output[-nd:], default=0) <= 0:  # an empty output: validation refuses it (INVALID_ARGUMENT)
+        return received
     # The largest phase: about 1 / stride of the outputs and of the taps on each axis.
     positions = math.prod(-(-max(0, o) // st) for o, st in zip(output[-nd:], stride))
     taps = math.prod(min(k, -(-k * math.gcd(d, st) // st)) for k, d, st in zip(w[2:], dilation, stride))

@@ -130,8 +130,13 @@ def _at_least(values: Any, field: str, minimum: int, what: str) -> tuple[int, ..
 
 
 def check_options(request: Any) -> None:
-    """Refuse unknown enum values of a Convolve/Correlate request (mode, method, boundary,
-    output_dtype) before any estimate: a bad option is INVALID_ARGUMENT, never a size refusal."""
+    """Refuse unknown enum values (a Convolve/Correlate request's mode, method, boundary and
+    output_dtype; a ConvLayer's padding_mode and activation) before any estimate: a bad option is
+    INVALID_ARGUMENT, never a size refusal."""
+    if isinstance(request, pb.ConvLayerRequest):
+        _enum(request.padding_mode, _PADDING_MODES, "padding_mode")
+        _enum(request.activation, _ACTIVATIONS, "activation")
+        return
     if not isinstance(request, pb.SignalRequest):
         return
     _enum(request.mode, _MODES, "mode")
