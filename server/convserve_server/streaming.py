@@ -10,6 +10,8 @@ Every message moves under the idle timeout (see :mod:`.chunks`).
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -89,62 +91,86 @@ def _exact_for(convolver: StreamConvolver, block: pb.Tensor) -> bool:
 
 async def convolve_stream(settings: Settings, pool: WorkerPool, waiting: WaitingBudget,
                           requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext) -> None:
-    """Serve one streaming convolution, writing its responses (see the module docstring)."""
+    """Serve one streaming convolution, writing its responses (see the module docstring).
+
+    The work runs in :func:`_serve`, a frame of its own that has finished by the time a failure
+    is turned into a status, so the failure's cleared traceback holds none of the stream's
+    blocks. gRPC's request iterator keeps the last message it received until it is closed, and
+    a failed call leaves it in a reference cycle: it is closed here, so a refused block is freed
+    when its call ends, not when the cyclic collector happens to run.
+    """
     record = CallRecord("ConvolveStream", context, 0)
+    try:
+        async with record.guard():
+            method, sent = await _serve(settings, pool, waiting, requests, context, record)
+    finally:
+        await _close(requests)
+    record.ok(method, sent)
+
+
+async def _close(requests: AsyncIterator[Any]) -> None:
+    """Close gRPC's request iterator (the async generator its receiver hands out), dropping the message it holds."""
+    closer = getattr(aiter(requests), "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
+
+
+async def _serve(settings: Settings, pool: WorkerPool, waiting: WaitingBudget, requests: AsyncIterator[pb.StreamRequest],
+                 context: grpc.aio.ServicerContext, record: CallRecord) -> tuple[str, int]:
+    """The stream's work; returns the method that ran and the bytes sent."""
     idle = settings.idle_timeout_seconds
     sent = 0
-    async with record.guard():
-        messages = aiter(requests)
-        first = await chunks.receive(messages, idle, "the stream")
-        if first is None or first.WhichOneof("part") != "config":
-            raise InvalidArgumentError("config", "the first message of a stream must be its config")
-        config = first.config
-        wire.check_headers(config, settings, only=["kernel"])
-        record.add_received(len(config.kernel.data))
-        kernel_bytes = 2 * len(config.kernel.data)  # the message and the decoded kernel
-        ticket = waiting.admit(kernel_bytes + FIRST_BLOCK_ALLOWANCE, "this stream")
-        record.undo_on_failure(ticket.release)
-        kernel = wire.decode_field(config, "kernel", settings)
-        output_dtype = None
-        if config.output_dtype != pb.DTYPE_UNSPECIFIED:
-            if config.output_dtype not in codec.NUMPY_BY_DTYPE:
-                raise InvalidArgumentError("output_dtype", f"unknown value {config.output_dtype}")
-            output_dtype = codec.NUMPY_BY_DTYPE[config.output_dtype].newbyteorder("=")
-        convolver = StreamConvolver(kernel, output_dtype)
-        largest = 0
-        warnings: list[str] = []
+    messages = aiter(requests)
+    first = await chunks.receive(messages, idle, "the stream")
+    if first is None or first.WhichOneof("part") != "config":
+        raise InvalidArgumentError("config", "the first message of a stream must be its config")
+    config = first.config
+    wire.check_headers(config, settings, only=["kernel"])
+    record.add_received(len(config.kernel.data))
+    kernel_bytes = 2 * len(config.kernel.data)  # the message and the decoded kernel
+    ticket = waiting.admit(kernel_bytes + FIRST_BLOCK_ALLOWANCE, "this stream")
+    record.undo_on_failure(ticket.release)
+    kernel = wire.decode_field(config, "kernel", settings)
+    output_dtype = None
+    if config.output_dtype != pb.DTYPE_UNSPECIFIED:
+        if config.output_dtype not in codec.NUMPY_BY_DTYPE:
+            raise InvalidArgumentError("output_dtype", f"unknown value {config.output_dtype}")
+        output_dtype = codec.NUMPY_BY_DTYPE[config.output_dtype].newbyteorder("=")
+    convolver = StreamConvolver(kernel, output_dtype)
+    largest = 0
+    warnings: list[str] = []
 
-        async def deliver(output: Any) -> None:
-            nonlocal sent
-            warnings.extend(w for w in getattr(convolver, "take_warnings", tuple)() if w not in warnings)
-            if output.size:
-                tensor = codec.encode(output, "block")
-                sent += len(tensor.data)
-                await chunks.send(context, pb.StreamResponse(block=tensor, warnings=warnings), idle, "the stream's output")
-                warnings.clear()
+    async def deliver(output: Any) -> None:
+        nonlocal sent
+        warnings.extend(w for w in getattr(convolver, "take_warnings", tuple)() if w not in warnings)
+        if output.size:
+            tensor = codec.encode(output, "block")
+            sent += len(tensor.data)
+            await chunks.send(context, pb.StreamResponse(block=tensor, warnings=warnings), idle, "the stream's output")
+            warnings.clear()
 
-        while (message := await chunks.receive(messages, idle, "the stream")) is not None:
-            if message.WhichOneof("part") != "block":
-                raise InvalidArgumentError("block", "only blocks may follow the config")
-            block = wire.decode_tensor(message.block, "block", settings)  # a malformed block: INVALID_ARGUMENT first
-            samples, channels = _block_geometry(message.block)
-            exact = _exact_for(convolver, message.block)
-            first_block = convolver.dtype is None
-            if samples > largest or first_block:
-                largest = max(largest, samples)
-                incoming = largest * channels * F64  # the next block in flight, as large as the largest yet
-                ticket.resize(kernel_bytes + state_bytes(convolver.taps, convolver.block, channels, exact)
-                              + carried_bytes(largest, convolver.taps, convolver.block, channels, exact) + incoming)
-            record.add_received(len(message.block.data))
-            work = block_work_bytes(samples, convolver.taps, convolver.block, channels, exact, first_block)
-            reservation = await pool.reserve_within(work, idle)
-            await deliver(await pool.run(convolver.push, block, reservation=reservation))
-        if convolver.dtype is not None:
-            channels = convolver.channels or 1
-            work = block_work_bytes(convolver.taps + convolver.block, convolver.taps, convolver.block, channels,
-                                    bool(convolver.exact), False)
-            reservation = await pool.reserve_within(work, idle)
-            await deliver(await pool.run(convolver.close, reservation=reservation))
-        ticket.release()
-    record.ok("upols" if not convolver.exact else "direct", sent)
-
+    while (message := await chunks.receive(messages, idle, "the stream")) is not None:
+        if message.WhichOneof("part") != "block":
+            raise InvalidArgumentError("block", "only blocks may follow the config")
+        block = wire.decode_tensor(message.block, "block", settings)  # a malformed block: INVALID_ARGUMENT first
+        samples, channels = _block_geometry(message.block)
+        exact = _exact_for(convolver, message.block)
+        first_block = convolver.dtype is None
+        if samples > largest or first_block:
+            largest = max(largest, samples)
+            incoming = largest * channels * F64  # the next block in flight, as large as the largest yet
+            ticket.resize(kernel_bytes + state_bytes(convolver.taps, convolver.block, channels, exact)
+                          + carried_bytes(largest, convolver.taps, convolver.block, channels, exact) + incoming)
+        record.add_received(len(message.block.data))
+        work = block_work_bytes(samples, convolver.taps, convolver.block, channels, exact, first_block)
+        reservation = await pool.reserve_within(work, idle)
+        await deliver(await pool.run(convolver.push, block, reservation=reservation))
+    if convolver.dtype is not None:
+        channels = convolver.channels or 1
+        work = block_work_bytes(convolver.taps + convolver.block, convolver.taps, convolver.block, channels,
+                                bool(convolver.exact), False)
+        reservation = await pool.reserve_within(work, idle)
+        await deliver(await pool.run(convolver.close, reservation=reservation))
+    ticket.release()
+    return ("upols" if not convolver.exact else "direct"), sent
