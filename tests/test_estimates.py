@@ -112,3 +112,33 @@ def test_geometry_is_judged_before_its_size() -> None:
             assert raised.value.details().startswith("padding_mode")
     finally:
         assert stop_server(server) == 0
+
+
+LAYERS = {
+    "1x1 to 128 float64 channels (the output dominates)": (np.ones((1, 1, 256, 256)), np.ones((128, 1, 1, 1)), 1),
+    "8x8 stride 4 (the estimate ignored the stride)": (np.ones((1, 16, 1024, 1024), np.float32),
+                                                       np.ones((16, 16, 8, 8), np.float32), 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_a_layer_estimate_covers_its_peak_and_a_strided_layer_fits(name: str) -> None:
+    """A 1x1 layer to many channels used 1.99x its estimate; a strided layer was refused as never
+    fitting (33.75 GiB estimated for a call that needs 564 MiB)."""
+    x, w, stride = LAYERS[name]
+    server = start_server("--memory-budget-bytes", str(2**30))
+    try:
+        header = pb.ConvLayerRequest(input=pb.Tensor(dtype=codec.dtype_code(x.dtype, "input"), shape=x.shape),
+                                     weight=pb.Tensor(dtype=codec.dtype_code(w.dtype, "weight"), shape=w.shape),
+                                     stride=[stride])
+        estimate = cost.estimate(header)
+        assert estimate < 2**30
+        with convserve.Client(server.target) as client:
+            client.conv_layer(np.ones((1, 1, 8, 8)), np.ones((1, 1, 3, 3)))  # libraries loaded
+            before = _peak_kib(server.process.pid)
+            out = client.conv_layer(x, w, stride=stride)  # admitted under a 1 GiB budget
+            growth = (_peak_kib(server.process.pid) - before) * 1024
+        assert out.shape[:2] == (1, w.shape[0])
+        assert growth <= estimate, f"{name}: peak RSS grew {growth / 2**20:.0f} MiB, estimated {estimate / 2**20:.0f} MiB"
+    finally:
+        assert stop_server(server) == 0

@@ -28,6 +28,8 @@ FFT_WORK_ARRAYS = 10
 # Work arrays of an explicit direct call, in the same units: the output, an input converted to
 # the working dtype, and the crop of a full-size result.
 DIRECT_WORK_ARRAYS = 3
+# Output-sized arrays of a ConvLayer call (see conv_layer_request_bytes).
+LAYER_OUTPUT_ARRAYS = 5
 # Below this many bytes the conservative (FFT) estimate is given without predicting the method
 # (a prediction costs about 30 us; a small over-estimate costs nothing).
 PREDICT_ABOVE = 64 << 20
@@ -161,9 +163,23 @@ def conv_layer_request_bytes(request: pb.ConvLayerRequest, entry: Entry | None =
     kernel = math.prod(w[2:])
     out_channels = w[0]
     batch = math.prod(x[: len(x) - len(spatial) - 1]) if len(x) > len(spatial) + 1 else 1
-    columns = batch_channels * kernel * padded
-    output = batch * out_channels * padded
-    return max(0, received + itemsize * (batch_channels * padded + columns + 2 * output))
+    positions = _layer_positions(request, spatial, pads, w[2:], padded)
+    columns = batch_channels * kernel * positions
+    output = batch * out_channels * positions
+    # The output about five times over: the result, a layout copy, its cast, the encoded bytes and the
+    # message (measured: a 1x1 conv to 128 float64 channels peaked at 4.0 outputs).
+    return max(0, received + itemsize * (batch_channels * padded + columns + LAYER_OUTPUT_ARRAYS * output))
+
+
+def _layer_positions(request: pb.ConvLayerRequest, spatial: list[int], pads: list[int], kernel: list[int],
+                     padded: int) -> int:
+    """Output positions of a strided layer (``padded`` at stride 1: the FFT path's work is padded-sized)."""
+    nd = len(spatial)
+    stride, dilation = _per_dim(request.stride, nd, 1), _per_dim(request.dilation, nd, 1)
+    if all(st == 1 for st in stride):
+        return padded
+    sizes = [s + 2 * p for s, p in zip(spatial, pads + [0] * nd)]
+    return math.prod(max(1, (n - d * (k - 1) - 1) // st + 1) for n, k, d, st in zip(sizes, kernel, dilation, stride))
 
 
 def _per_dim(values: Any, nd: int, default: int) -> tuple[int, ...]:
