@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import convserve
+from convserve._shm import MAX_FREE_PAIRS
 
 from .conftest import RunningServer, start_server, stop_server
 
@@ -60,7 +61,9 @@ def test_tasks_sharing_one_async_client_each_get_their_own_result(shm_server: Ru
                 x, h = _inputs(index)
                 return bool(np.allclose(await client.convolve(x, h), np.convolve(x, h), rtol=1e-10, atol=1e-10))
 
-            return list(await asyncio.gather(*(call(i) for i in range(16))))
+            right = list(await asyncio.gather(*(call(i) for i in range(16))))
+            assert len(_regions()) <= 2 * MAX_FREE_PAIRS  # the burst's pairs beyond the pool's cap are gone
+            return right
 
     right = asyncio.run(run())
     assert all(right), f"{right.count(False)} of 16 results were another call's"

@@ -80,5 +80,6 @@ def test_a_unary_method_takes_exactly_one_message(capped_server: RunningServer) 
             _raw_unary(channel)(iter([request, request]), timeout=30)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
         assert "one request message" in (raised.value.details() or "")
+        assert "x-request-id" in dict(raised.value.trailing_metadata() or ())  # logged and traceable like any failure
         response = _raw_unary(channel)(iter([request]), timeout=30)  # one message: served as unary
         np.testing.assert_allclose(convserve.codec.decode(response.result), np.convolve(np.ones(3), np.ones(2)))

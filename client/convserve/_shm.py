@@ -30,6 +30,9 @@ from . import codec
 from .v1 import convserve_pb2 as pb
 
 ALIGN = 64
+# Free region pairs a client keeps for its next calls; pairs beyond this are unlinked when their
+# call ends, so a burst of concurrent calls does not keep its peak of /dev/shm until close().
+MAX_FREE_PAIRS = 4
 MAGIC = b"CONVSHM1"
 CAPABILITY_SIZE = 16
 HEADER_SIZE = 64  # MAGIC, capability, zeros; data starts here (a multiple of ALIGN)
@@ -123,7 +126,7 @@ class SharedRegions:
     def give_back(self, pair: RegionPair, reusable: bool) -> None:
         """End a call's use of ``pair``: keep it for the next call, or unlink it (``reusable=False``)."""
         with self._lock:
-            if reusable and self._finalizer.alive and pair in self._pairs:
+            if reusable and self._finalizer.alive and pair in self._pairs and len(self._free) < MAX_FREE_PAIRS:
                 self._free.append(pair)
                 return
             self._pairs.discard(pair)

@@ -41,6 +41,10 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 
+from .calls import CallRecord
+from .engine.errors import InvalidArgumentError
+from .status import IdleTimeout
+
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
@@ -219,9 +223,9 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             ticket.release()
             return None
-        return self._wrap(handler, ticket)
+        return self._wrap(handler, ticket, method.rsplit("/", 1)[-1])
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, ticket: Ticket) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, ticket: Ticket, rpc: str) -> grpc.RpcMethodHandler:
         """The same handler, releasing ``ticket`` when it ends (any of the four kinds)."""
         trailers = self._trailers
         certificates = self._certificates
@@ -271,7 +275,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
             return run_sync
 
         if not handler.request_streaming and _is_async(handler):
-            return self._as_request_streaming(handler, ticket, admit, self.idle_timeout)
+            return self._as_request_streaming(handler, ticket, admit, self.idle_timeout, rpc)
         return handler._replace(
             unary_unary=wrap(handler.unary_unary), unary_stream=wrap(handler.unary_stream),
             stream_unary=wrap(handler.stream_unary), stream_stream=wrap(handler.stream_stream),
@@ -280,7 +284,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     def _as_request_streaming(handler: grpc.RpcMethodHandler, ticket: Ticket,
                               admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
-                              idle_timeout: float) -> grpc.RpcMethodHandler:
+                              idle_timeout: float, rpc: str) -> grpc.RpcMethodHandler:
         """A unary-request handler served as a request-streaming one: the identity (known only from
         the call's context) is checked before its message is read; the one message must arrive
         within ``idle_timeout`` and be the only one; then it goes to the unary behaviour."""
@@ -288,18 +292,22 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         async def first(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             iterator = aiter(requests)
             request: Any = None
+            failure: Exception | None = None
             try:
                 async with asyncio.timeout(idle_timeout):  # not wait_for: it can swallow a cancel (3.11)
                     request = await anext(iterator, None)
                     extra = None if request is None else await anext(iterator, None)
             except TimeoutError:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"the request message did not arrive within {idle_timeout:g} s "
-                                    "(idle_timeout_seconds); send it at once, or in chunks")
-            if request is None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended before its request message")
-            if extra is not None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a unary method takes exactly one request message")
+                failure = IdleTimeout(f"the request message did not arrive within {idle_timeout:g} s: a unary "
+                                      "message must arrive whole within idle_timeout_seconds (raise it on the server "
+                                      "for slow links, or send large inputs chunked, which the client does above 4 MiB)")
+            else:
+                if request is None:
+                    failure = InvalidArgumentError("request", "the call ended before its request message")
+                elif extra is not None:
+                    failure = InvalidArgumentError("request", "a unary method takes exactly one request message")
+            if failure is not None:  # logged, counted and answered with a request id, like any other failure
+                await CallRecord(rpc, context, 0).fail(failure)
             return request
 
         if handler.unary_unary is not None:
