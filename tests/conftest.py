@@ -38,6 +38,15 @@ def start_server(*flags: str, env: dict[str, str] | None = None, stderr: Any = s
     return RunningServer(process, line.strip().rsplit(" ", 1)[-1])
 
 
+def status_kib(pid: int, key: str) -> int:
+    """A ``/proc/PID/status`` figure in KiB, e.g. ``VmRSS`` or ``VmHWM`` (the peak RSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
 def stop_server(server: RunningServer) -> int:
     """SIGTERM the server and return its exit code."""
     server.process.terminate()

@@ -17,21 +17,13 @@ from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from convserve_server import cost
 
-from .conftest import RunningServer, start_server, stop_server
+from .conftest import RunningServer, start_server, status_kib, stop_server
 from .test_idle import metric, metrics_url, pushback, wait_for
 
 MIB = 2**20
 BUDGET = 160 * MIB
 WAITING = 64 * MIB
 SLACK = 32 * MIB  # gRPC's transport buffers and the allocator's slack, outside any budget
-
-
-def _rss_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 @pytest.fixture()
@@ -44,13 +36,13 @@ def budget_server() -> Iterator[tuple[RunningServer, str, int]]:
     with convserve.Client(server.target) as client:
         client.convolve(np.ones(1000), np.ones(3))
         np.concatenate(list(client.convolve_stream(iter([np.ones((300, 2), np.float32)]), np.ones(5))))
-    yield server, url, _rss_kib(server.process.pid, "VmRSS")
+    yield server, url, status_kib(server.process.pid, "VmRSS")
     assert stop_server(server) == 0
 
 
 def _growth(server: RunningServer, baseline_kib: int) -> int:
     """Peak RSS of the server (VmHWM) over its warm baseline, in bytes."""
-    return (_rss_kib(server.process.pid, "VmHWM") - baseline_kib) * 1024
+    return (status_kib(server.process.pid, "VmHWM") - baseline_kib) * 1024
 
 
 def test_a_stream_reserves_for_its_real_channel_count(budget_server: tuple[RunningServer, str, int]) -> None:
@@ -141,7 +133,7 @@ def test_slow_readers_keep_their_reservation_until_the_last_chunk(budget_server:
 
         def settled() -> bool:  # the budget is full of results, and every other reader was refused since
             nonlocal peak_kib
-            peak_kib = max(peak_kib, _rss_kib(server.process.pid, "VmRSS"))
+            peak_kib = max(peak_kib, status_kib(server.process.pid, "VmRSS"))
             with lock:
                 if len(holding) > fits:
                     return True

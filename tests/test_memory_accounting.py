@@ -32,7 +32,7 @@ import convserve
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from .conftest import RunningServer, start_server, stop_server
+from .conftest import RunningServer, start_server, status_kib, stop_server
 
 MIB = 2**20
 BUDGET = 64 * MIB
@@ -47,14 +47,6 @@ UNARY = 3 * MIB  # under gRPC's 4 MiB message limit of the client
 UNARY_CALLS = 96  # 288 MiB in all
 UNKNOWN_MODE = 99
 STREAM_CALLS = 24
-
-
-def _kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def _reset_peak(pid: int) -> None:
@@ -113,7 +105,7 @@ def _run(server: RunningServer, call: Callable[[pb_grpc.ConvolutionServiceStub, 
     pid = server.process.pid
     codes: list[grpc.StatusCode] = []
     lock = threading.Lock()
-    baseline = _kib(pid, "VmRSS")
+    baseline = status_kib(pid, "VmRSS")
     _reset_peak(pid)
 
     def worker() -> None:
@@ -129,7 +121,7 @@ def _run(server: RunningServer, call: Callable[[pb_grpc.ConvolutionServiceStub, 
         thread.start()
     for thread in threads:
         thread.join(120)
-    growth = (_kib(pid, "VmHWM") - baseline) * 1024
+    growth = (status_kib(pid, "VmHWM") - baseline) * 1024
     return growth, set(codes)
 
 
@@ -158,12 +150,12 @@ def test_failed_streams_free_their_blocks(small_server: RunningServer) -> None:
     pid = small_server.process.pid
     with convserve.Client(small_server.target) as client:
         list(client.convolve_stream([np.ones(8)], np.ones(3)))  # warm
-        baseline = _kib(pid, "VmRSS")
+        baseline = status_kib(pid, "VmRSS")
         _reset_peak(pid)
         for _ in range(STREAM_CALLS):  # 768 MiB of refused blocks in all, one call at a time
             with pytest.raises(convserve.InvalidArgumentError):
                 list(client.convolve_stream([block], np.ones(3)))
-    growth = (_kib(pid, "VmHWM") - baseline) * 1024
+    growth = (status_kib(pid, "VmHWM") - baseline) * 1024
     print(f"{STREAM_CALLS} refused 32 MiB stream blocks: peak RSS growth {growth / MIB:.0f} MiB")
     # A block in flight is held about twice (gRPC's received bytes and the parsed message), and the
     # allocator keeps freed blocks of up to 32 MiB for reuse: a few blocks' worth, never the count's.

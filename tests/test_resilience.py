@@ -15,21 +15,13 @@ import pytest
 import convserve
 from convserve.errors import ConvserveError
 
-from .conftest import RunningServer, start_server, stop_server
+from .conftest import RunningServer, start_server, status_kib, stop_server
 from .serverwatch import metrics_url, signal_lasting, wait_in_flight, wait_not_serving
 
 # Direct convolution with this kernel costs the same per signal sample all along the signal; the
 # tests size the signal from a measurement on the server under test (serverwatch.signal_lasting).
 SLOW_KERNEL = np.random.default_rng(1).standard_normal(3001)
 NO_RETRY = convserve.RetryPolicy(max_attempts=1)
-
-
-def _rss_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def _busy(server: RunningServer, url: str, seconds: float = 1.0) -> concurrent.futures.Future[object]:
@@ -69,7 +61,7 @@ def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() ->
                           "--fftw-threads", "1")
     try:
         pid = server.process.pid
-        baseline = _rss_kib(pid, "VmRSS") * 1024
+        baseline = status_kib(pid, "VmRSS") * 1024
         x = np.random.default_rng(2).standard_normal(1_000_000)
         h = np.random.default_rng(3).standard_normal(257)  # ~0.1 s of direct work per call
         expected = np.convolve(x, h)
@@ -91,7 +83,7 @@ def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() ->
             list(burst.map(call, range(4 * CALLERS)))
         assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
         assert outcomes.count("RESOURCE_EXHAUSTED") > 0 and outcomes.count("OK") >= 4
-        peak = _rss_kib(pid, "VmHWM") * 1024
+        peak = status_kib(pid, "VmHWM") * 1024
         # Allowance outside the admission budget: for every concurrent caller gRPC holds its received
         # request (the message bytes and the parsed message) and the reply being serialized, and
         # glibc keeps freed blocks of that size in its arenas (measured: about 3 request sizes per

@@ -28,7 +28,7 @@ from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
 from .attacker_env import as_nobody, nobody_python
-from .conftest import start_server
+from .conftest import start_server, status_kib
 
 HERE = Path(__file__).resolve().parent
 MIB = 2**20
@@ -36,14 +36,6 @@ BUDGET = 256 * MIB
 WAITING = 64 * MIB
 LOAD_SECONDS = 20.0
 ALLOWED = {"OK", "ResourceExhaustedError", "DeadlineExceededError", "CancelledError"}
-
-
-def _rss_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def _metric(url: str, name: str) -> float:
@@ -106,7 +98,7 @@ def test_soak_overload_idle_attacker_and_sigterm() -> None:
                                   capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
                                   timeout=120)
             assert warm.returncode == 0, warm.stderr  # every kind of call once: libraries and plans loaded
-            baseline_kib = _rss_kib(pid, "VmRSS")
+            baseline_kib = status_kib(pid, "VmRSS")
 
             idle: list[str] = []
             idlers = [threading.Thread(target=_idle_upload, args=(server.target, idle)) for _ in range(6)]
@@ -119,7 +111,7 @@ def test_soak_overload_idle_attacker_and_sigterm() -> None:
             peak_kib = 0
             started = time.monotonic()
             while load.poll() is None and time.monotonic() - started < LOAD_SECONDS + 60:
-                peak_kib = max(peak_kib, _rss_kib(pid, "VmRSS"))
+                peak_kib = max(peak_kib, status_kib(pid, "VmRSS"))
                 if not attack_outcomes and time.monotonic() - started > 2:
                     attack_outcomes.append(_attack(server.target, load.pid))
                 time.sleep(0.1)  # a sampling period, not a wait for an event
@@ -137,7 +129,7 @@ def test_soak_overload_idle_attacker_and_sigterm() -> None:
             assert set(idle) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"} and len(idle) == 6, idle
             assert attack_outcomes and attack_outcomes[0].get("OK", 0) == 0, attack_outcomes
             assert attack_outcomes[0].get("tried", 0) > 0, attack_outcomes
-            hwm_kib = _rss_kib(pid, "VmHWM")
+            hwm_kib = status_kib(pid, "VmHWM")
             growth = (max(peak_kib, hwm_kib) - baseline_kib) * 1024
             print(f"peak RSS growth {growth / MIB:.0f} MiB against budgets of {(BUDGET + WAITING) / MIB:.0f} MiB")
             assert growth < BUDGET + WAITING
