@@ -18,7 +18,7 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import allocator, logs, metrics, security, shared
+from . import allocator, logs, metrics, security
 from .engine import costs, fftw_plans
 from .pool import WorkerPool
 from .servicer import ConvolutionServicer
@@ -186,7 +186,6 @@ async def shut_down(server: Server, settings: Settings) -> bool:
     if others:  # the cancelled calls: let them end and log, before the loop goes away
         await asyncio.wait(others, timeout=max(0.0, deadline - loop.time()))
     stopped = await stop_workers(server.pool, max(0.0, deadline - loop.time()))
-    shared.ATTACHED.clear()
     if settings.fftw_wisdom:
         saved = fftw_plans.save_wisdom(timeout=STOP_SECONDS)
         if saved is None:

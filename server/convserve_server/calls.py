@@ -11,7 +11,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from prometheus_client import Gauge
 
 from . import metrics
 from .pool import LimitExceeded, Overloaded
@@ -19,17 +18,6 @@ from .status import CallerGone, Failure, failure_for
 
 log = logging.getLogger("convserve.server")
 REQUEST_ID_KEY = "x-request-id"
-# Gauges of the waiting budget (to move into metrics.py with the others).
-WAITING_STREAMS = Gauge("convserve_waiting_streams", "Chunked uploads and streams waiting for data (they hold no compute slot)",
-                        registry=metrics.REGISTRY)
-WAITING_BYTES = Gauge("convserve_waiting_bytes", "Bytes held by the calls waiting for data (the waiting budget in use)",
-                      registry=metrics.REGISTRY)
-
-
-def waiting_changed(streams: int, held: int) -> None:
-    """Update the waiting-budget gauges (called by the waiting budget on every change)."""
-    WAITING_STREAMS.set(streams)
-    WAITING_BYTES.set(held)
 
 
 class CallRecord:

@@ -14,6 +14,10 @@ BYTES_IN = Counter("convserve_received_bytes", "Tensor bytes received, by RPC", 
 BYTES_OUT = Counter("convserve_sent_bytes", "Tensor bytes sent, by RPC", ["rpc"], registry=REGISTRY)
 IN_FLIGHT = Gauge("convserve_in_flight_requests", "Admitted requests not yet finished", registry=REGISTRY)
 RESERVED = Gauge("convserve_reserved_bytes", "Estimated working memory reserved by admitted requests", registry=REGISTRY)
+WAITING_STREAMS = Gauge("convserve_waiting_streams", "Chunked uploads and streams waiting for data (they hold no compute slot)",
+                        registry=REGISTRY)
+WAITING_BYTES = Gauge("convserve_waiting_bytes", "Bytes held by the calls waiting for data (the waiting budget in use)",
+                      registry=REGISTRY)
 REJECTIONS = Counter("convserve_admission_rejections", "Requests refused by admission, by reason", ["reason"], registry=REGISTRY)
 METHODS = Counter("convserve_method_chosen", "Engine method that ran, by RPC", ["rpc", "method"], registry=REGISTRY)
 
@@ -22,6 +26,12 @@ def pool_changed(in_flight: int, reserved: int) -> None:
     """Update the gauges (called by the worker pool under its lock)."""
     IN_FLIGHT.set(in_flight)
     RESERVED.set(reserved)
+
+
+def waiting_changed(streams: int, held: int) -> None:
+    """Update the waiting-budget gauges (called by the waiting budget on every change)."""
+    WAITING_STREAMS.set(streams)
+    WAITING_BYTES.set(held)
 
 
 def serve_metrics(host: str, port: int) -> int:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from . import __version__, calls, chunks, cost, shared, streaming, wire
+from . import __version__, chunks, cost, metrics, shared, streaming, wire
 from .calls import CallRecord
 from .engine import conv_layer, conv_transpose
 from .engine import fft as fft_engine
@@ -45,7 +45,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         self.wisdom_state = wisdom_state
         self.weights = WeightsRegistry(settings.weights_cache_bytes, max_entries=settings.weights_cache_entries)
         self.waiting = WaitingBudget(settings.max_waiting_streams, settings.waiting_budget_bytes, settings.busy_pushback_ms)
-        self.waiting.on_change = calls.waiting_changed
+        self.waiting.on_change = metrics.waiting_changed
 
     async def Convolve(self, request: pb.SignalRequest, context: grpc.aio.ServicerContext) -> pb.SignalResponse:  # noqa: N802
         return await self._unary("Convolve", context, request, lambda _: self._signal(request, None, False))

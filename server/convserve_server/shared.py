@@ -114,34 +114,29 @@ class Region:
         raw = np.empty(nbytes + _ALIGN, np.uint8)
         start = -raw.ctypes.data % _ALIGN
         raw = raw[start:start + nbytes]
-        view, done = raw.data, 0
-        while done < nbytes:
-            try:
-                count = os.preadv(self.fd, [view[done:done + _PIECE]], offset + done)
-            except OSError as exc:
-                raise InvalidArgumentError(f"{field}.region", f"cannot read the region: {exc.strerror}") from None
-            if count == 0:
-                raise _shrank(field)
-            done += count
+        self._move(os.preadv, raw.data, offset, field, "read")
         return raw.view(dtype).reshape(shape)
 
     def write(self, array: npt.NDArray[Any], offset: int, field: str) -> None:
         """Write ``array`` (C-contiguous) at ``offset``; refuse if the region changed size meanwhile."""
-        view = array.reshape(-1).view(np.uint8).data
-        nbytes = len(view)
         if self.current_size(field) != self.size:
             raise _shrank(field)
+        self._move(os.pwritev, array.reshape(-1).view(np.uint8).data, offset, field, "write")
+        if self.current_size(field) != self.size:  # shrunk during the write, which grew it back
+            raise _shrank(field)
+
+    def _move(self, io: Callable[[int, list[memoryview], int], int], view: memoryview, offset: int, field: str,
+              verb: str) -> None:
+        """``preadv`` or ``pwritev`` all of ``view`` at ``offset``, in pieces; a count of 0 is a shrink."""
         done = 0
-        while done < nbytes:
+        while done < len(view):
             try:
-                count = os.pwritev(self.fd, [view[done:done + _PIECE]], offset + done)
+                count = io(self.fd, [view[done:done + _PIECE]], offset + done)
             except OSError as exc:
-                raise InvalidArgumentError(f"{field}.region", f"cannot write the region: {exc.strerror}") from None
+                raise InvalidArgumentError(f"{field}.region", f"cannot {verb} the region: {exc.strerror}") from None
             if count == 0:
                 raise _shrank(field)
             done += count
-        if self.current_size(field) != self.size:  # shrunk during the write, which grew it back
-            raise _shrank(field)
 
 
 def open_region(name: str, capability: bytes, field: str) -> Region:
@@ -243,16 +238,6 @@ class Regions:
         """Close every descriptor of this call."""
         while self._open:
             os.close(self._open.popitem()[1].fd)
-
-
-class AttachmentCache:
-    """Kept for callers of ``ATTACHED.clear()``: regions are opened per call, so nothing is cached."""
-
-    def clear(self) -> None:
-        """Nothing to release (no region stays open between calls)."""
-
-
-ATTACHED = AttachmentCache()
 
 
 @contextmanager
