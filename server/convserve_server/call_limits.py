@@ -180,8 +180,9 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
     ----------
     max_calls, max_per_identity : int
         The caps (settings ``max_concurrent_calls`` and ``max_calls_per_identity``).
-    token_identities : bool
-        Identify callers by their bearer token (auth on, without mTLS).
+    token : str
+        The server's bearer token when auth is on (without mTLS): every call that gets past the
+        token check carries it, so all of them are this one identity (worked out once, here).
     certificate_identities : bool
         Identify callers by their client certificate (mTLS).
     pushback_ms : int
@@ -190,11 +191,11 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         Seconds a unary-request call has to deliver its one message.
     """
 
-    def __init__(self, max_calls: int, max_per_identity: int, token_identities: bool = False,
+    def __init__(self, max_calls: int, max_per_identity: int, token: str = "",
                  certificate_identities: bool = False, pushback_ms: int = 50, idle_timeout: float = 30.0) -> None:
         self.idle_timeout = idle_timeout
         self.limiter = Limiter(max_calls, max_per_identity)
-        self._tokens = token_identities and not certificate_identities
+        self._identity = token_identity(token) if token and not certificate_identities else None
         self._certificates = certificate_identities
         self._trailers = ((PUSHBACK_KEY, str(max(0, pushback_ms))),)
 
@@ -206,11 +207,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method or ""
         if method.startswith(OPEN_METHODS):
             return await continuation(handler_call_details)
-        identity = None
-        if self._tokens:
-            sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-            sent_text = sent if isinstance(sent, str) else bytes(sent).decode(errors="replace")
-            identity = token_identity(sent_text.removeprefix("Bearer "))
+        identity = self._identity
         refused = self.limiter.acquire(identity)
         if refused is not None:
             return refusing_handler(method, grpc.StatusCode.RESOURCE_EXHAUSTED, refused, self._trailers)

@@ -61,7 +61,7 @@ def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     chain: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []
     chain.append(CallLimitInterceptor(
         settings.max_concurrent_calls, settings.max_calls_per_identity,
-        token_identities=bool(settings.auth_token), certificate_identities=bool(settings.tls_client_ca),
+        token=settings.auth_token, certificate_identities=bool(settings.tls_client_ca),
         pushback_ms=settings.busy_pushback_ms, idle_timeout=settings.idle_timeout_seconds,
     ))
     return chain
