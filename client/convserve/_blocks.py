@@ -58,7 +58,7 @@ class _Shared:
     def _hand(self, attempt: Attempt) -> Any:
         """The pending item for ``attempt`` (``_NOTHING`` if the attempt is stale; the block stays pending)."""
         with self._state:
-            if attempt.stale or (attempt.call is not None and attempt.call.done()):
+            if attempt.done():
                 return _NOTHING
             item = self._pending
             if item is _END or isinstance(item, _Raised):

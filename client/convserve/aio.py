@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from types import TracebackType
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, Callable, Mapping, Sequence
@@ -219,7 +218,7 @@ class AsyncClient(BaseClient):
         """
         config = self._stream_config(kernel, output_dtype)
         source = _blocks.AsyncBlocks(blocks)
-        ends = None if timeout is None else time.monotonic() + timeout
+        ends = self._deadline(timeout)  # None (the default) means no deadline for a stream
         attempt = 0
         while True:
             current = _blocks.Attempt()

@@ -307,7 +307,7 @@ class Client(BaseClient):
         """
         config = self._stream_config(kernel, output_dtype)
         source = _blocks.Blocks(blocks)
-        ends = None if timeout is None else time.monotonic() + timeout
+        ends = self._deadline(timeout)  # None (the default) means no deadline for a stream
         attempt = 0
         while True:
             current = _blocks.Attempt()

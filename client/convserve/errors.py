@@ -219,7 +219,7 @@ _UNREACHABLE = ("failed to connect", "connection refused", "errors resolving", "
                 "name resolution", "no address", "connect failed", "network is unreachable", "no route to host")
 
 
-def _proxy_error(code: grpc.StatusCode, details: str, target: str | None) -> tuple[int | None, int | None, str] | None:
+def _proxy_error(details: str, target: str | None) -> tuple[int | None, int | None, str] | None:
     """``(http_status, reset_code, message)`` when ``details`` says a non-gRPC peer answered or reset the stream."""
     where = f" on the way to {target}" if target else ""
     match = _HTTP_STATUS.search(details)
@@ -257,7 +257,7 @@ def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> Convserve
     """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(error)
-    proxy = _proxy_error(code, details, target)
+    proxy = _proxy_error(details, target)
     if proxy is not None:
         http_status, reset_code, explained = proxy
         if reset_code == REFUSED_STREAM:  # any HTTP/2 peer, most often the server itself: an UnavailableError

@@ -18,6 +18,7 @@ from convserve.v1 import convserve_pb2 as pb
 from .engine import overlap_add, planner
 from .engine.conv_transpose import sizes as transpose_sizes
 from .weights import Entry
+from .wire import _METHODS, _MODES
 
 # Work arrays of the FFT path, in units of the full-size array of the working dtype: padded x,
 # padded h, two spectra, the product, the inverse and the crop, plus the result and its encoded
@@ -33,10 +34,6 @@ LAYER_OUTPUT_ARRAYS = 5
 # Below this many bytes the conservative (FFT) estimate is given without predicting the method
 # (a prediction costs about 30 us; a small over-estimate costs nothing).
 PREDICT_ABOVE = 64 << 20
-_MODES = {pb.MODE_UNSPECIFIED: "full", pb.MODE_FULL: "full", pb.MODE_SAME: "same", pb.MODE_VALID: "valid",
-          pb.MODE_CIRCULAR: "circular"}
-_METHODS = {pb.METHOD_UNSPECIFIED: "auto", pb.METHOD_AUTO: "auto", pb.METHOD_DIRECT: "direct", pb.METHOD_FFT: "fft",
-            pb.METHOD_OVERLAP_ADD: "overlap_add"}
 
 
 def _shape(tensor: pb.Tensor) -> list[int]:
@@ -69,7 +66,7 @@ def signal_request_bytes(request: pb.SignalRequest) -> int:
         return max(0, conservative)
     prediction = _prediction(request, s1, s2)
     if prediction is None:  # the call will be refused; estimate the largest method anyway
-        return max(0, received + _fft_bytes(request, s1, s2, None))
+        return conservative
     full = math.prod(n + m - 1 for n, m in zip(prediction.x_shape, prediction.h_shape))
     work_itemsize = max(prediction.work_dtype.itemsize, 8 if prediction.work_dtype.kind == "c" else 4)
     output = math.prod(prediction.lengths) * _batch(prediction) * prediction.out_dtype.itemsize

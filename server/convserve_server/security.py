@@ -14,11 +14,9 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
-from .call_limits import CallLimitInterceptor, refusing_handler
+from .call_limits import OPEN_METHODS, CallLimitInterceptor, refusing_handler  # health checks stay open
 from .settings import Settings
 
-# Health checks stay open so that orchestrators can probe without the token.
-OPEN_METHODS = ("/grpc.health.v1.Health/",)
 DENIED = "missing or wrong bearer token (metadata 'authorization')"
 
 

@@ -204,9 +204,7 @@ class Regions:
             dtype, shape, nbytes = codec.check_declared(shared.dtype, shared.shape, field)
             wire.check_limits(shape, field, max_elements)
         except ValueError as exc:
-            violations = getattr(exc, "field_violations", ())
-            name, text = violations[0] if violations else (field, str(exc))
-            raise InvalidArgumentError(name, text) from None
+            raise wire.as_engine_error(exc, field) from None
         region = self.region(shared.region, shared.capability, field)
         region.check_inside(shared.offset, nbytes, field)
         return region.read(dtype, shape, shared.offset, field)

@@ -143,7 +143,7 @@ async def _serve(settings: Settings, pool: WorkerPool, waiting: WaitingBudget, r
 
     async def deliver(output: Any) -> None:
         nonlocal sent
-        warnings.extend(w for w in getattr(convolver, "take_warnings", tuple)() if w not in warnings)
+        warnings.extend(w for w in convolver.take_warnings() if w not in warnings)
         if output.size:
             tensor = codec.encode(output, "block")
             sent += len(tensor.data)

@@ -14,7 +14,7 @@ from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 
 from .engine.conv_transpose import sizes as transpose_sizes
-from .engine.errors import InvalidArgumentError
+from .engine.errors import InvalidArgumentError, bounded_message
 from .engine.info import CallInfo
 from .pool import LimitExceeded
 from .settings import Settings
@@ -92,9 +92,9 @@ def registered_id(request: Any) -> str:
 MAX_ECHO = 80
 
 
-def bounded(text: str, limit: int = MAX_ECHO) -> str:
-    """``text`` cut to ``limit`` characters with '...' when longer (for echoing in error messages)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def bounded(text: str) -> str:
+    """``text`` cut to :data:`MAX_ECHO` characters with '...' when longer (for echoing in error messages)."""
+    return bounded_message(text, MAX_ECHO)
 
 
 def check_headers(request: Any, settings: Settings, only: list[str] | None = None) -> None:

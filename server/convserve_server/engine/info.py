@@ -37,10 +37,14 @@ def nonfinite_warnings(result: npt.NDArray[Any]) -> list[str]:
     finite; only a non-finite sum (NaN/Inf present, or an overflowing sum of large finite
     values) pays for the element-wise check.
     """
-    if result.dtype.kind not in "fc" or result.size == 0:
-        return []
+    return [NONFINITE_WARNING] if has_nonfinite(result) else []
+
+
+def has_nonfinite(array: npt.NDArray[Any]) -> bool:
+    """Whether a float or complex array holds NaN or Inf: one reduction, then (only when the sum is
+    not finite, which large finite values can also cause) the element-wise check."""
+    if array.dtype.kind not in "fc" or array.size == 0:
+        return False
     with np.errstate(invalid="ignore", over="ignore"):
-        total = result.sum(dtype=np.float32 if result.dtype == np.float16 else None)
-    if np.isfinite(total) or np.isfinite(result).all():
-        return []
-    return [NONFINITE_WARNING]
+        total = array.sum(dtype=np.float32 if array.dtype == np.float16 else None)
+    return not np.isfinite(total) and not np.isfinite(array).all()

@@ -255,9 +255,8 @@ def run(
     # slices of output rows, or of output channels when there is one row), with a cancellation
     # check between pieces and the watcher terminating the running piece's Relu/Pool nodes.
     c_out = weight.shape[0]
-    out_spatial = pool.output_shape if pool is not None else _conv_out_spatial(tuple(x.shape), weight.shape, strides, pads,
-                                                                               dilations)
     conv_spatial = _conv_out_spatial(tuple(x.shape), weight.shape, strides, pads, dilations)
+    out_spatial = pool.output_shape if pool is not None else conv_spatial
     per_sample = c_out * math.prod(conv_spatial) * math.prod(weight.shape[1:])
     batch = max(1, min(x.shape[0], CHUNK_MACS // max(1, per_sample)))
     units = groups if groups > 1 else c_out  # a piece takes whole groups (or any channels if one group)

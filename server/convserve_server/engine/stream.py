@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from . import cancellation, integers
 from .errors import InvalidArgumentError, OutOfRangeError
+from .info import has_nonfinite
 from .options import SUPPORTED_DTYPES, normalize_output_dtype
 
 MIN_BLOCK = 256
@@ -145,7 +146,7 @@ class StreamConvolver:
         """Feed the next block; return the output samples that are now complete (maybe none)."""
         x = self._check(np.asarray(block))
         self._received += x.shape[1]
-        if not self.exact and x.size and not np.isfinite(x.sum(dtype=np.float64)) and not np.isfinite(x).all():
+        if not self.exact and has_nonfinite(x):
             self._warn(f"the block at sample {self._received - x.shape[1]} holds NaN or Inf; it spreads "
                        f"over the next {self.taps - 1} output samples")
         out = self._exact(x) if self.exact else self._upols(x)
@@ -169,8 +170,6 @@ class StreamConvolver:
         c = self.channels or 1
         if self.exact:
             out = self._exact(np.zeros((c, self.taps - 1), np.int64))
-            if self.taps == 1:
-                out = np.zeros((c, 0), np.int64)
         else:
             flush = -(-(missing - self._pending.shape[1]) // self.block) * self.block + self._pending.shape[1]
             out = self._upols(np.zeros((c, max(0, flush - self._pending.shape[1]) + self.block)))
@@ -184,7 +183,7 @@ class StreamConvolver:
             result = (out != 0) if self.out_dtype.kind == "b" else out.astype(self.out_dtype)
         else:
             result = out.astype(self.out_dtype)
-            if result.size and not np.isfinite(result.sum(dtype=np.float64)) and not np.isfinite(result).all():
+            if has_nonfinite(result):
                 self._warn("NaN or Inf in the output (an input holds NaN or Inf, or the result overflowed "
                            f"{self.out_dtype.name})")
         return np.ascontiguousarray(result[0] if self.channels is None else result.T)
