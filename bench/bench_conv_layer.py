@@ -78,7 +78,7 @@ def numpy_im2col(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups
     win = sliding_window_view(xp, kernel, axis=tuple(range(2, 2 + nd)))
     win = win[(slice(None), slice(None)) + (slice(None, None, stride),) * nd]
     n, c = x.shape[:2]
-    out_sp = win.shape[2:2 + nd]
+    out_sp = win.shape[2 : 2 + nd]
     cg, k = c // groups, w.shape[0]
     win = win.reshape((n, groups, cg) + out_sp + kernel)
     perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
@@ -166,11 +166,22 @@ def random_grid(count: int, seed: int = 0) -> list[dict[str, Any]]:
         if mode == "reflect" and pad >= size:
             continue
         pool = {"kind": str(rng.choice(["max", "avg"])), "kernel_size": 2} if rng.random() < 0.3 else None
-        cases.append(dict(
-            x=(n, c_in) + (size,) * nd, w=(c_out, c_in // groups) + (k,) * nd, bias=bool(rng.random() < 0.7),
-            opts=dict(stride=stride, padding=pad, dilation=dilation, groups=groups, padding_mode=mode,
-                      activation="relu" if rng.random() < 0.5 else None, pool=pool),
-        ))
+        cases.append(
+            dict(
+                x=(n, c_in) + (size,) * nd,
+                w=(c_out, c_in // groups) + (k,) * nd,
+                bias=bool(rng.random() < 0.7),
+                opts=dict(
+                    stride=stride,
+                    padding=pad,
+                    dilation=dilation,
+                    groups=groups,
+                    padding_mode=mode,
+                    activation="relu" if rng.random() < 0.5 else None,
+                    pool=pool,
+                ),
+            )
+        )
     return cases
 
 
@@ -178,8 +189,10 @@ def check_correctness(grid: int) -> tuple[float, int, dict[str, int]]:
     """Check the benchmark layers and a random grid against torch; return (worst, checks, per path)."""
     rng = np.random.default_rng(1)
     worst, checks, per_path = 0.0, 0, {p: 0 for p in layer_policy.PATHS}
-    configs = [dict(x=xs, w=ws, bias=True, opts=dict(stride=s, padding=p, dilation=1, groups=g, padding_mode="zeros",
-                                                     activation=None, pool=None)) for _, xs, ws, s, p, g in LAYERS]
+    configs = [
+        dict(x=xs, w=ws, bias=True, opts=dict(stride=s, padding=p, dilation=1, groups=g, padding_mode="zeros", activation=None, pool=None))
+        for _, xs, ws, s, p, g in LAYERS
+    ]
     for cfg in configs + random_grid(grid):
         x = rng.standard_normal(cfg["x"]).astype(np.float32)
         w = rng.standard_normal(cfg["w"]).astype(np.float32)
@@ -230,7 +243,7 @@ def bench(repeat: int, paths: bool, gap: float) -> list[dict[str, Any]]:
                     conv_layer(x, w, b, path=path, **opts)
                 except Exception:
                     continue
-                fns[f"path:{path}"] = (lambda path=path: conv_layer(x, w, b, path=path, prepared=store, **opts))
+                fns[f"path:{path}"] = lambda path=path: conv_layer(x, w, b, path=path, prepared=store, **opts)
             if g == xs[1] == ws[0] and x.ndim == 4:
                 import cv2  # the depthwise alternative considered: OpenCV filter2D per channel
 
@@ -242,6 +255,7 @@ def bench(repeat: int, paths: bool, gap: float) -> list[dict[str, Any]]:
                             full = cv2.filter2D(xp[i, c], -1, w[c, 0], anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
                             out[i, c] = full[: xs[2], : xs[3]] + b[c]
                     return out
+
                 fns["alt:cv2_filter2D"] = cv2_depthwise
             openvino = _openvino_peer(x, w, b, s, p, g)
             if openvino is not None:
@@ -251,8 +265,7 @@ def bench(repeat: int, paths: bool, gap: float) -> list[dict[str, Any]]:
         row.update({f"{k}_ms": v[0] * 1e3 for k, v in med.items()})
         row.update({f"best_{k}_ms": v[1] * 1e3 for k, v in med.items()})
         rows.append(row)
-        print(f"  {name}: " + ", ".join(f"{k} {v[0] * 1e3:.2f}" for k, v in med.items()) + f" ms; path {info.method}",
-              file=sys.stderr, flush=True)
+        print(f"  {name}: " + ", ".join(f"{k} {v[0] * 1e3:.2f}" for k, v in med.items()) + f" ms; path {info.method}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -272,8 +285,7 @@ def _openvino_peer(x: np.ndarray, w: np.ndarray, b: np.ndarray, s: int, p: int, 
         fh.write(model)
         fh.flush()
         core = openvino.Core()
-        compiled = core.compile_model(core.read_model(fh.name), "CPU",
-                                      {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = core.compile_model(core.read_model(fh.name), "CPU", {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     want = torch_conv(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=s, padding=p, groups=g).numpy()
     got = request.infer({0: x})[0]
@@ -297,8 +309,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         )
     extra = sorted({k for r in rows for k in r if k.startswith(("path:", "alt:"))})  # medians
     if extra:
-        lines += ["", "| layer | " + " | ".join(f"{k[:-3]} ms (/torch)" for k in extra) + " |",
-                  "|---|" + "---:|" * len(extra)]
+        lines += ["", "| layer | " + " | ".join(f"{k[:-3]} ms (/torch)" for k in extra) + " |", "|---|" + "---:|" * len(extra)]
         for r in rows:
             cells = [f"{r[k]:.2f} ({r[k] / r['torch_ms']:.2f})" if k in r else "-" for k in extra]
             lines.append(f"| {r['layer']} | " + " | ".join(cells) + " |")
@@ -317,13 +328,17 @@ def main() -> int:
     worst, checks, per_path = check_correctness(args.grid)
     rows = bench(args.repeat, args.paths, args.gap)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"ConvLayer benchmark, {now}, nproc {os.cpu_count()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), numpy {np.__version__}, median of {args.repeat} round-robin rounds "
-          f"({args.gap * 1e3:.0f} ms settle gap before each call), float32 NCHW\n")
+    print(
+        f"ConvLayer benchmark, {now}, nproc {os.cpu_count()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), numpy {np.__version__}, median of {args.repeat} round-robin rounds "
+        f"({args.gap * 1e3:.0f} ms settle gap before each call), float32 NCHW\n"
+    )
     print(table(rows))
-    print(f"\nCorrectness vs torch.nn.functional (float32): {checks} checks "
-          f"({', '.join(f'{k} {v}' for k, v in per_path.items())}), worst error {worst:.2e} of the output's peak "
-          f"(limit {TOL:g}): OK")
+    print(
+        f"\nCorrectness vs torch.nn.functional (float32): {checks} checks "
+        f"({', '.join(f'{k} {v}' for k, v in per_path.items())}), worst error {worst:.2e} of the output's peak "
+        f"(limit {TOL:g}): OK"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(date=now, nproc=os.cpu_count(), rows=rows, worst=worst, checks=checks), fh, indent=1)

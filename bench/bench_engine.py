@@ -178,23 +178,28 @@ def make_cases(quick: bool) -> list[Case]:
             x = rng.standard_normal((size, size)).astype(np.float32)
             cases.append(Case(f"2-D f32 {size}^2 k={k} same", x, rng.standard_normal((k, k)).astype(np.float32), "same"))
     side = 64 if quick else 128
-    cases.append(Case(f"3-D f32 {side}^3 k=5^3 same", rng.standard_normal((side,) * 3).astype(np.float32),
-                      rng.standard_normal((5, 5, 5)).astype(np.float32), "same"))
-    for n, m in ([(10**5, 64), (10**5, 1025)] if quick else [(10**5, 64), (10**5, 1025), (10**6, 1025), (10**6, 65537)]):
+    cases.append(
+        Case(f"3-D f32 {side}^3 k=5^3 same", rng.standard_normal((side,) * 3).astype(np.float32), rng.standard_normal((5, 5, 5)).astype(np.float32), "same")
+    )
+    for n, m in [(10**5, 64), (10**5, 1025)] if quick else [(10**5, 64), (10**5, 1025), (10**6, 1025), (10**6, 65537)]:
         c = lambda k: rng.standard_normal(k) + 1j * rng.standard_normal(k)  # noqa: E731
         cases.append(Case(f"1-D c128 N={n:.0e} M={m}", c(n), c(m), "full"))
     image = rng.integers(0, 256, (1024 if quick else 2048,) * 2).astype(np.uint8)
     cases.append(Case(f"u8 {image.shape[0]}^2 f64 k=5 same", image, rng.standard_normal((5, 5)), "same"))
-    gauss = np.exp(-np.linspace(-2, 2, 15) ** 2)
-    cases.append(Case("2-D f32 2048^2 gaussian 15 same", rng.standard_normal((2048, 2048)).astype(np.float32),
-                      np.outer(gauss, gauss).astype(np.float32), "same"))
+    gauss = np.exp(-(np.linspace(-2, 2, 15) ** 2))
+    cases.append(
+        Case("2-D f32 2048^2 gaussian 15 same", rng.standard_normal((2048, 2048)).astype(np.float32), np.outer(gauss, gauss).astype(np.float32), "same")
+    )
     return cases
 
 
 def run(case: Case, plain: PlainFFTW, budget: float, skip_seconds: float) -> None:
     """Time the engine (auto and each method) and every peer on one case, interleaved."""
-    ref = ss.fftconvolve(case.x.astype(np.complex128 if np.iscomplexobj(case.x) else np.float64),
-                         case.h.astype(np.complex128 if np.iscomplexobj(case.h) else np.float64), case.mode)
+    ref = ss.fftconvolve(
+        case.x.astype(np.complex128 if np.iscomplexobj(case.x) else np.float64),
+        case.h.astype(np.complex128 if np.iscomplexobj(case.h) else np.float64),
+        case.mode,
+    )
     tol = 1e-5 if np.result_type(case.x.dtype, case.h.dtype) in (np.float32, np.complex64) else 1e-12
     x, h, mode = case.x, case.h, case.mode
     first, (result, info) = first_call(lambda: convolve(x, h, mode, return_info=True), fftw_background.wait_idle)
@@ -230,24 +235,35 @@ def summary(case: Case) -> dict[str, Any]:
     peer = timed_peers[best]["median"]
     met = engine["median"] <= 1.1 * peer if peer >= 1e-3 else engine["median"] <= peer + 50e-6
     scipy_auto = case.rows.get("scipy.convolve auto", {}).get("median")
-    return dict(best=best, peer=peer, ratio=engine["median"] / peer, met=met and engine["error"] <= engine["tol"],
-                auto_ok=case.rows.get(f"engine {engine['method']}", {}).get("median", engine["median"]) <= 1.3 * own_best,
-                speedup=(scipy_auto / engine["median"]) if scipy_auto else None)
+    return dict(
+        best=best,
+        peer=peer,
+        ratio=engine["median"] / peer,
+        met=met and engine["error"] <= engine["tol"],
+        auto_ok=case.rows.get(f"engine {engine['method']}", {}).get("median", engine["median"]) <= 1.3 * own_best,
+        speedup=(scipy_auto / engine["median"]) if scipy_auto else None,
+    )
 
 
 def table(cases: list[Case]) -> str:
     """The Markdown table of results."""
     ms = lambda s: f"{s * 1e3:.2f}"  # noqa: E731
-    lines = ["| case | engine auto ms (method) | first call ms | error | best peer | peer ms | ratio | target | auto within 1.3x | vs scipy auto |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | engine auto ms (method) | first call ms | error | best peer | peer ms | ratio | target | auto within 1.3x | vs scipy auto |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     speedups = []
     for case in cases:
         s, e = summary(case), case.rows["engine auto"]
         if s["speedup"]:
             speedups.append(s["speedup"])
-        lines.append(f"| {case.label} | {ms(e['median'])} ({e['method']}) | {ms(e['first'])} | {e['error']:.1e} | {s['best']} | "
-                     f"{ms(s['peer'])} | {s['ratio']:.2f} | {'met' if s['met'] else 'MISSED'} | {'yes' if s['auto_ok'] else 'NO'} | "
-                     f"{s['speedup']:.1f}x |" if s["speedup"] else "- |")
+        lines.append(
+            f"| {case.label} | {ms(e['median'])} ({e['method']}) | {ms(e['first'])} | {e['error']:.1e} | {s['best']} | "
+            f"{ms(s['peer'])} | {s['ratio']:.2f} | {'met' if s['met'] else 'MISSED'} | {'yes' if s['auto_ok'] else 'NO'} | "
+            f"{s['speedup']:.1f}x |"
+            if s["speedup"]
+            else "- |"
+        )
     geo = math.exp(sum(map(math.log, speedups)) / len(speedups)) if speedups else float("nan")
     lines.append(f"\nGeometric mean speed-up over scipy.signal.convolve(method='auto'): {geo:.2f}x over {len(speedups)} cases.")
     return "\n".join(lines)
@@ -272,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="seconds of repeats per run (default 0.3, quick 0.15)")
     parser.add_argument("--skip-seconds", type=float, default=3.0, help="skip a peer whose estimated run exceeds this")
     parser.add_argument("--planning-timelimit", type=float, default=2.0, help="FFTW MEASURE time limit for the plain pyFFTW peer")
-    parser.add_argument("--background-planning", type=float, default=2.0,
-                        help="the engine's CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS (0: off); counted in its first call")
+    parser.add_argument(
+        "--background-planning", type=float, default=2.0, help="the engine's CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS (0: off); counted in its first call"
+    )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--details", action="store_true", help="print every run's timing too")
     args = parser.parse_args(argv)
@@ -285,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         run(case, plain, budget, args.skip_seconds)
         print(f"  {case.label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    print(f"convserve engine benchmark, {datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores, "
-          f"{platform.machine()}), numpy {np.__version__}, FFTW effort {fftw_plans.planner_effort()}, "
-          f"background planning {args.background_planning} s per shape (in the first call), "
-          f"{'quick' if args.quick else 'full'} run in {time.perf_counter() - started:.0f} s\n")
+    print(
+        f"convserve engine benchmark, {datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores, "
+        f"{platform.machine()}), numpy {np.__version__}, FFTW effort {fftw_plans.planner_effort()}, "
+        f"background planning {args.background_planning} s per shape (in the first call), "
+        f"{'quick' if args.quick else 'full'} run in {time.perf_counter() - started:.0f} s\n"
+    )
     print(table(cases))
     if args.details:
         print("\n" + details(cases))

@@ -134,8 +134,18 @@ def overload_memory(rows: list[tuple[str, str]]) -> None:
         with concurrent.futures.ThreadPoolExecutor(24) as burst:
             list(burst.map(call, range(96)))
         peak = rss_kib(pid, "VmHWM") * 1024
-        rows.append(("overload burst: 96 calls of 8 MB from 24 threads", f"{outcomes.count('OK')} OK, {outcomes.count('RESOURCE_EXHAUSTED')} RESOURCE_EXHAUSTED, other {len(outcomes) - outcomes.count('OK') - outcomes.count('RESOURCE_EXHAUSTED')}"))
-        rows.append(("peak RSS growth over the idle server", f"{(peak - baseline) / 2**20:.0f} MiB (budget {budget / 2**20:.0f} MiB; baseline {baseline / 2**20:.0f} MiB)"))
+        rows.append(
+            (
+                "overload burst: 96 calls of 8 MB from 24 threads",
+                f"{outcomes.count('OK')} OK, {outcomes.count('RESOURCE_EXHAUSTED')} RESOURCE_EXHAUSTED, other {len(outcomes) - outcomes.count('OK') - outcomes.count('RESOURCE_EXHAUSTED')}",
+            )
+        )
+        rows.append(
+            (
+                "peak RSS growth over the idle server",
+                f"{(peak - baseline) / 2**20:.0f} MiB (budget {budget / 2**20:.0f} MiB; baseline {baseline / 2**20:.0f} MiB)",
+            )
+        )
     finally:
         stop_server(server)
 

@@ -31,8 +31,19 @@ from tests.conftest import RunningServer, start_server, stop_server  # noqa: E40
 
 MIB = 2**20
 CHUNK = MIB
-SERVER_FLAGS = ("--max-elements", str(2**31), "--max-request-bytes", str(2047 * MIB), "--max-output-bytes", str(2047 * MIB),
-                "--memory-budget-bytes", str(16 * 1024 * MIB), "--allow-shared-memory", "--log-level", "WARNING")
+SERVER_FLAGS = (
+    "--max-elements",
+    str(2**31),
+    "--max-request-bytes",
+    str(2047 * MIB),
+    "--max-output-bytes",
+    str(2047 * MIB),
+    "--memory-budget-bytes",
+    str(16 * 1024 * MIB),
+    "--allow-shared-memory",
+    "--log-level",
+    "WARNING",
+)
 
 
 def _identity(data: bytes) -> bytes:
@@ -43,8 +54,7 @@ class EchoServer:
     """A raw gRPC echo of bytes: unary and chunked bidirectional streaming, no protobuf at all."""
 
     def __init__(self) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(4), options=[
-            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        self.server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(lambda request, context: request, _identity, _identity),
             "Stream": grpc.stream_stream_rpc_method_handler(lambda requests, context: requests, _identity, _identity),
@@ -52,8 +62,7 @@ class EchoServer:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[
-            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
         self.unary = self.channel.unary_unary("/bench.Echo/Unary", _identity, _identity)
         self.stream = self.channel.stream_stream("/bench.Echo/Stream", _identity, _identity)
 
@@ -65,12 +74,12 @@ class EchoServer:
 
         def chunks() -> Iterator[bytes]:
             for start in range(0, len(view), CHUNK):
-                yield view[start:start + CHUNK].tobytes()
+                yield view[start : start + CHUNK].tobytes()
 
         received = bytearray(len(view))
         offset = 0
         for piece in self.stream(chunks()):
-            received[offset:offset + len(piece)] = piece
+            received[offset : offset + len(piece)] = piece
             offset += len(piece)
 
     def close(self) -> None:
@@ -113,7 +122,9 @@ def transport_table(sizes: list[int], repeats: int) -> None:
     server = start_server(*SERVER_FLAGS)
     paths = clients(server)
     kernel = np.ones(1, np.float32)
-    print("| MiB | numpy copy | gRPC echo unary | gRPC echo streamed | convserve unary | chunked | shared memory | chunked / streamed echo throughput | shm overhead / numpy copy |")
+    print(
+        "| MiB | numpy copy | gRPC echo unary | gRPC echo streamed | convserve unary | chunked | shared memory | chunked / streamed echo throughput | shm overhead / numpy copy |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
         for size in sizes:
@@ -137,9 +148,12 @@ def transport_table(sizes: list[int], repeats: int) -> None:
                 compute[name] = statistics.median(infos)
             throughput_ratio = stream_echo / row["chunked"]
             shm_overhead = (row["shared memory"] - compute["shared memory"]) / copy
-            print(f"| {size} | {copy * 1e3:.1f} ms | {unary_echo * 1e3:.1f} ms | {stream_echo * 1e3:.1f} ms | "
-                  f"{row['unary'] * 1e3:.1f} ms | {row['chunked'] * 1e3:.1f} ms | {row['shared memory'] * 1e3:.1f} ms | "
-                  f"{throughput_ratio:.0%} | {shm_overhead:.2f}x |", flush=True)
+            print(
+                f"| {size} | {copy * 1e3:.1f} ms | {unary_echo * 1e3:.1f} ms | {stream_echo * 1e3:.1f} ms | "
+                f"{row['unary'] * 1e3:.1f} ms | {row['chunked'] * 1e3:.1f} ms | {row['shared memory'] * 1e3:.1f} ms | "
+                f"{throughput_ratio:.0%} | {shm_overhead:.2f}x |",
+                flush=True,
+            )
     finally:
         for client in paths.values():
             client.close()
@@ -172,14 +186,16 @@ def streaming_audio(seconds: int = 20) -> None:
         with convserve.Client(server.target) as client:
             before = cpu_seconds(server.process.pid)
             started = time.perf_counter()
-            blocks = (audio[i:i + 1024] for i in range(0, len(audio), 1024))
+            blocks = (audio[i : i + 1024] for i in range(0, len(audio), 1024))
             outputs = sum(len(block) for block in client.convolve_stream(blocks, kernel))
             wall = time.perf_counter() - started
             cpu = cpu_seconds(server.process.pid) - before
         assert outputs == len(audio) + taps - 1
-        print(f"\nstreaming convolution, 48 kHz stereo, (1024, 2) blocks, {taps} taps, {seconds} s of audio: "
-              f"wall {wall:.2f} s ({seconds / wall:.0f}x real time), server CPU {cpu:.2f} s = "
-              f"{100 * cpu / seconds:.1f}% of one core per second of audio")
+        print(
+            f"\nstreaming convolution, 48 kHz stereo, (1024, 2) blocks, {taps} taps, {seconds} s of audio: "
+            f"wall {wall:.2f} s ({seconds / wall:.0f}x real time), server CPU {cpu:.2f} s = "
+            f"{100 * cpu / seconds:.1f}% of one core per second of audio"
+        )
     finally:
         stop_server(server)
 

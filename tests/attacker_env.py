@@ -64,8 +64,13 @@ def nobody_python(scripts: dict[str, str]) -> Iterator[tuple[str, str] | None]:
         subprocess.run(["chmod", "-R", "o+rX", directory], check=True)
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         for interpreter in (sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
-            check = subprocess.run(as_nobody(interpreter, "-c", "import grpc, sys; print('%d.%d' % sys.version_info[:2])"),
-                                   capture_output=True, text=True, env={"PYTHONPATH": directory}, cwd="/")
+            check = subprocess.run(
+                as_nobody(interpreter, "-c", "import grpc, sys; print('%d.%d' % sys.version_info[:2])"),
+                capture_output=True,
+                text=True,
+                env={"PYTHONPATH": directory},
+                cwd="/",
+            )
             if check.returncode == 0 and check.stdout.strip() == version:
                 yield interpreter, directory
                 return

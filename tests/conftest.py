@@ -27,7 +27,10 @@ def start_server(*flags: str, env: dict[str, str] | None = None, stderr: Any = s
     defaults = [] if "--metrics-port" in flags else ["--metrics-port", "-1"]
     command = [sys.executable, "-m", "convserve_server", "serve", "--host", "127.0.0.1", "--port", "0", *defaults, *flags]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        command,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
         env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None

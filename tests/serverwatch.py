@@ -104,8 +104,7 @@ def kernel_lasting(target: str, x: np.ndarray, seconds: float, shortest: float =
     return rng.standard_normal((side, side)) + 1j * rng.standard_normal((side, side))
 
 
-def signal_lasting(target: str, kernel: np.ndarray, seconds: float, method: str = "direct",
-                   most: int = 1 << 25) -> np.ndarray:
+def signal_lasting(target: str, kernel: np.ndarray, seconds: float, method: str = "direct", most: int = 1 << 25) -> np.ndarray:
     """A float64 signal that ``convolve(signal, kernel, method=method)`` needs about ``seconds``
     for here (at most ``most`` samples).
 

@@ -31,10 +31,8 @@ def main() -> int:
         stub = pb_grpc.ConvolutionServiceStub(channel)
         for name in names:
             for capability in (b"", secrets.token_bytes(16)):
-                tensor = pb.SharedTensor(region=name, offset=HEADER_BYTES, dtype=pb.DTYPE_FLOAT64, shape=[1024],
-                                         capability=capability)
-                kernel = pb.SharedTensor(region=name, offset=HEADER_BYTES, dtype=pb.DTYPE_FLOAT64, shape=[1],
-                                         capability=capability)
+                tensor = pb.SharedTensor(region=name, offset=HEADER_BYTES, dtype=pb.DTYPE_FLOAT64, shape=[1024], capability=capability)
+                kernel = pb.SharedTensor(region=name, offset=HEADER_BYTES, dtype=pb.DTYPE_FLOAT64, shape=[1], capability=capability)
                 result = pb.SharedBuffer(region=name, offset=HEADER_BYTES, size=1024 * 8 * 2, capability=capability)
                 request = pb.SharedSignalRequest(options=pb.SignalRequest(), in1=tensor, in2=kernel, result=result)
                 tally["tried"] += 1

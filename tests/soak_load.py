@@ -37,8 +37,7 @@ def _calls(client: convserve.Client, shared: convserve.Client | None, rng: np.ra
         ("medium", lambda: client.convolve(medium, kernel, mode="same"), np.convolve(medium, kernel, mode="same")),
         ("chunked", lambda: client.convolve(large, short, method="direct"), None),
         ("layer", lambda: client.conv_layer(image, weight, padding=1), None),
-        ("stream", lambda: np.concatenate(list(client.convolve_stream(iter(blocks), kernel))),
-         np.convolve(np.concatenate(blocks), kernel)),
+        ("stream", lambda: np.concatenate(list(client.convolve_stream(iter(blocks), kernel))), np.convolve(np.concatenate(blocks), kernel)),
     ]
     if shared is not None:
         signal = rng.standard_normal(2**18)  # 2 MiB: over the shared-memory threshold

@@ -30,8 +30,20 @@ SLACK = 32 * MIB  # gRPC's transport buffers and the allocator's slack, outside 
 def budget_server() -> Iterator[tuple[RunningServer, str, int]]:
     """A 160 MiB compute budget and a 64 MiB waiting budget; yields the server, its metrics URL and
     its RSS (KiB) after a warm-up call."""
-    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--memory-budget-bytes", str(BUDGET),
-                          "--waiting-budget-bytes", str(WAITING), "--fftw-threads", "1", "--metrics-port", "0")
+    server = start_server(
+        "--workers",
+        "2",
+        "--max-concurrent-requests",
+        "4",
+        "--memory-budget-bytes",
+        str(BUDGET),
+        "--waiting-budget-bytes",
+        str(WAITING),
+        "--fftw-threads",
+        "1",
+        "--metrics-port",
+        "0",
+    )
     url = metrics_url(server)
     with convserve.Client(server.target) as client:
         client.convolve(np.ones(1000), np.ones(3))
@@ -73,14 +85,13 @@ ELEMENTS = 2 * MIB  # float64: 16 MiB in, 16 MiB out per call
 
 
 def _header() -> pb.SignalRequest:
-    return pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[ELEMENTS]), in2=codec.encode(np.ones(1)),
-                            method=pb.METHOD_DIRECT)
+    return pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[ELEMENTS]), in2=codec.encode(np.ones(1)), method=pb.METHOD_DIRECT)
 
 
 def _parts(data: bytes) -> Iterator[pb.SignalRequestPart]:
     yield pb.SignalRequestPart(header=_header())
     for start in range(0, len(data), MIB):
-        yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start:start + MIB]))
+        yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start : start + MIB]))
 
 
 def test_slow_readers_keep_their_reservation_until_the_last_chunk(budget_server: tuple[RunningServer, str, int]) -> None:
@@ -153,8 +164,10 @@ def test_slow_readers_keep_their_reservation_until_the_last_chunk(budget_server:
                 client.convolve(x, [1.0], method="direct")
         assert "budget" in str(later.value)
         growth = max(_growth(server, baseline), (peak_kib - baseline) * 1024)
-        print(f"slow readers: {len(holding)} held, refusals {sum(refused)}, peak RSS growth {growth / MIB:.0f} MiB; "
-              f"budgets {BUDGET // MIB} + {WAITING // MIB} MiB")
+        print(
+            f"slow readers: {len(holding)} held, refusals {sum(refused)}, peak RSS growth {growth / MIB:.0f} MiB; "
+            f"budgets {BUDGET // MIB} + {WAITING // MIB} MiB"
+        )
         assert growth <= BUDGET + WAITING + SLACK
     finally:
         stop.set()

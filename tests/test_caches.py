@@ -65,10 +65,9 @@ def test_caller_chosen_shapes_stop_growing_plans_and_wisdom(small_shape_budget: 
     x2, h2 = RNG.standard_normal((37, 41)).astype(np.float32), RNG.standard_normal((3, 4)).astype(np.float32)
     expected2 = np.real(np.fft.ifft2(np.fft.fft2(x2.astype(np.float64)) * np.fft.fft2(h2.astype(np.float64), x2.shape)))
     np.testing.assert_allclose(signal.convolve(x2, h2, mode="circular", method="fft"), expected2, rtol=1e-4, atol=1e-4)
-    z = (RNG.standard_normal(1001) + 1j * RNG.standard_normal(1001))
+    z = RNG.standard_normal(1001) + 1j * RNG.standard_normal(1001)
     hz = RNG.standard_normal(5) + 1j * RNG.standard_normal(5)
-    np.testing.assert_allclose(signal.convolve(z, hz, mode="circular", method="fft"),
-                               np.fft.ifft(np.fft.fft(z) * np.fft.fft(hz, 1001)), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(signal.convolve(z, hz, mode="circular", method="fft"), np.fft.ifft(np.fft.fft(z) * np.fft.fft(hz, 1001)), rtol=1e-10, atol=1e-10)
 
 
 def test_known_shapes_keep_their_plans_past_the_budget(small_shape_budget: int) -> None:
@@ -78,8 +77,7 @@ def test_known_shapes_keep_their_plans_past_the_budget(small_shape_budget: int) 
     for n in range(5001, 5021):
         signal.convolve(RNG.standard_normal(n), h, mode="circular", method="fft")
     created = fftw_plans.stats()["plans_created"]
-    np.testing.assert_allclose(signal.convolve(x, h, mode="circular", method="fft"), circular_reference(x, h),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(signal.convolve(x, h, mode="circular", method="fft"), circular_reference(x, h), rtol=1e-10, atol=1e-10)
     assert fftw_plans.stats()["plans_created"] - created <= 3  # at most re-planned (idle cache of 4), never refused
 
 

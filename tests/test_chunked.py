@@ -167,8 +167,7 @@ def test_a_deadline_or_cancel_during_an_upload_is_recorded_as_such(tmp_path: Pat
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             wait_for(lambda: count("DEADLINE_EXCEEDED") + count("INVALID_ARGUMENT") >= 1, "the server to record the call")
             call = stub.ConvolveChunked(slow_parts(), timeout=30)
-            wait_for(lambda: metric(url, "convserve_received_bytes_total", 'rpc="ConvolveChunked"') >= 2 * 65536,
-                     "the second upload's first chunk to arrive")
+            wait_for(lambda: metric(url, "convserve_received_bytes_total", 'rpc="ConvolveChunked"') >= 2 * 65536, "the second upload's first chunk to arrive")
             call.cancel()
             wait_for(lambda: count("CANCELLED") + count("INVALID_ARGUMENT") >= 1, "the server to record the cancel")
         assert (count("DEADLINE_EXCEEDED"), count("CANCELLED"), count("INVALID_ARGUMENT")) == (1, 1, 0), log_path.read_text()

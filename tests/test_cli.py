@@ -27,14 +27,16 @@ def test_flags_win_over_environment_over_defaults() -> None:
     assert settings.port == 7000 and settings.workers == 1 and settings.max_concurrent_requests == 3
 
 
-@pytest.mark.parametrize("env,word", [
-    ({"CONVSERVE_PORT": "seventy"}, "CONVSERVE_PORT"),
-    ({"CONVSERVE_WORKERS": "0"}, "workers"),
-    ({"CONVSERVE_LOG_LEVEL": "LOUD"}, "log_level"),
-])
+@pytest.mark.parametrize(
+    "env,word",
+    [
+        ({"CONVSERVE_PORT": "seventy"}, "CONVSERVE_PORT"),
+        ({"CONVSERVE_WORKERS": "0"}, "workers"),
+        ({"CONVSERVE_LOG_LEVEL": "LOUD"}, "log_level"),
+    ],
+)
 def test_invalid_setting_stops_start_up_with_one_line(env: dict[str, str], word: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "convserve_server", "serve"], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "convserve_server", "serve"], capture_output=True, text=True, env={**os.environ, **env}, timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and word in lines[0]
@@ -44,8 +46,9 @@ def test_port_in_use_is_a_clear_error() -> None:
     first = start_server()
     try:
         port = first.target.rsplit(":", 1)[1]
-        result = subprocess.run([sys.executable, "-m", "convserve_server", "serve", "--port", port, "--metrics-port", "-1"],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-m", "convserve_server", "serve", "--port", port, "--metrics-port", "-1"], capture_output=True, text=True, timeout=30
+        )
         assert result.returncode == 1
         assert port in result.stderr and "in use" in result.stderr
     finally:
@@ -58,17 +61,16 @@ def test_sigterm_stops_cleanly_with_exit_code_0() -> None:
 
 
 def test_health_command(server) -> None:  # type: ignore[no-untyped-def]
-    ok = subprocess.run([sys.executable, "-m", "convserve_server", "health", "--target", server.target],
-                        capture_output=True, text=True, timeout=30)
+    ok = subprocess.run([sys.executable, "-m", "convserve_server", "health", "--target", server.target], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0 and "SERVING" in ok.stdout
-    down = subprocess.run([sys.executable, "-m", "convserve_server", "health", "--target", "127.0.0.1:1", "--timeout", "1"],
-                          capture_output=True, text=True, timeout=30)
+    down = subprocess.run(
+        [sys.executable, "-m", "convserve_server", "health", "--target", "127.0.0.1:1", "--timeout", "1"], capture_output=True, text=True, timeout=30
+    )
     assert down.returncode == 1
 
 
 def test_client_only_install_says_which_extra(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "convserve_server.py").write_text("raise ImportError('No module named convserve_server')\n")
     code = "import sys; from convserve.cli import main; sys.exit(main(['serve']))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=30)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=30)
     assert result.returncode == 2 and "convserve[server]" in result.stderr

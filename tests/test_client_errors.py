@@ -94,8 +94,9 @@ class Http2Stub:
             return frame(RST_STREAM, 0, stream, struct.pack(">I", self.reset_code))
         headers = literal(8, str(self.status).encode()) + literal(31, b"text/html")  # :status, content-type
         body = f"<html><center><h1>{self.status}</h1></center><hr><center>nginx</center></html>".encode()
-        return (frame(HEADERS, END_HEADERS, stream, headers) + frame(DATA, END_STREAM, stream, body)
-                + frame(RST_STREAM, 0, stream, struct.pack(">I", 0)))  # as nginx does after an early answer
+        return (
+            frame(HEADERS, END_HEADERS, stream, headers) + frame(DATA, END_STREAM, stream, body) + frame(RST_STREAM, 0, stream, struct.pack(">I", 0))
+        )  # as nginx does after an early answer
 
 
 @pytest.fixture()

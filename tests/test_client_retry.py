@@ -99,8 +99,7 @@ def test_chunked_calls_against_a_busy_server_never_abort_the_caller(kind: str, t
     try:
         tally: dict[str, int] = {}
         for _ in range(3):  # until the server has refused some (it does at once, unless this host is very fast)
-            run = subprocess.run([sys.executable, "-c", CALLERS, server.target, kind],
-                                 capture_output=True, text=True, timeout=300)
+            run = subprocess.run([sys.executable, "-c", CALLERS, server.target, kind], capture_output=True, text=True, timeout=300)
             assert run.returncode == 0, f"the caller's process died ({run.returncode}): {run.stderr[-2000:]}"
             tally = json.loads(run.stdout.strip().splitlines()[-1])
             assert sum(tally.values()) == 24

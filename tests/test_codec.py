@@ -8,8 +8,7 @@ import pytest
 from convserve import InvalidArgumentError, codec
 from convserve.v1 import convserve_pb2 as pb
 
-DTYPES = ["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-          "float16", "float32", "float64", "complex64", "complex128"]
+DTYPES = ["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64", "complex64", "complex128"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -40,16 +39,19 @@ def test_unsupported_dtypes_are_refused(value: np.ndarray) -> None:
         codec.encode(value, "in1")
 
 
-@pytest.mark.parametrize("tensor,field", [
-    (pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3], data=b"\0" * 8), "x.data"),
-    (pb.Tensor(dtype=99, shape=[1], data=b"\0"), "x.dtype"),
-    (pb.Tensor(dtype=pb.DTYPE_UNSPECIFIED, shape=[1], data=b"\0"), "x.dtype"),
-    (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[-1], data=b""), "x.shape"),
-    (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**62, 2**62, 16], data=b""), "x.shape"),
-    (pb.Tensor(dtype=pb.DTYPE_UINT16, shape=[0, 2**62], data=b""), "x.shape"),
-    (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**63 - 1], data=b""), "x.shape"),
-    (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[1] * 65, data=b"\0"), "x.shape"),
-])
+@pytest.mark.parametrize(
+    "tensor,field",
+    [
+        (pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3], data=b"\0" * 8), "x.data"),
+        (pb.Tensor(dtype=99, shape=[1], data=b"\0"), "x.dtype"),
+        (pb.Tensor(dtype=pb.DTYPE_UNSPECIFIED, shape=[1], data=b"\0"), "x.dtype"),
+        (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[-1], data=b""), "x.shape"),
+        (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**62, 2**62, 16], data=b""), "x.shape"),
+        (pb.Tensor(dtype=pb.DTYPE_UINT16, shape=[0, 2**62], data=b""), "x.shape"),
+        (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[2**63 - 1], data=b""), "x.shape"),
+        (pb.Tensor(dtype=pb.DTYPE_UINT8, shape=[1] * 65, data=b"\0"), "x.shape"),
+    ],
+)
 def test_malformed_tensors_name_the_field(tensor: pb.Tensor, field: str) -> None:
     with pytest.raises(InvalidArgumentError) as raised:
         codec.decode(tensor, "x")

@@ -84,9 +84,7 @@ def ref_conv(
     c_out = w.shape[0]
     kernel = w.shape[2:]
     cg, cog = c_in // groups, c_out // groups
-    out_shape = tuple(
-        (p - d * (k - 1) - 1) // s + 1 for p, k, s, d in zip(xp.shape[2:], kernel, stride, dilation)
-    )
+    out_shape = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, s, d in zip(xp.shape[2:], kernel, stride, dilation))
     out = np.zeros((n_batch, c_out) + out_shape)
     for n in range(n_batch):
         for g in range(groups):

@@ -24,22 +24,23 @@ def _served(function, token: threading.Event):  # type: ignore[no-untyped-def]
         return function()
 
 
-@pytest.mark.parametrize("groups, pool, relu, geometry", [
-    (1, None, False, {"padding": 1}),
-    (2, None, True, {"padding": 2, "stride": 2, "dilation": 2}),
-    (1, None, False, {"padding": "same", "dilation": (2, 1)}),
-    (1, None, False, {"padding": 0, "stride": 3}),
-    (2, {"kind": "max", "kernel_size": 2}, True, {"padding": 1}),
-    (4, {"kind": "avg", "kernel_size": 3, "stride": 2}, False, {"padding": 1}),
-    (1, {"kind": "max", "kernel_size": 3, "stride": 2, "padding": 1}, True, {"padding": (0, 1)}),
-])
-def test_pieces_give_the_whole_layer(monkeypatch: pytest.MonkeyPatch, groups: int, pool: object, relu: bool,
-                                     geometry: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "groups, pool, relu, geometry",
+    [
+        (1, None, False, {"padding": 1}),
+        (2, None, True, {"padding": 2, "stride": 2, "dilation": 2}),
+        (1, None, False, {"padding": "same", "dilation": (2, 1)}),
+        (1, None, False, {"padding": 0, "stride": 3}),
+        (2, {"kind": "max", "kernel_size": 2}, True, {"padding": 1}),
+        (4, {"kind": "avg", "kernel_size": 3, "stride": 2}, False, {"padding": 1}),
+        (1, {"kind": "max", "kernel_size": 3, "stride": 2, "padding": 1}, True, {"padding": (0, 1)}),
+    ],
+)
+def test_pieces_give_the_whole_layer(monkeypatch: pytest.MonkeyPatch, groups: int, pool: object, relu: bool, geometry: dict[str, object]) -> None:
     x = RNG.standard_normal((3, 8, 21, 20)).astype(np.float32)
     w = RNG.standard_normal((12, 8 // groups, 4, 3)).astype(np.float32)
     b = RNG.standard_normal(12).astype(np.float32)
-    arguments = {**geometry, "groups": groups, "pool": pool, "activation": "relu" if relu else None,
-                 "path": "onnxruntime"}
+    arguments = {**geometry, "groups": groups, "pool": pool, "activation": "relu" if relu else None, "path": "onnxruntime"}
     whole = conv_layer(x, w, b, **arguments)
     monkeypatch.setattr(layer_onnx, "CHUNK_MACS", 10_000, raising=False)  # forces batch and channel/group pieces
     pieces = _served(lambda: conv_layer(x, w, b, **arguments), threading.Event())
@@ -85,5 +86,4 @@ def test_a_layer_with_one_output_row_is_cut_by_channels(monkeypatch: pytest.Monk
     w = RNG.standard_normal((10, 3, 3, 5)).astype(np.float32)
     whole = conv_layer(x, w, groups=2, path="onnxruntime")
     monkeypatch.setattr(layer_onnx, "CHUNK_MACS", 1_000, raising=False)
-    np.testing.assert_allclose(_served(lambda: conv_layer(x, w, groups=2, path="onnxruntime"), threading.Event()),
-                               whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_served(lambda: conv_layer(x, w, groups=2, path="onnxruntime"), threading.Event()), whole, rtol=1e-5, atol=1e-5)

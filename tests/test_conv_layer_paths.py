@@ -40,8 +40,20 @@ def _case(path: str, i: int) -> dict[str, Any]:
         groups = 1 + i % 2
         c_in, c_out = 2 * groups, 3 * groups
     padding: Any = [0, 1, "same" if stride == 1 else 2][i % 3] if k > 1 else 0
-    return dict(nd=nd, mode=mode, dtype=dtype, stride=stride, dilation=dilation, kernel=(k,) * nd, c_in=c_in,
-                c_out=c_out, groups=groups, padding=padding, bias=i % 2 == 0, relu=i % 3 == 0)
+    return dict(
+        nd=nd,
+        mode=mode,
+        dtype=dtype,
+        stride=stride,
+        dilation=dilation,
+        kernel=(k,) * nd,
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        padding=padding,
+        bias=i % 2 == 0,
+        relu=i % 3 == 0,
+    )
 
 
 PATH_CASES = [pytest.param(path, i, id=f"{path}-{i}") for path in layer_policy.PATHS for i in range(12)]
@@ -65,8 +77,17 @@ def test_forced_path_matches_reference(path: str, i: int) -> None:
     if c["relu"]:
         want = np.maximum(want, 0.0)
     got, info = conv_layer(
-        x, w, b, stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=c["groups"],
-        padding_mode=c["mode"], activation="relu" if c["relu"] else None, return_info=True, path=path,
+        x,
+        w,
+        b,
+        stride=c["stride"],
+        padding=c["padding"],
+        dilation=c["dilation"],
+        groups=c["groups"],
+        padding_mode=c["mode"],
+        activation="relu" if c["relu"] else None,
+        return_info=True,
+        path=path,
     )
     assert info.method == path
     assert_close(got, want, dtype)
@@ -250,9 +271,7 @@ def test_bias_change_with_the_same_weights_store_is_honoured() -> None:
 def test_onnx_model_bytes_are_a_valid_model() -> None:
     onnx = pytest.importorskip("onnx")
     w = np.ones((4, 2, 3, 3), np.float32)
-    model = onnx.load_from_string(
-        layer_onnx.conv_model_bytes((1, 2, 9, 9), w, np.ones(4, np.float32), (2, 1), [(1, 0), (0, 2)], (1, 1), 1, True)
-    )
+    model = onnx.load_from_string(layer_onnx.conv_model_bytes((1, 2, 9, 9), w, np.ones(4, np.float32), (2, 1), [(1, 0), (0, 2)], (1, 1), 1, True))
     onnx.checker.check_model(model)
     conv = model.graph.node[0]
     attrs = {a.name: list(a.ints) or a.i for a in conv.attribute}
@@ -379,6 +398,5 @@ def test_an_onnxruntime_failure_falls_back_to_numpy(monkeypatch: pytest.MonkeyPa
     w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
     out, info = conv_layer(x, w, padding=1, activation="relu", pool={"kind": "max", "kernel_size": 2}, return_info=True)
     assert info.method == "im2col_gemm" and "onnxruntime failed" in info.warnings[0]
-    want = conv_layer(x.astype(np.float64), w.astype(np.float64), padding=1, activation="relu",
-                      pool={"kind": "max", "kernel_size": 2})
+    want = conv_layer(x.astype(np.float64), w.astype(np.float64), padding=1, activation="relu", pool={"kind": "max", "kernel_size": 2})
     assert_close(out, want, np.float32)

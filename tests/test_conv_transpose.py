@@ -20,21 +20,27 @@ from convserve_server.engine.errors import InvalidArgumentError
 RNG = np.random.default_rng(11)
 
 
-def ref_conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, ...],
-                       padding: tuple[int, ...], output_padding: tuple[int, ...], groups: int,
-                       dilation: tuple[int, ...]) -> np.ndarray:
+def ref_conv_transpose(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    output_padding: tuple[int, ...],
+    groups: int,
+    dilation: tuple[int, ...],
+) -> np.ndarray:
     """Scatter every input element times the kernel into a float64 output (batched input)."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     n, c_in = x.shape[:2]
     spatial, kernel = x.shape[2:], w.shape[2:]
     cig, cog = c_in // groups, w.shape[1]
-    out_spatial = tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1
-                        for i, k, s, p, op, d in zip(spatial, kernel, stride, padding, output_padding, dilation))
+    out_spatial = tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1 for i, k, s, p, op, d in zip(spatial, kernel, stride, padding, output_padding, dilation))
     out = np.zeros((n, cog * groups) + out_spatial)
     for g in range(groups):
-        xs = x[:, g * cig:(g + 1) * cig]
-        ws = w[g * cig:(g + 1) * cig]
+        xs = x[:, g * cig : (g + 1) * cig]
+        ws = w[g * cig : (g + 1) * cig]
         for i in itertools.product(*(range(s) for s in spatial)):
             for k in itertools.product(*(range(kk) for kk in kernel)):
                 pos = tuple(s * ii + d * kk - p for ii, kk, s, d, p in zip(i, k, stride, dilation, padding))
@@ -46,8 +52,9 @@ def ref_conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strid
     return out
 
 
-def _case(nd: int, c_in: int, c_out_g: int, groups: int, spatial: tuple[int, ...], kernel: tuple[int, ...],
-          dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _case(
+    nd: int, c_in: int, c_out_g: int, groups: int, spatial: tuple[int, ...], kernel: tuple[int, ...], dtype: Any = np.float64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = RNG.standard_normal((2, c_in) + spatial).astype(dtype)
     w = RNG.standard_normal((c_in, c_out_g) + kernel).astype(dtype)
     b = RNG.standard_normal(c_out_g * groups).astype(dtype)
@@ -61,8 +68,7 @@ SHAPES = {1: ((5,), (3,)), 2: ((4, 3), (2, 3)), 3: ((3, 2, 3), (2, 2, 1))}
 def test_grid_against_reference(nd: int) -> None:
     spatial, kernel = SHAPES[nd]
     checked = 0
-    for stride, padding, output_padding, groups, dilation, with_bias in itertools.product(
-            (1, 2, 3), (0, 1, 2), (0, 1), (1, 2), (1, 2), (False, True)):
+    for stride, padding, output_padding, groups, dilation, with_bias in itertools.product((1, 2, 3), (0, 1, 2), (0, 1), (1, 2), (1, 2), (False, True)):
         if output_padding >= stride and output_padding >= dilation:
             continue
         x, w, b = _case(nd, 4, 3, groups, spatial, kernel)
@@ -144,19 +150,22 @@ def test_array_likes_and_bias_list() -> None:
     np.testing.assert_array_equal(conv_transpose(x, w, [0.5], stride=2), [[1.5, 1.5, 2.5, 2.5, 3.5, 3.5]])
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"output_padding": 2, "stride": 2}, "output_padding"),
-    ({"output_padding": 1}, "output_padding"),
-    ({"output_padding": (0, 3), "stride": (2, 2)}, "output_padding"),
-    ({"stride": 0}, "stride"),
-    ({"stride": (1, 2, 3)}, "stride"),
-    ({"padding": -1}, "padding"),
-    ({"padding": 9}, "padding"),
-    ({"dilation": 0}, "dilation"),
-    ({"groups": 3}, "groups"),
-    ({"groups": 0}, "groups"),
-    ({"groups": 1.5}, "groups"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"output_padding": 2, "stride": 2}, "output_padding"),
+        ({"output_padding": 1}, "output_padding"),
+        ({"output_padding": (0, 3), "stride": (2, 2)}, "output_padding"),
+        ({"stride": 0}, "stride"),
+        ({"stride": (1, 2, 3)}, "stride"),
+        ({"padding": -1}, "padding"),
+        ({"padding": 9}, "padding"),
+        ({"dilation": 0}, "dilation"),
+        ({"groups": 3}, "groups"),
+        ({"groups": 0}, "groups"),
+        ({"groups": 1.5}, "groups"),
+    ],
+)
 def test_bad_arguments_name_the_field(kwargs: dict[str, Any], field: str) -> None:
     x, w, _ = _case(2, 4, 2, 1, (4, 4), (3, 3))
     with pytest.raises(InvalidArgumentError) as raised:

@@ -53,8 +53,10 @@ def test_estimates_grow_with_the_full_output() -> None:
 
 
 def _layer(**fields: object) -> pb.ConvLayerRequest:
-    request = pb.ConvLayerRequest(input=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1, 2, 16, 16], data=b"\0" * 2048),
-                                  weight=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3, 2, 3, 3], data=b"\0" * 216))
+    request = pb.ConvLayerRequest(
+        input=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1, 2, 16, 16], data=b"\0" * 2048),
+        weight=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3, 2, 3, 3], data=b"\0" * 216),
+    )
     for name, value in fields.items():
         target = request
         *path, last = name.split("__")
@@ -68,8 +70,9 @@ def _layer(**fields: object) -> pb.ConvLayerRequest:
 
 
 def _transpose(**fields: list[int]) -> pb.ConvTransposeRequest:
-    request = pb.ConvTransposeRequest(input=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1, 2, 8], data=b"\0" * 64),
-                                      weight=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[2, 3, 3], data=b"\0" * 72))
+    request = pb.ConvTransposeRequest(
+        input=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1, 2, 8], data=b"\0" * 64), weight=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[2, 3, 3], data=b"\0" * 72)
+    )
     for name, value in fields.items():
         getattr(request, name).extend(value)
     return request
@@ -105,14 +108,12 @@ def test_pool_stride_zero_is_an_error_in_the_engine_too() -> None:
     x, w = np.ones((1, 1, 8, 8), np.float32), np.ones((1, 1, 3, 3), np.float32)
     request = _layer(pool__kind=pb.POOL_KIND_MAX, pool__kernel_size=[2], pool__stride=[0])
     with pytest.raises(InvalidArgumentError):
-        conv_layer(x, w, **{k: v for k, v in wire.conv_layer_arguments(request, Settings()).items()
-                            if k not in ("input", "weight", "bias", "prepared")})
+        conv_layer(x, w, **{k: v for k, v in wire.conv_layer_arguments(request, Settings()).items() if k not in ("input", "weight", "bias", "prepared")})
 
 
 def test_valid_geometry_passes() -> None:
     wire.check_headers(_layer(stride=[2], padding__sizes=[1], dilation=[1, 2], groups=1), Settings())
-    wire.check_headers(_layer(pool__kind=pb.POOL_KIND_AVG, pool__kernel_size=[2], pool__stride=[1], pool__padding=[1]),
-                       Settings())
+    wire.check_headers(_layer(pool__kind=pb.POOL_KIND_AVG, pool__kernel_size=[2], pool__stride=[1], pool__padding=[1]), Settings())
     wire.check_headers(_transpose(stride=[2], output_padding=[1], dilation=[1]), Settings())
     wire.check_headers(_transpose(stride=[1], output_padding=[1], dilation=[2]), Settings())
 
@@ -123,33 +124,65 @@ values = st.lists(small, max_size=3)
 
 
 @hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(x=dims, w=dims, stride=values, padding=values, dilation=values, output_padding=values,
-       groups=st.integers(-2, 3), preset=st.sampled_from([0, 1, 2]), kind=st.sampled_from(["layer", "transpose", "signal"]),
-       method=st.integers(0, 5), mode=st.integers(0, 5))
-def test_every_estimate_is_non_negative(x: list[int], w: list[int], stride: list[int], padding: list[int],
-                                        dilation: list[int], output_padding: list[int], groups: int, preset: int,
-                                        kind: str, method: int, mode: int) -> None:
+@given(
+    x=dims,
+    w=dims,
+    stride=values,
+    padding=values,
+    dilation=values,
+    output_padding=values,
+    groups=st.integers(-2, 3),
+    preset=st.sampled_from([0, 1, 2]),
+    kind=st.sampled_from(["layer", "transpose", "signal"]),
+    method=st.integers(0, 5),
+    mode=st.integers(0, 5),
+)
+def test_every_estimate_is_non_negative(
+    x: list[int],
+    w: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    output_padding: list[int],
+    groups: int,
+    preset: int,
+    kind: str,
+    method: int,
+    mode: int,
+) -> None:
     if kind == "layer":
-        request: object = pb.ConvLayerRequest(input=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x),
-                                              weight=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=w), stride=stride,
-                                              dilation=dilation, groups=groups,
-                                              padding=pb.Padding(sizes=padding, preset=preset))
+        request: object = pb.ConvLayerRequest(
+            input=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=x),
+            weight=pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=w),
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            padding=pb.Padding(sizes=padding, preset=preset),
+        )
     elif kind == "transpose":
-        request = pb.ConvTransposeRequest(input=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=x),
-                                          weight=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=w), stride=stride,
-                                          padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
+        request = pb.ConvTransposeRequest(
+            input=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=x),
+            weight=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=w),
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            dilation=dilation,
+            groups=groups,
+        )
     else:
-        request = pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=x), in2=pb.Tensor(dtype=pb.DTYPE_INT16, shape=w),
-                                   method=method, mode=mode)
+        request = pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=x), in2=pb.Tensor(dtype=pb.DTYPE_INT16, shape=w), method=method, mode=mode)
     assert cost.estimate(request) >= 0
 
 
 @hsettings(max_examples=150, deadline=None)
-@given(n=st.lists(st.integers(1, 3000), min_size=1, max_size=2), m=st.lists(st.integers(1, 200), min_size=1, max_size=2),
-       dtype=st.sampled_from(["float32", "float64", "complex64", "uint8", "int16"]),
-       mode=st.sampled_from(["full", "same", "valid", "circular"]), boundary=st.sampled_from(["fill", "edge"]))
-def test_the_prediction_from_headers_is_the_planners_choice(n: list[int], m: list[int], dtype: str, mode: str,
-                                                            boundary: str) -> None:
+@given(
+    n=st.lists(st.integers(1, 3000), min_size=1, max_size=2),
+    m=st.lists(st.integers(1, 200), min_size=1, max_size=2),
+    dtype=st.sampled_from(["float32", "float64", "complex64", "uint8", "int16"]),
+    mode=st.sampled_from(["full", "same", "valid", "circular"]),
+    boundary=st.sampled_from(["fill", "edge"]),
+)
+def test_the_prediction_from_headers_is_the_planners_choice(n: list[int], m: list[int], dtype: str, mode: str, boundary: str) -> None:
     from convserve_server.engine.planner import plan_signal_call, predict_method
 
     shape1, shape2 = tuple(n), tuple(m[: len(n)]) + (1,) * max(0, len(n) - len(m))

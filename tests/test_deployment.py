@@ -31,6 +31,7 @@ SERVICE = "convserve"
 
 # ---- compose loading and merging -----------------------------------------------------------
 
+
 class _Reset:
     """The compose ``!reset`` tag: removes the key from the merged result."""
 
@@ -58,8 +59,24 @@ _ComposeLoader.add_constructor("!reset", lambda loader, node: _Reset())
 _ComposeLoader.add_constructor("!override", lambda loader, node: _Override(_construct_any(loader, node)))
 
 # Sequences that compose merges by appending (the others are replaced).
-_APPENDED = {"ports", "expose", "volumes", "devices", "dns", "dns_search", "tmpfs", "cap_add", "cap_drop",
-             "security_opt", "extra_hosts", "env_file", "configs", "secrets", "external_links", "links"}
+_APPENDED = {
+    "ports",
+    "expose",
+    "volumes",
+    "devices",
+    "dns",
+    "dns_search",
+    "tmpfs",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "extra_hosts",
+    "env_file",
+    "configs",
+    "secrets",
+    "external_links",
+    "links",
+}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -134,11 +151,14 @@ def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     pytest.importorskip("check_jsonschema")
     return subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 # ---- Dockerfile parsing --------------------------------------------------------------------
+
 
 def _instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
@@ -204,6 +224,7 @@ def _dockerfile_healthcheck_command() -> str:
 
 # ---- (a) schema validation -----------------------------------------------------------------
 
+
 def test_compose_file_is_valid_compose_spec() -> None:
     result = _check_jsonschema(COMPOSE)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -233,6 +254,7 @@ def test_host_network_override_listens_on_loopback_without_published_ports() -> 
 
 
 # ---- (b) Dockerfile <-> compose consistency ------------------------------------------------
+
 
 def test_every_stage_starts_from_python_3_11_slim() -> None:
     froms = [args.split()[0] for word, args in _instructions() if word == "FROM"]
@@ -312,8 +334,7 @@ def test_image_runs_as_a_non_root_user() -> None:
 
 
 def test_dockerfile_copies_only_existing_sources_that_dockerignore_lets_through() -> None:
-    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert ignore[0] == "*", ".dockerignore starts by excluding everything"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     copied = []
@@ -335,6 +356,7 @@ def test_image_carries_fftw_licence() -> None:
 
 # ---- (c) the commands named exist ----------------------------------------------------------
 
+
 def test_cmd_parses_as_the_serve_command() -> None:
     argv = json.loads(_one("CMD"))
     assert argv[0] == "convserve"
@@ -342,8 +364,7 @@ def test_cmd_parses_as_the_serve_command() -> None:
 
 
 def test_healthcheck_parses_as_the_health_command() -> None:
-    for command in (_dockerfile_healthcheck_command(),
-                    _service(_load(COMPOSE))["healthcheck"]["test"][1].replace("$$", "$")):
+    for command in (_dockerfile_healthcheck_command(), _service(_load(COMPOSE))["healthcheck"]["test"][1].replace("$$", "$")):
         argv = _healthcheck_argv(command)
         args = build_parser().parse_args(argv[1:])
         assert args.command == "health" and args.target.startswith("127.0.0.1:")

@@ -36,7 +36,7 @@ def test_direct_2d_images(mode: str, k: int, dtype: str, tol: float) -> None:
 
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 def test_separable_kernels_run_as_two_passes(mode: str) -> None:
-    g = np.exp(-np.linspace(-2, 2, 9) ** 2)
+    g = np.exp(-(np.linspace(-2, 2, 9) ** 2))
     h = np.outer(g, g[:7])
     x = RNG.standard_normal((60, 50))
     assert direct_fast._separable(h, np.dtype(np.float64)) is not None
@@ -197,6 +197,7 @@ def test_direct_2d_in_cancellable_bands_matches(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 def test_overlap_add_in_groups_matches(monkeypatch: pytest.MonkeyPatch, shapes, axes, mode: str) -> None:
     from convserve_server.engine import overlap_add
+
     monkeypatch.setattr(overlap_add, "GROUP_BYTES", 8192)
     x, h = RNG.standard_normal(shapes[0]), RNG.standard_normal(shapes[1])
     reference_h = h if h.ndim == x.ndim else h[:, None]
@@ -207,6 +208,7 @@ def test_overlap_add_in_groups_matches(monkeypatch: pytest.MonkeyPatch, shapes, 
 def test_a_cancelled_scope_stops_long_work(monkeypatch: pytest.MonkeyPatch, method: str, m: int) -> None:
     import threading
     from convserve_server.engine import cancellation, overlap_add
+
     monkeypatch.setattr(direct_fast, "CHUNK_MACS", 1 << 12)
     monkeypatch.setattr(direct_fast, "OPENCV_CHUNK_MACS", 1 << 12)
     monkeypatch.setattr(overlap_add, "GROUP_BYTES", 1 << 14)
@@ -220,6 +222,7 @@ def test_a_cancelled_scope_stops_long_work(monkeypatch: pytest.MonkeyPatch, meth
 def test_a_cancelled_scope_stops_2d_direct_work(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
     from convserve_server.engine import cancellation
+
     monkeypatch.setattr(direct_fast, "OPENCV_CHUNK_MACS", 1 << 12)
     token = threading.Event()
     token.set()

@@ -58,8 +58,7 @@ def test_matches_scipy_on_shapes(function, reference, mode, method, shapes) -> N
     assert_close(function(x, h, mode, method), expected)
 
 
-DTYPES = ["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-          "float16", "float32", "float64", "complex64", "complex128"]
+DTYPES = ["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16", "float32", "float64", "complex64", "complex128"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -105,9 +104,7 @@ def test_uint8_overflow_is_refused_with_a_dtype_that_holds_it() -> None:
     with pytest.raises(OutOfRangeError) as raised:
         convolve(np.array([200, 100], np.uint8), np.array([2, 2], np.uint8))
     assert raised.value.suggested_dtype in ("uint16", "int16")
-    np.testing.assert_array_equal(
-        convolve(np.array([200, 100], np.uint8), np.array([2, 2], np.uint8), output_dtype="uint16"), [400, 600, 200]
-    )
+    np.testing.assert_array_equal(convolve(np.array([200, 100], np.uint8), np.array([2, 2], np.uint8), output_dtype="uint16"), [400, 600, 200])
 
 
 def test_bound_beyond_int64_suggests_float64() -> None:
@@ -124,13 +121,16 @@ def test_uint64_beyond_int64_stays_exact() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("axes_case", [
-    ((6, 40, 3), (5, 5), (0, 1)),       # a (k, k) kernel on an RGB image: shared by the channels
-    ((4, 100), (1, 9), (1,)),           # a batch of signals, one kernel broadcast
-    ((4, 100), (4, 9), (1,)),           # a batch of signals, one kernel each
-    ((4, 100), (9,), (-1,)),            # in2.ndim == len(axes), negative axis
-    ((3, 30, 20), (3, 4, 4), (1, 2)),   # channels with their own kernels
-])
+@pytest.mark.parametrize(
+    "axes_case",
+    [
+        ((6, 40, 3), (5, 5), (0, 1)),  # a (k, k) kernel on an RGB image: shared by the channels
+        ((4, 100), (1, 9), (1,)),  # a batch of signals, one kernel broadcast
+        ((4, 100), (4, 9), (1,)),  # a batch of signals, one kernel each
+        ((4, 100), (9,), (-1,)),  # in2.ndim == len(axes), negative axis
+        ((3, 30, 20), (3, 4, 4), (1, 2)),  # channels with their own kernels
+    ],
+)
 @pytest.mark.parametrize("mode", ["full", "same", "valid"])
 def test_axes_match_fftconvolve(method, axes_case, mode) -> None:
     shape1, shape2, axes = axes_case
@@ -221,22 +221,25 @@ def test_output_dtype_wider_is_honoured() -> None:
     assert result.dtype == np.float64
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"mode": "middle"}, "mode"),
-    ({"method": "fastest"}, "method"),
-    ({"boundary": "mirrored"}, "boundary"),
-    ({"axes": (3,)}, "axes"),
-    ({"axes": (0, 0)}, "axes"),
-    ({"axes": ()}, "axes"),
-    ({"output_dtype": "float64", "in1": np.ones(3, complex)}, "output_dtype"),
-    ({"output_dtype": "object"}, "output_dtype"),
-    ({"fill_value": "x", "boundary": "fill"}, "fill_value"),
-    ({"in1": np.ones((3, 3)), "in2": np.ones(3)}, "in2"),
-    ({"in1": np.ones((3, 5)), "in2": np.ones((5, 3)), "mode": "valid"}, "in2"),
-    ({"in1": np.array(["a"])}, "in1"),
-    ({"in1": np.ones(0)}, "in1"),
-    ({"in1": np.ones((2, 5)), "in2": np.ones((3, 2)), "axes": (1,)}, "in2"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"mode": "middle"}, "mode"),
+        ({"method": "fastest"}, "method"),
+        ({"boundary": "mirrored"}, "boundary"),
+        ({"axes": (3,)}, "axes"),
+        ({"axes": (0, 0)}, "axes"),
+        ({"axes": ()}, "axes"),
+        ({"output_dtype": "float64", "in1": np.ones(3, complex)}, "output_dtype"),
+        ({"output_dtype": "object"}, "output_dtype"),
+        ({"fill_value": "x", "boundary": "fill"}, "fill_value"),
+        ({"in1": np.ones((3, 3)), "in2": np.ones(3)}, "in2"),
+        ({"in1": np.ones((3, 5)), "in2": np.ones((5, 3)), "mode": "valid"}, "in2"),
+        ({"in1": np.array(["a"])}, "in1"),
+        ({"in1": np.ones(0)}, "in1"),
+        ({"in1": np.ones((2, 5)), "in2": np.ones((3, 2)), "axes": (1,)}, "in2"),
+    ],
+)
 def test_bad_arguments_name_the_field(kwargs, field) -> None:
     arguments = {"in1": np.ones((4, 4)), "in2": np.ones((2, 2))}
     arguments.update(kwargs)

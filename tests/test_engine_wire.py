@@ -40,22 +40,24 @@ def test_a_tensor_beyond_max_elements_is_resource_exhausted_never_retried(server
 
 
 def test_padding_beyond_max_elements_is_resource_exhausted(server: RunningServer) -> None:
-    request = pb.ConvLayerRequest(input=codec.encode(np.ones((1, 1, 10, 10), np.float32)),
-                                  weight=codec.encode(np.ones((1, 1, 3, 3), np.float32)),
-                                  padding=pb.Padding(sizes=[2100]))  # 4210^2 > 2^24 padded elements
+    request = pb.ConvLayerRequest(
+        input=codec.encode(np.ones((1, 1, 10, 10), np.float32)), weight=codec.encode(np.ones((1, 1, 3, 3), np.float32)), padding=pb.Padding(sizes=[2100])
+    )  # 4210^2 > 2^24 padded elements
     error = _call(server, "ConvLayer", request)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     assert _pushback(error) == "-1"
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"padding": pb.Padding(sizes=[-40])}, "padding"),
-    ({"stride": [0]}, "stride"),
-    ({"pool": pb.Pool(kind=pb.POOL_KIND_MAX, kernel_size=[2], stride=[0])}, "pool.stride"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"padding": pb.Padding(sizes=[-40])}, "padding"),
+        ({"stride": [0]}, "stride"),
+        ({"pool": pb.Pool(kind=pb.POOL_KIND_MAX, kernel_size=[2], stride=[0])}, "pool.stride"),
+    ],
+)
 def test_invalid_geometry_is_invalid_argument(server: RunningServer, fields: dict[str, object], field: str) -> None:
-    request = pb.ConvLayerRequest(input=codec.encode(np.ones((1, 1, 10, 10), np.float32)),
-                                  weight=codec.encode(np.ones((1, 1, 3, 3), np.float32)), **fields)
+    request = pb.ConvLayerRequest(input=codec.encode(np.ones((1, 1, 10, 10), np.float32)), weight=codec.encode(np.ones((1, 1, 3, 3), np.float32)), **fields)
     error = _call(server, "ConvLayer", request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(field), error.details()
 
@@ -84,11 +86,11 @@ def test_nan_in_an_input_warns_on_every_method(client: convserve.Client, method:
 
 
 def test_long_lists_are_not_echoed_whole(server: RunningServer) -> None:
-    request = pb.ConvLayerRequest(input=codec.encode(np.ones((1, 1, 10, 10), np.float32)),
-                                  weight=codec.encode(np.ones((1, 1, 3, 3), np.float32)), stride=[0] * 100_000)
+    request = pb.ConvLayerRequest(
+        input=codec.encode(np.ones((1, 1, 10, 10), np.float32)), weight=codec.encode(np.ones((1, 1, 3, 3), np.float32)), stride=[0] * 100_000
+    )
     error = _call(server, "ConvLayer", request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and len(error.details()) < 1200
-    signal = pb.SignalRequest(in1=codec.encode(np.ones((3, 3))), in2=codec.encode(np.ones((2, 2))),
-                              axes=pb.Axes(values=[0] * 100_000))
+    signal = pb.SignalRequest(in1=codec.encode(np.ones((3, 3))), in2=codec.encode(np.ones((2, 2))), axes=pb.Axes(values=[0] * 100_000))
     error = _call(server, "Convolve", signal)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and len(error.details()) < 1200

@@ -27,13 +27,12 @@ F32, F64 = np.ones(N, np.float32), np.ones(N)
 CASES: dict[str, dict[str, Any]] = {
     "float64 fft": dict(x=F64, h=F64, method="fft", output_dtype=None, boundary="fill", shared=False),
     "float32 fft": dict(x=F32, h=F32, method="fft", output_dtype=None, boundary="fill", shared=False),
-    "float32 fft, complex128 output": dict(x=F32, h=F32, method="fft", output_dtype="complex128", boundary="fill",
-                                           shared=False),
+    "float32 fft, complex128 output": dict(x=F32, h=F32, method="fft", output_dtype="complex128", boundary="fill", shared=False),
     "float64 auto, wrap": dict(x=F64, h=F64, method="auto", output_dtype=None, boundary="wrap", shared=False),
-    "int64 direct (exact), 3 taps on 64 MiB": dict(x=np.arange(8_000_000, dtype=np.int64) % 7, h=np.ones(3, np.int64),
-                                                    method="direct", output_dtype=None, boundary="fill", shared=False),
-    "shared memory: float32 fft, complex128 output, wrap": dict(x=F32, h=F32, method="fft", output_dtype="complex128",
-                                                                boundary="wrap", shared=True),
+    "int64 direct (exact), 3 taps on 64 MiB": dict(
+        x=np.arange(8_000_000, dtype=np.int64) % 7, h=np.ones(3, np.int64), method="direct", output_dtype=None, boundary="fill", shared=False
+    ),
+    "shared memory: float32 fft, complex128 output, wrap": dict(x=F32, h=F32, method="fft", output_dtype="complex128", boundary="wrap", shared=True),
 }
 
 
@@ -44,8 +43,7 @@ def _peak_kib(pid: int) -> int:
 
 def _headers(client: convserve.Client, case: dict[str, Any]) -> pb.SignalRequest:
     """The request's headers as admission sees them (tensors without data)."""
-    prepared = client._signal_request(case["x"], case["h"], "full", case["method"], None, case["boundary"], 0,
-                                      case["output_dtype"])
+    prepared = client._signal_request(case["x"], case["h"], "full", case["method"], None, case["boundary"], 0, case["output_dtype"])
     header = pb.SignalRequest()
     header.CopyFrom(prepared.shared.options if prepared.shared is not None else prepared.request)
     for name, array in (("in1", case["x"]), ("in2", case["h"])):
@@ -64,8 +62,7 @@ def test_the_estimate_covers_the_real_peak(name: str) -> None:
             client.convolve(np.ones(10), np.ones(3))  # libraries loaded
             estimate = cost.estimate(_headers(client, case))
             before = _peak_kib(server.process.pid)
-            result = client.convolve(case["x"], case["h"], method=case["method"], output_dtype=case["output_dtype"],
-                                     boundary=case["boundary"])
+            result = client.convolve(case["x"], case["h"], method=case["method"], output_dtype=case["output_dtype"], boundary=case["boundary"])
             growth = (_peak_kib(server.process.pid) - before) * 1024
         assert result.shape == (case["x"].size + case["h"].size - 1,)
         assert growth <= estimate, f"{name}: peak RSS grew {growth / 2**20:.0f} MiB, estimated {estimate / 2**20:.0f} MiB"
@@ -108,8 +105,7 @@ def test_geometry_is_judged_before_its_size() -> None:
                 assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (padding, raised.value.details())
                 assert "empty" in raised.value.details()
             with pytest.raises(grpc.RpcError) as raised:
-                stub.ConvLayer(pb.ConvLayerRequest(input=x, weight=w, padding_mode=9, padding=pb.Padding(sizes=[2**40])),
-                               timeout=30)
+                stub.ConvLayer(pb.ConvLayerRequest(input=x, weight=w, padding_mode=9, padding=pb.Padding(sizes=[2**40])), timeout=30)
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
             assert raised.value.details().startswith("padding_mode")
     finally:
@@ -118,8 +114,7 @@ def test_geometry_is_judged_before_its_size() -> None:
 
 LAYERS = {
     "1x1 to 128 float64 channels (the output dominates)": (np.ones((1, 1, 256, 256)), np.ones((128, 1, 1, 1)), 1),
-    "8x8 stride 4 (the estimate ignored the stride)": (np.ones((1, 16, 1024, 1024), np.float32),
-                                                       np.ones((16, 16, 8, 8), np.float32), 4),
+    "8x8 stride 4 (the estimate ignored the stride)": (np.ones((1, 16, 1024, 1024), np.float32), np.ones((16, 16, 8, 8), np.float32), 4),
 }
 
 
@@ -130,9 +125,11 @@ def test_a_layer_estimate_covers_its_peak_and_a_strided_layer_fits(name: str) ->
     x, w, stride = LAYERS[name]
     server = start_server("--memory-budget-bytes", str(2**30))
     try:
-        header = pb.ConvLayerRequest(input=pb.Tensor(dtype=codec.dtype_code(x.dtype, "input"), shape=x.shape),
-                                     weight=pb.Tensor(dtype=codec.dtype_code(w.dtype, "weight"), shape=w.shape),
-                                     stride=[stride])
+        header = pb.ConvLayerRequest(
+            input=pb.Tensor(dtype=codec.dtype_code(x.dtype, "input"), shape=x.shape),
+            weight=pb.Tensor(dtype=codec.dtype_code(w.dtype, "weight"), shape=w.shape),
+            stride=[stride],
+        )
         estimate = cost.estimate(header)
         assert estimate < 2**30
         with convserve.Client(server.target) as client:

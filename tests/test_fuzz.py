@@ -47,10 +47,8 @@ VALID_TENSORS = st.builds(
 )
 ANY_TENSOR = st.one_of(TENSORS, VALID_TENSORS)
 INTS = st.lists(st.integers(-2, 2**40), max_size=4)
-ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
-           grpc.StatusCode.RESOURCE_EXHAUSTED}
-OK, INVALID, OUT_OF_RANGE, EXHAUSTED = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
-                                        grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+OK, INVALID, OUT_OF_RANGE, EXHAUSTED = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 MAX_ELEMENTS = 2**24  # the session server's --max-elements (tests/conftest.py)
 SHARED_MAX_ELEMENTS = 2**20  # the shared-memory server's, below
 PUSHBACK = "grpc-retry-pushback-ms"
@@ -83,8 +81,11 @@ def _status(call: object, request: object) -> grpc.StatusCode:
 
 SIGNAL_REQUESTS = st.builds(
     pb.SignalRequest,
-    in1=ANY_TENSOR, in2=ANY_TENSOR,
-    mode=st.integers(0, 6), method=st.integers(0, 6), boundary=st.integers(0, 7),
+    in1=ANY_TENSOR,
+    in2=ANY_TENSOR,
+    mode=st.integers(0, 6),
+    method=st.integers(0, 6),
+    boundary=st.integers(0, 7),
     axes=st.one_of(st.none(), st.builds(pb.Axes, values=st.lists(st.integers(-5, 5), max_size=4))),
     fill_value=st.builds(pb.Scalar, real=st.floats(allow_nan=True), imag=st.floats(-1, 1)),
     output_dtype=st.integers(0, 16),
@@ -100,13 +101,14 @@ def test_signal_rpcs_never_fail_internally(stub: pb_grpc.ConvolutionServiceStub,
 
 LAYER_REQUESTS = st.builds(
     pb.ConvLayerRequest,
-    input=st.one_of(TENSORS, st.builds(lambda s: codec.encode(np.ones(s, np.float32)),
-                                       st.lists(st.integers(1, 6), min_size=2, max_size=5).map(tuple))),
-    weight=st.one_of(TENSORS, st.builds(lambda s: codec.encode(np.ones(s, np.float32)),
-                                        st.lists(st.integers(1, 3), min_size=3, max_size=5).map(tuple))),
-    stride=INTS, dilation=INTS, groups=st.integers(-1, 4),
+    input=st.one_of(TENSORS, st.builds(lambda s: codec.encode(np.ones(s, np.float32)), st.lists(st.integers(1, 6), min_size=2, max_size=5).map(tuple))),
+    weight=st.one_of(TENSORS, st.builds(lambda s: codec.encode(np.ones(s, np.float32)), st.lists(st.integers(1, 3), min_size=3, max_size=5).map(tuple))),
+    stride=INTS,
+    dilation=INTS,
+    groups=st.integers(-1, 4),
     padding=st.builds(pb.Padding, sizes=INTS, preset=st.integers(0, 3)),
-    padding_mode=st.integers(0, 5), activation=st.integers(0, 3),
+    padding_mode=st.integers(0, 5),
+    activation=st.integers(0, 3),
     pool=st.one_of(st.none(), st.builds(pb.Pool, kind=st.integers(0, 3), kernel_size=INTS, stride=INTS, padding=INTS)),
 )
 
@@ -120,24 +122,31 @@ def test_conv_layer_rpc_never_fails_internally(stub: pb_grpc.ConvolutionServiceS
 
 WEIGHTS_REQUESTS = st.builds(
     pb.RegisterWeightsRequest,
-    weight=st.one_of(TENSORS, st.builds(lambda s: codec.encode(np.ones(s, np.float32)),
-                                        st.lists(st.integers(1, 3), min_size=1, max_size=6).map(tuple))),
+    weight=st.one_of(TENSORS, st.builds(lambda s: codec.encode(np.ones(s, np.float32)), st.lists(st.integers(1, 3), min_size=1, max_size=6).map(tuple))),
     bias=st.one_of(st.none(), TENSORS, st.builds(lambda n: codec.encode(np.ones(n, np.float32)), st.integers(0, 4))),
 )
 TRANSPOSE_REQUESTS = st.builds(
     pb.ConvTransposeRequest,
-    input=LAYER_REQUESTS.map(lambda r: r.input), weight=LAYER_REQUESTS.map(lambda r: r.weight),
-    bias=st.one_of(st.none(), TENSORS), stride=INTS, padding=INTS, output_padding=INTS, dilation=INTS,
-    groups=st.integers(-1, 4), weights_id=st.sampled_from(["", "0" * 64, "not-an-id", "x" * 1000]),
+    input=LAYER_REQUESTS.map(lambda r: r.input),
+    weight=LAYER_REQUESTS.map(lambda r: r.weight),
+    bias=st.one_of(st.none(), TENSORS),
+    stride=INTS,
+    padding=INTS,
+    output_padding=INTS,
+    dilation=INTS,
+    groups=st.integers(-1, 4),
+    weights_id=st.sampled_from(["", "0" * 64, "not-an-id", "x" * 1000]),
 )
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(register=WEIGHTS_REQUESTS, transpose=TRANSPOSE_REQUESTS, layer=LAYER_REQUESTS,
-       weights_id=st.sampled_from(["", "0" * 64, "x" * 1000]))
+@given(register=WEIGHTS_REQUESTS, transpose=TRANSPOSE_REQUESTS, layer=LAYER_REQUESTS, weights_id=st.sampled_from(["", "0" * 64, "x" * 1000]))
 def test_weights_and_transpose_rpcs_never_fail_internally(
-    stub: pb_grpc.ConvolutionServiceStub, register: pb.RegisterWeightsRequest, transpose: pb.ConvTransposeRequest,
-    layer: pb.ConvLayerRequest, weights_id: str,
+    stub: pb_grpc.ConvolutionServiceStub,
+    register: pb.RegisterWeightsRequest,
+    transpose: pb.ConvTransposeRequest,
+    layer: pb.ConvLayerRequest,
+    weights_id: str,
 ) -> None:
     code = _status(stub.RegisterWeights, register)
     assert code in ALLOWED, code
@@ -203,20 +212,31 @@ CHUNKS = st.builds(
 HUGE_DECLARED = st.builds(
     lambda dtype, shape: pb.Tensor(dtype=dtype, shape=shape),
     dtype=st.integers(1, 14),
-    shape=st.builds(lambda big, rest, at: rest[:at] + [big] + rest[at:], st.sampled_from([2**24 + 1, 2**25, 2**31, 2**40, 2**62]),
-                    st.lists(st.sampled_from([1, 3, 2**12, 2**31]), max_size=2), st.integers(0, 2)),
+    shape=st.builds(
+        lambda big, rest, at: rest[:at] + [big] + rest[at:],
+        st.sampled_from([2**24 + 1, 2**25, 2**31, 2**40, 2**62]),
+        st.lists(st.sampled_from([1, 3, 2**12, 2**31]), max_size=2),
+        st.integers(0, 2),
+    ),
 )
-HEADER_TENSORS = st.one_of(ANY_TENSOR, st.builds(lambda t: pb.Tensor(dtype=t.dtype, shape=t.shape), TENSORS), HUGE_DECLARED,
-                           HUGE_DECLARED)
-SIGNAL_PARTS = st.lists(st.one_of(
-    st.builds(lambda h: pb.SignalRequestPart(header=h),
-              st.builds(pb.SignalRequest, in1=HEADER_TENSORS, in2=HEADER_TENSORS, mode=st.integers(0, 4))),
-    st.builds(lambda c: pb.SignalRequestPart(chunk=c), CHUNKS)), max_size=5)
-LAYER_PARTS = st.lists(st.one_of(
-    st.builds(lambda h: pb.ConvLayerRequestPart(header=h),
-              st.builds(pb.ConvLayerRequest, input=HEADER_TENSORS, weight=HEADER_TENSORS,
-                        bias=st.one_of(st.none(), HEADER_TENSORS))),
-    st.builds(lambda c: pb.ConvLayerRequestPart(chunk=c), CHUNKS)), max_size=5)
+HEADER_TENSORS = st.one_of(ANY_TENSOR, st.builds(lambda t: pb.Tensor(dtype=t.dtype, shape=t.shape), TENSORS), HUGE_DECLARED, HUGE_DECLARED)
+SIGNAL_PARTS = st.lists(
+    st.one_of(
+        st.builds(lambda h: pb.SignalRequestPart(header=h), st.builds(pb.SignalRequest, in1=HEADER_TENSORS, in2=HEADER_TENSORS, mode=st.integers(0, 4))),
+        st.builds(lambda c: pb.SignalRequestPart(chunk=c), CHUNKS),
+    ),
+    max_size=5,
+)
+LAYER_PARTS = st.lists(
+    st.one_of(
+        st.builds(
+            lambda h: pb.ConvLayerRequestPart(header=h),
+            st.builds(pb.ConvLayerRequest, input=HEADER_TENSORS, weight=HEADER_TENSORS, bias=st.one_of(st.none(), HEADER_TENSORS)),
+        ),
+        st.builds(lambda c: pb.ConvLayerRequestPart(chunk=c), CHUNKS),
+    ),
+    max_size=5,
+)
 
 
 def _chunked_expectation(parts: list[Any], fields: tuple[str, ...]) -> grpc.StatusCode | None:
@@ -244,11 +264,14 @@ def _chunked_expectation(parts: list[Any], fields: tuple[str, ...]) -> grpc.Stat
 
 @settings(max_examples=100, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
 @given(parts=SIGNAL_PARTS, layer_parts=LAYER_PARTS, correlate=st.booleans())
-def test_chunked_rpcs_never_fail_internally(stub: pb_grpc.ConvolutionServiceStub, parts: list[pb.SignalRequestPart],
-                                            layer_parts: list[pb.ConvLayerRequestPart], correlate: bool) -> None:
+def test_chunked_rpcs_never_fail_internally(
+    stub: pb_grpc.ConvolutionServiceStub, parts: list[pb.SignalRequestPart], layer_parts: list[pb.ConvLayerRequestPart], correlate: bool
+) -> None:
     """Hostile headers (huge declared shapes included) and chunks: exactly the contract's status."""
-    for call, messages, fields in ((stub.CorrelateChunked if correlate else stub.ConvolveChunked, parts, ("in1", "in2")),
-                                   (stub.ConvLayerChunked, layer_parts, ("input", "weight", "bias"))):
+    for call, messages, fields in (
+        (stub.CorrelateChunked if correlate else stub.ConvolveChunked, parts, ("in1", "in2")),
+        (stub.ConvLayerChunked, layer_parts, ("input", "weight", "bias")),
+    ):
         code, trailers, _ = _stream_outcome(call, messages)
         assert code in ALLOWED, code
         expected = _chunked_expectation(messages, fields)
@@ -275,18 +298,32 @@ def _reference_layer(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
     return out if b is None else out + b[None, :, None]
 
 
-MUTATIONS = ["none", "empty_chunks", "offset", "overflow", "field", "truncate", "header_again", "chunk_first",
-             "inline_partial"]
+MUTATIONS = ["none", "empty_chunks", "offset", "overflow", "field", "truncate", "header_again", "chunk_first", "inline_partial"]
 
 
 @settings(max_examples=70, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
-@given(kind=st.sampled_from(["ConvolveChunked", "CorrelateChunked", "ConvLayerChunked"]), seed=st.integers(0, 2**32 - 1),
-       n=st.integers(1, 3000), m=st.integers(1, 40), dtype=st.sampled_from(["float64", "float32", "int16", "complex128"]),
-       inline=st.booleans(), sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=4),
-       mutation=st.sampled_from(MUTATIONS), geometry=st.tuples(st.integers(1, 3), st.integers(0, 2), st.integers(1, 2)))
+@given(
+    kind=st.sampled_from(["ConvolveChunked", "CorrelateChunked", "ConvLayerChunked"]),
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 3000),
+    m=st.integers(1, 40),
+    dtype=st.sampled_from(["float64", "float32", "int16", "complex128"]),
+    inline=st.booleans(),
+    sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=4),
+    mutation=st.sampled_from(MUTATIONS),
+    geometry=st.tuples(st.integers(1, 3), st.integers(0, 2), st.integers(1, 2)),
+)
 def test_chunked_sequences_are_assembled_or_refused(
-    stub: pb_grpc.ConvolutionServiceStub, kind: str, seed: int, n: int, m: int, dtype: str, inline: bool,
-    sizes: list[int], mutation: str, geometry: tuple[int, int, int],
+    stub: pb_grpc.ConvolutionServiceStub,
+    kind: str,
+    seed: int,
+    n: int,
+    m: int,
+    dtype: str,
+    inline: bool,
+    sizes: list[int],
+    mutation: str,
+    geometry: tuple[int, int, int],
 ) -> None:
     """Real data in chunks of any size, interleaved, and one mutation of the sequence: an intact
     sequence gives numpy's answer, every broken one INVALID_ARGUMENT (never a wrong answer)."""
@@ -296,16 +333,18 @@ def test_chunked_sequences_are_assembled_or_refused(
         stride, padding, dilation = geometry
         channels, out_channels, taps = int(rng.integers(1, 4)), int(rng.integers(1, 4)), min(m, 5)
         length = max(n // 30, dilation * (taps - 1) + 1)
-        arrays = {"input": rng.standard_normal((int(rng.integers(1, 3)), channels, length)),
-                  "weight": rng.standard_normal((out_channels, channels, taps))}
+        arrays = {"input": rng.standard_normal((int(rng.integers(1, 3)), channels, length)), "weight": rng.standard_normal((out_channels, channels, taps))}
         if rng.integers(2):
             arrays["bias"] = rng.standard_normal(out_channels)
         request: Any = pb.ConvLayerRequest(stride=[stride], padding=pb.Padding(sizes=[padding]), dilation=[dilation])
         expected = _reference_layer(arrays["input"], arrays["weight"], arrays.get("bias"), stride, padding, dilation)
         wrap: Any = pb.ConvLayerRequestPart
     else:
-        make = (lambda s: rng.integers(-3, 4, s).astype(dtype)) if dtype == "int16" else (
-            lambda s: (rng.standard_normal(s) + (1j * rng.standard_normal(s) if dtype == "complex128" else 0)).astype(dtype))
+        make = (
+            (lambda s: rng.integers(-3, 4, s).astype(dtype))
+            if dtype == "int16"
+            else (lambda s: (rng.standard_normal(s) + (1j * rng.standard_normal(s) if dtype == "complex128" else 0)).astype(dtype))
+        )
         arrays = {"in1": make(n), "in2": make(m)}
         request = pb.SignalRequest()
         expected = _reference_signal(arrays["in1"], arrays["in2"], kind == "CorrelateChunked")
@@ -318,7 +357,7 @@ def test_chunked_sequences_are_assembled_or_refused(
             getattr(request, name).CopyFrom(codec.header(array, name))
             data, start, i = codec.wire_bytes(array).tobytes(), 0, 0
             while start < len(data):
-                chunks.append(pb.TensorChunk(field=name, offset=start, data=data[start:start + sizes[i % len(sizes)]]))
+                chunks.append(pb.TensorChunk(field=name, offset=start, data=data[start : start + sizes[i % len(sizes)]]))
                 start += sizes[i % len(sizes)]
                 i += 1
         else:
@@ -375,9 +414,13 @@ def test_chunked_sequences_are_assembled_or_refused(
 
 # -- ConvolveStream: any kernel, mixed blocks, output_dtype, answers checked against numpy -----
 
-STREAM_MESSAGES = st.lists(st.one_of(
-    st.builds(lambda k, o: pb.StreamRequest(config=pb.StreamConfig(kernel=k, output_dtype=o)), ANY_TENSOR, st.integers(0, 16)),
-    st.builds(lambda b: pb.StreamRequest(block=b), ANY_TENSOR)), max_size=5)
+STREAM_MESSAGES = st.lists(
+    st.one_of(
+        st.builds(lambda k, o: pb.StreamRequest(config=pb.StreamConfig(kernel=k, output_dtype=o)), ANY_TENSOR, st.integers(0, 16)),
+        st.builds(lambda b: pb.StreamRequest(block=b), ANY_TENSOR),
+    ),
+    max_size=5,
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
@@ -391,10 +434,10 @@ REAL_DTYPES = ["bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "u
 # Blocks that break the rules: a shape that no array has (INVALID_ARGUMENT), one beyond
 # max_elements (RESOURCE_EXHAUSTED, pushback -1), bytes that do not match (INVALID_ARGUMENT).
 HOSTILE_BLOCKS = st.one_of(
-    st.builds(lambda d, s: pb.Tensor(dtype=d, shape=s), st.integers(1, 12),
-              st.lists(st.sampled_from([-1, 2**62 + 1, 2**63 - 1]), min_size=1, max_size=2)),
-    st.builds(lambda d, s: pb.Tensor(dtype=d, shape=s), st.integers(1, 12),
-              st.sampled_from([[2**25], [2**24 + 1], [2**23, 3], [2**40], [2**40, 2], [2**31, 2**20]])),
+    st.builds(lambda d, s: pb.Tensor(dtype=d, shape=s), st.integers(1, 12), st.lists(st.sampled_from([-1, 2**62 + 1, 2**63 - 1]), min_size=1, max_size=2)),
+    st.builds(
+        lambda d, s: pb.Tensor(dtype=d, shape=s), st.integers(1, 12), st.sampled_from([[2**25], [2**24 + 1], [2**23, 3], [2**40], [2**40, 2], [2**31, 2**20]])
+    ),
     st.builds(lambda d, n: pb.Tensor(dtype=d, shape=[n], data=b"\1" * (16 * n + 1)), st.integers(1, 12), st.integers(0, 20)),
 )
 
@@ -411,10 +454,11 @@ def test_stream_block_of_a_shape_no_array_has_is_invalid_argument(stub: pb_grpc.
     (pushback -1, "this stream would hold 73786976294838206506 bytes while waiting for data").
     """
     for shape in ([2**62 + 1], [2**63 - 1], [2**62, 2**62]):
-        messages = [pb.StreamRequest(config=pb.StreamConfig(kernel=codec.encode(np.ones(1, bool)))),
-                    pb.StreamRequest(block=pb.Tensor(dtype=pb.DTYPE_BOOL, shape=shape))]
-        header_only = [pb.SignalRequestPart(header=pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_BOOL, shape=shape),
-                                                                    in2=codec.encode(np.ones(1, bool))))]
+        messages = [
+            pb.StreamRequest(config=pb.StreamConfig(kernel=codec.encode(np.ones(1, bool)))),
+            pb.StreamRequest(block=pb.Tensor(dtype=pb.DTYPE_BOOL, shape=shape)),
+        ]
+        header_only = [pb.SignalRequestPart(header=pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_BOOL, shape=shape), in2=codec.encode(np.ones(1, bool))))]
         assert _stream_status(stub.ConvolveChunked, header_only) == INVALID
         assert _stream_status(stub.ConvolveStream, messages) == INVALID, shape
 
@@ -439,8 +483,7 @@ def _output_allowed(natural: np.dtype[Any], requested: np.dtype[Any]) -> bool:
     (numpy's same_kind refuses it, on Convolve as on ConvolveStream)."""
     if np.can_cast(natural, requested, casting="safe"):
         return True
-    return (np.can_cast(natural, requested, casting="same_kind") and natural.kind in "iu" and requested.kind in "iu"
-            and requested.itemsize >= natural.itemsize)
+    return np.can_cast(natural, requested, casting="same_kind") and natural.kind in "iu" and requested.kind in "iu" and requested.itemsize >= natural.itemsize
 
 
 def _exact_full(signal: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -456,23 +499,38 @@ def _exact_full(signal: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def _unary_request(signal: np.ndarray, kernel: np.ndarray, output_dtype: int) -> pb.SignalRequest:
     """The Convolve request that computes a whole stream at once (axis 0, the kernel per channel)."""
     in2 = kernel.reshape(-1) if signal.ndim == 1 else kernel
-    return pb.SignalRequest(in1=codec.encode(signal), in2=codec.encode(in2), axes=pb.Axes(values=[0]),
-                            output_dtype=output_dtype)
+    return pb.SignalRequest(in1=codec.encode(signal), in2=codec.encode(in2), axes=pb.Axes(values=[0]), output_dtype=output_dtype)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
-@given(kernel_dtype=st.sampled_from(REAL_DTYPES), taps=st.one_of(st.integers(1, 6), st.integers(7, 600)),
-       kernel_channels=st.sampled_from(["same", "same", "same", None, 1, 2, 3]), channels=st.sampled_from([None, None, 1, 2, 3]),
-       block_dtypes=st.lists(st.sampled_from(REAL_DTYPES), min_size=1, max_size=5), mixed=st.booleans(),
-       sizes=st.lists(st.one_of(st.integers(1, 300), st.integers(1, 300), st.integers(1, 300), st.just(0)), min_size=1, max_size=5),
-       output_dtype=st.one_of(st.just(0), st.just(0), st.integers(1, 16)),
-       extreme=st.booleans(), nan=st.booleans(),
-       hostile=st.one_of(st.none(), st.none(), st.none(), st.tuples(st.integers(0, 4), HOSTILE_BLOCKS)),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    kernel_dtype=st.sampled_from(REAL_DTYPES),
+    taps=st.one_of(st.integers(1, 6), st.integers(7, 600)),
+    kernel_channels=st.sampled_from(["same", "same", "same", None, 1, 2, 3]),
+    channels=st.sampled_from([None, None, 1, 2, 3]),
+    block_dtypes=st.lists(st.sampled_from(REAL_DTYPES), min_size=1, max_size=5),
+    mixed=st.booleans(),
+    sizes=st.lists(st.one_of(st.integers(1, 300), st.integers(1, 300), st.integers(1, 300), st.just(0)), min_size=1, max_size=5),
+    output_dtype=st.one_of(st.just(0), st.just(0), st.integers(1, 16)),
+    extreme=st.booleans(),
+    nan=st.booleans(),
+    hostile=st.one_of(st.none(), st.none(), st.none(), st.tuples(st.integers(0, 4), HOSTILE_BLOCKS)),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_convolve_stream_answers_match_numpy(
-    stub: pb_grpc.ConvolutionServiceStub, kernel_dtype: str, taps: int, kernel_channels: Any, channels: int | None,
-    block_dtypes: list[str], mixed: bool, sizes: list[int], output_dtype: int, extreme: bool, nan: bool,
-    hostile: tuple[int, pb.Tensor] | None, seed: int,
+    stub: pb_grpc.ConvolutionServiceStub,
+    kernel_dtype: str,
+    taps: int,
+    kernel_channels: Any,
+    channels: int | None,
+    block_dtypes: list[str],
+    mixed: bool,
+    sizes: list[int],
+    output_dtype: int,
+    extreme: bool,
+    nan: bool,
+    hostile: tuple[int, pb.Tensor] | None,
+    seed: int,
 ) -> None:
     """Integer and bool kernels of any length from 1, mixed block dtypes, every output_dtype: the
     status is the contract's (narrowing INVALID_ARGUMENT, OUT_OF_RANGE only for what does not fit,
@@ -508,8 +566,7 @@ def test_convolve_stream_answers_match_numpy(
         if isinstance(block, pb.Tensor):
             kind = _declared(block, MAX_ELEMENTS)
             refusal = {"malformed": INVALID, "huge": EXHAUSTED, "ok": INVALID}[kind]
-            if kind == "malformed" and any(int(d) > codec.MAX_DIMENSION for d in block.shape) or \
-                    kind == "malformed" and all(int(d) >= 0 for d in block.shape):
+            if kind == "malformed" and any(int(d) > codec.MAX_DIMENSION for d in block.shape) or kind == "malformed" and all(int(d) >= 0 for d in block.shape):
                 refusal = MALFORMED_BLOCK  # see test_stream_block_of_a_shape_no_array_has_is_invalid_argument
             break
         if first is None:
@@ -533,7 +590,7 @@ def test_convolve_stream_answers_match_numpy(
     reference = None
     if out is not None and out.kind in "biu":  # exact integers
         full = _exact_full(signal, h)
-        emitted = full[:, :signal.shape[1]] if refusal is not None else full  # what was computed before the refusal
+        emitted = full[:, : signal.shape[1]] if refusal is not None else full  # what was computed before the refusal
         info = None if out.kind == "b" else np.iinfo(out)
         if info is not None and emitted.size and (int(emitted.min()) < info.min or int(emitted.max()) > info.max):
             allowed = {OUT_OF_RANGE}  # an answer that does not fit is never wrapped
@@ -544,8 +601,7 @@ def test_convolve_stream_answers_match_numpy(
                 allowed.add(OUT_OF_RANGE)  # the unary rule: the worst case must fit the accumulator
         reference = (full != 0) if out.kind == "b" else full
     elif out is not None:
-        full64 = np.stack([np.convolve(signal[i].astype(np.float64), h[i].astype(np.float64)) for i in range(c)]) \
-            if signal.shape[1] else np.zeros((c, 0))
+        full64 = np.stack([np.convolve(signal[i].astype(np.float64), h[i].astype(np.float64)) for i in range(c)]) if signal.shape[1] else np.zeros((c, 0))
         with np.errstate(over="ignore", invalid="ignore"):
             reference = full64.astype(out)
 
@@ -612,9 +668,13 @@ def _per_dim(values: Any, nd: int, default: int) -> list[int]:
 
 def _layer_geometry_invalid(request: pb.ConvLayerRequest, nd: int) -> bool:
     """Invalid geometry by the contract (torch's rules): each case must be INVALID_ARGUMENT."""
-    bad = (any(v < 1 for v in request.stride) or any(v < 1 for v in request.dilation) or request.groups < 0
-           or any(v < 0 for v in request.padding.sizes)
-           or any(_lengths_bad(v, nd) for v in (request.stride, request.dilation, request.padding.sizes)))
+    bad = (
+        any(v < 1 for v in request.stride)
+        or any(v < 1 for v in request.dilation)
+        or request.groups < 0
+        or any(v < 0 for v in request.padding.sizes)
+        or any(_lengths_bad(v, nd) for v in (request.stride, request.dilation, request.padding.sizes))
+    )
     if request.HasField("pool"):
         pool = request.pool
         bad = bad or pool.kind not in (pb.POOL_KIND_MAX, pb.POOL_KIND_AVG) or not pool.kernel_size
@@ -633,28 +693,74 @@ def _transpose_geometry_invalid(request: pb.ConvTransposeRequest, nd: int) -> bo
         return True
     if any(v < 0 for v in request.padding) or any(v < 0 for v in request.output_padding):
         return True
-    return any(op >= s and op >= d for op, s, d in zip(_per_dim(request.output_padding, nd, 0),
-                                                        _per_dim(request.stride, nd, 1), _per_dim(request.dilation, nd, 1)))
+    return any(
+        op >= s and op >= d for op, s, d in zip(_per_dim(request.output_padding, nd, 0), _per_dim(request.stride, nd, 1), _per_dim(request.dilation, nd, 1))
+    )
 
 
-POOLS = st.one_of(st.none(), st.builds(pb.Pool, kind=st.integers(0, 3), kernel_size=st.lists(st.integers(-1, 4), max_size=3),
-                                       stride=st.lists(st.integers(-1, 3), max_size=3),
-                                       padding=st.lists(st.integers(-1, 3), max_size=3)))
+POOLS = st.one_of(
+    st.none(),
+    st.builds(
+        pb.Pool,
+        kind=st.integers(0, 3),
+        kernel_size=st.lists(st.integers(-1, 4), max_size=3),
+        stride=st.lists(st.integers(-1, 3), max_size=3),
+        padding=st.lists(st.integers(-1, 3), max_size=3),
+    ),
+)
 
 
-LAYER_VIOLATIONS = [None, None, "random", "random", "stride", "dilation", "padding", "groups", "pool.stride", "pool.kernel_size",
-                    "pool.padding", "pool.padding_over_half", "pool.kind"]
+LAYER_VIOLATIONS = [
+    None,
+    None,
+    "random",
+    "random",
+    "stride",
+    "dilation",
+    "padding",
+    "groups",
+    "pool.stride",
+    "pool.kernel_size",
+    "pool.padding",
+    "pool.padding_over_half",
+    "pool.kind",
+]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
-@given(nd=st.integers(1, 2), stride=GEOMETRY, dilation=GEOMETRY, padding=st.lists(st.integers(-3, 3), max_size=3),
-       preset=st.sampled_from([0, 0, 0, 1, 2]), groups=st.integers(-1, 2), pool=POOLS,
-       how=st.sampled_from(["unary", "chunked", "chunked_header_only"]), violation=st.sampled_from(LAYER_VIOLATIONS),
-       base=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2), st.integers(2, 3),
-                      st.integers(1, 2), st.integers(0, 1), st.integers(0, len(LAYER_VIOLATIONS))))
+@given(
+    nd=st.integers(1, 2),
+    stride=GEOMETRY,
+    dilation=GEOMETRY,
+    padding=st.lists(st.integers(-3, 3), max_size=3),
+    preset=st.sampled_from([0, 0, 0, 1, 2]),
+    groups=st.integers(-1, 2),
+    pool=POOLS,
+    how=st.sampled_from(["unary", "chunked", "chunked_header_only"]),
+    violation=st.sampled_from(LAYER_VIOLATIONS),
+    base=st.tuples(
+        st.integers(1, 2),
+        st.integers(1, 2),
+        st.integers(0, 1),
+        st.integers(1, 2),
+        st.integers(2, 3),
+        st.integers(1, 2),
+        st.integers(0, 1),
+        st.integers(0, len(LAYER_VIOLATIONS)),
+    ),
+)
 def test_conv_layer_invalid_geometry_is_invalid_argument(
-    stub: pb_grpc.ConvolutionServiceStub, nd: int, stride: list[int], dilation: list[int], padding: list[int], preset: int,
-    groups: int, pool: pb.Pool | None, how: str, violation: str | None, base: tuple[int, ...],
+    stub: pb_grpc.ConvolutionServiceStub,
+    nd: int,
+    stride: list[int],
+    dilation: list[int],
+    padding: list[int],
+    preset: int,
+    groups: int,
+    pool: pb.Pool | None,
+    how: str,
+    violation: str | None,
+    base: tuple[int, ...],
 ) -> None:
     """Negative padding, stride or dilation below 1, a pool stride or kernel_size of 0, pool padding
     over half the window: INVALID_ARGUMENT, also for a chunked call whose 32 MiB input has not
@@ -680,16 +786,18 @@ def test_conv_layer_invalid_geometry_is_invalid_argument(
                 getattr(pool, field)[0] = -1 if field == "padding" else 0
     x = np.ones((1, 2) + (6,) * nd, np.float32)
     w = np.ones((2, 1 if groups == 2 else 2) + (2,) * nd, np.float32)
-    request = pb.ConvLayerRequest(weight=codec.encode(w), stride=stride, dilation=dilation, groups=groups,
-                                  padding=pb.Padding(sizes=[] if preset else padding, preset=preset), pool=pool)
+    request = pb.ConvLayerRequest(
+        weight=codec.encode(w), stride=stride, dilation=dilation, groups=groups, padding=pb.Padding(sizes=[] if preset else padding, preset=preset), pool=pool
+    )
     if how == "unary":
         request.input.CopyFrom(codec.encode(x))
         code, _, _ = _outcome(stub.ConvLayer, request)
     elif how == "chunked":
         request.input.CopyFrom(codec.header(x))
         data = codec.wire_bytes(x).tobytes()
-        code, _, _ = _stream_outcome(stub.ConvLayerChunked, [pb.ConvLayerRequestPart(header=request), pb.ConvLayerRequestPart(
-            chunk=pb.TensorChunk(field="input", offset=0, data=data))])
+        code, _, _ = _stream_outcome(
+            stub.ConvLayerChunked, [pb.ConvLayerRequestPart(header=request), pb.ConvLayerRequestPart(chunk=pb.TensorChunk(field="input", offset=0, data=data))]
+        )
     else:
         request.input.CopyFrom(pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=(1, 2) + ((2**22,) if nd == 1 else (2**11, 2**11))))
         code, _, _ = _stream_outcome(stub.ConvLayerChunked, [pb.ConvLayerRequestPart(header=request)])
@@ -703,17 +811,32 @@ def test_conv_layer_invalid_geometry_is_invalid_argument(
             assert code != OK
 
 
-TRANSPOSE_VIOLATIONS = [None, None, "random", "random", "stride", "dilation", "padding", "output_padding",
-                        "output_padding_too_large", "groups"]
+TRANSPOSE_VIOLATIONS = [None, None, "random", "random", "stride", "dilation", "padding", "output_padding", "output_padding_too_large", "groups"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
-@given(nd=st.integers(1, 2), stride=GEOMETRY, dilation=GEOMETRY, padding=GEOMETRY, output_padding=GEOMETRY,
-       groups=st.integers(-1, 2), registered=st.booleans(), violation=st.sampled_from(TRANSPOSE_VIOLATIONS),
-       base=st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(0, 1), st.integers(0, 2)))
+@given(
+    nd=st.integers(1, 2),
+    stride=GEOMETRY,
+    dilation=GEOMETRY,
+    padding=GEOMETRY,
+    output_padding=GEOMETRY,
+    groups=st.integers(-1, 2),
+    registered=st.booleans(),
+    violation=st.sampled_from(TRANSPOSE_VIOLATIONS),
+    base=st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(0, 1), st.integers(0, 2)),
+)
 def test_conv_transpose_invalid_geometry_is_invalid_argument(
-    stub: pb_grpc.ConvolutionServiceStub, nd: int, stride: list[int], dilation: list[int], padding: list[int],
-    output_padding: list[int], groups: int, registered: bool, violation: str | None, base: tuple[int, int, int, int],
+    stub: pb_grpc.ConvolutionServiceStub,
+    nd: int,
+    stride: list[int],
+    dilation: list[int],
+    padding: list[int],
+    output_padding: list[int],
+    groups: int,
+    registered: bool,
+    violation: str | None,
+    base: tuple[int, int, int, int],
 ) -> None:
     """Negative padding or output_padding, stride or dilation below 1, output_padding not below
     stride or dilation: INVALID_ARGUMENT, with inline or registered weights (``violation`` as in
@@ -731,8 +854,7 @@ def test_conv_transpose_invalid_geometry_is_invalid_argument(
             groups = -1
     x = np.ones((1, 2) + (5,) * nd, np.float32)
     w = np.ones((2, 1 if groups == 2 else 2) + (3,) * nd, np.float32)
-    request = pb.ConvTransposeRequest(input=codec.encode(x), stride=stride, dilation=dilation, padding=padding,
-                                      output_padding=output_padding, groups=groups)
+    request = pb.ConvTransposeRequest(input=codec.encode(x), stride=stride, dilation=dilation, padding=padding, output_padding=output_padding, groups=groups)
     if registered:
         request.weights_id = stub.RegisterWeights(pb.RegisterWeightsRequest(weight=codec.encode(w)), timeout=30).weights_id
     else:
@@ -751,15 +873,23 @@ def test_conv_transpose_invalid_geometry_is_invalid_argument(
 SHARED_TENSORS = st.builds(
     pb.SharedTensor,
     region=st.sampled_from(["convserve_fuzz_none", "../etc/passwd", "", "convserve/../x", "convserve" + "a" * 300, "psm_x"]),
-    offset=st.one_of(st.integers(-8, 64), st.just(2**63 - 1)), dtype=st.integers(0, 16), shape=st.lists(DIMENSION, max_size=3),
+    offset=st.one_of(st.integers(-8, 64), st.just(2**63 - 1)),
+    dtype=st.integers(0, 16),
+    shape=st.lists(DIMENSION, max_size=3),
     capability=st.one_of(st.just(b""), st.binary(min_size=16, max_size=16), st.binary(max_size=40)),
 )
 SHARED_REQUESTS = st.builds(
     pb.SharedSignalRequest,
     options=st.one_of(st.none(), st.builds(pb.SignalRequest, mode=st.integers(0, 4), in1=st.one_of(st.none(), ANY_TENSOR))),
-    in1=SHARED_TENSORS, in2=SHARED_TENSORS,
-    result=st.builds(pb.SharedBuffer, region=st.sampled_from(["convserve_fuzz_none", "../x", ""]),
-                     offset=st.integers(-2, 64), size=st.integers(-2, 2**40), capability=st.binary(max_size=20)),
+    in1=SHARED_TENSORS,
+    in2=SHARED_TENSORS,
+    result=st.builds(
+        pb.SharedBuffer,
+        region=st.sampled_from(["convserve_fuzz_none", "../x", ""]),
+        offset=st.integers(-2, 64),
+        size=st.integers(-2, 2**40),
+        capability=st.binary(max_size=20),
+    ),
 )
 
 
@@ -780,8 +910,7 @@ def shared_stub(shared_server: RunningServer) -> Iterator[pb_grpc.ConvolutionSer
 
 @settings(max_examples=100, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
 @given(request=SHARED_REQUESTS, correlate=st.booleans())
-def test_shared_memory_rpcs_never_fail_internally(shared_stub: pb_grpc.ConvolutionServiceStub, request: pb.SharedSignalRequest,
-                                                  correlate: bool) -> None:
+def test_shared_memory_rpcs_never_fail_internally(shared_stub: pb_grpc.ConvolutionServiceStub, request: pb.SharedSignalRequest, correlate: bool) -> None:
     code = _status(shared_stub.CorrelateShared if correlate else shared_stub.ConvolveShared, request)
     assert code in ALLOWED | {grpc.StatusCode.NOT_FOUND}, code
 
@@ -823,17 +952,40 @@ def _capability(kind: str, region: _Region, other: _Region, rng: np.random.Gener
     right = region.capability
     flipped = bytearray(right)
     flipped[int(rng.integers(16))] ^= 1 << int(rng.integers(8))
-    return {"right": right, "empty": b"", "random": secrets.token_bytes(16), "flipped": bytes(flipped), "short": right[:15],
-            "long": right + b"\0", "other": other.capability, "zeros": bytes(16)}[kind]
+    return {
+        "right": right,
+        "empty": b"",
+        "random": secrets.token_bytes(16),
+        "flipped": bytes(flipped),
+        "short": right[:15],
+        "long": right + b"\0",
+        "other": other.capability,
+        "zeros": bytes(16),
+    }[kind]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=FUNCTION_FIXTURE)
-@given(caps=st.one_of(st.just(("right",) * 3), st.tuples(*[st.sampled_from(CAPABILITIES)] * 3)), dtype=st.sampled_from(["float64", "int16", "complex128"]),
-       n=st.integers(1, 300), m=st.integers(1, 20), offsets=st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 40)),
-       huge=st.sampled_from([None] * 6 + ["in1", "in2"]), correlate=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(
+    caps=st.one_of(st.just(("right",) * 3), st.tuples(*[st.sampled_from(CAPABILITIES)] * 3)),
+    dtype=st.sampled_from(["float64", "int16", "complex128"]),
+    n=st.integers(1, 300),
+    m=st.integers(1, 20),
+    offsets=st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 40)),
+    huge=st.sampled_from([None] * 6 + ["in1", "in2"]),
+    correlate=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_shared_memory_capability_guards_real_regions(
-    shared_stub: pb_grpc.ConvolutionServiceStub, regions: tuple[_Region, _Region], caps: tuple[str, str, str], dtype: str,
-    n: int, m: int, offsets: tuple[int, int, int], huge: str | None, correlate: bool, seed: int,
+    shared_stub: pb_grpc.ConvolutionServiceStub,
+    regions: tuple[_Region, _Region],
+    caps: tuple[str, str, str],
+    dtype: str,
+    n: int,
+    m: int,
+    offsets: tuple[int, int, int],
+    huge: str | None,
+    correlate: bool,
+    seed: int,
 ) -> None:
     """Real regions with the client's header: the right capability everywhere computes numpy's
     answer into the result region (only there); any wrong, empty or borrowed capability is
@@ -841,25 +993,26 @@ def test_shared_memory_capability_guards_real_regions(
     shape beyond max_elements is RESOURCE_EXHAUSTED with pushback -1 and touches nothing."""
     rng = np.random.default_rng(seed)
     inputs, results = regions
-    make = (lambda s: rng.integers(-10, 11, s).astype(dtype)) if dtype == "int16" else (
-        lambda s: (rng.standard_normal(s) + (1j * rng.standard_normal(s) if dtype == "complex128" else 0)).astype(dtype))
+    make = (
+        (lambda s: rng.integers(-10, 11, s).astype(dtype))
+        if dtype == "int16"
+        else (lambda s: (rng.standard_normal(s) + (1j * rng.standard_normal(s) if dtype == "complex128" else 0)).astype(dtype))
+    )
     in1, in2 = make(n), make(m)
     off1 = HEADER_SIZE + 64 * offsets[0]
     off2 = off1 + 64 * (-(-in1.nbytes // 64) + offsets[1])
     out_offset = HEADER_SIZE + 64 * offsets[2]
-    inputs.memory.buf[off1:off1 + in1.nbytes] = in1.tobytes()
-    inputs.memory.buf[off2:off2 + in2.nbytes] = in2.tobytes()
+    inputs.memory.buf[off1 : off1 + in1.nbytes] = in1.tobytes()
+    inputs.memory.buf[off2 : off2 + in2.nbytes] = in2.tobytes()
     code_of = codec.dtype_code(in1.dtype, "in1")
     shapes = {"in1": [n], "in2": [m]}
     if huge:
         shapes[huge] = [SHARED_MAX_ELEMENTS + 1] if rng.integers(2) else [2**12, 2**12]
     request = pb.SharedSignalRequest(
-        in1=pb.SharedTensor(region=inputs.name, offset=off1, dtype=code_of, shape=shapes["in1"],
-                            capability=_capability(caps[0], inputs, results, rng)),
-        in2=pb.SharedTensor(region=inputs.name, offset=off2, dtype=code_of, shape=shapes["in2"],
-                            capability=_capability(caps[1], inputs, results, rng)),
-        result=pb.SharedBuffer(region=results.name, offset=out_offset, size=16 * (n + m),
-                               capability=_capability(caps[2], results, inputs, rng)))
+        in1=pb.SharedTensor(region=inputs.name, offset=off1, dtype=code_of, shape=shapes["in1"], capability=_capability(caps[0], inputs, results, rng)),
+        in2=pb.SharedTensor(region=inputs.name, offset=off2, dtype=code_of, shape=shapes["in2"], capability=_capability(caps[1], inputs, results, rng)),
+        result=pb.SharedBuffer(region=results.name, offset=out_offset, size=16 * (n + m), capability=_capability(caps[2], results, inputs, rng)),
+    )
     before = inputs.snapshot(), results.snapshot()
     code, trailers, response = _outcome(shared_stub.CorrelateShared if correlate else shared_stub.ConvolveShared, request)
     after = inputs.snapshot(), results.snapshot()
@@ -878,19 +1031,20 @@ def test_shared_memory_capability_guards_real_regions(
     expected = _reference_signal(in1, in2, correlate)
     dt, shape, nbytes = codec.check_declared(response.result.dtype, response.result.shape, "result")
     assert dt == in1.dtype and tuple(shape) == expected.shape
-    result = np.frombuffer(after[1][out_offset:out_offset + nbytes], dt).reshape(shape)
+    result = np.frombuffer(after[1][out_offset : out_offset + nbytes], dt).reshape(shape)
     if dt.kind in "iu":
         np.testing.assert_array_equal(result, expected)
     else:
         assert np.max(np.abs(result - expected), initial=0) <= 1e-9 * (np.abs(expected).max(initial=0) + 1)
-    assert after[1][:out_offset] == before[1][:out_offset] and after[1][out_offset + nbytes:] == before[1][out_offset + nbytes:], \
+    assert after[1][:out_offset] == before[1][:out_offset] and after[1][out_offset + nbytes :] == before[1][out_offset + nbytes :], (
         "the server wrote outside the result"
+    )
 
 
 # -- afterwards --------------------------------------------------------------------------------------
 
-def test_server_still_serves_after_fuzzing(server: RunningServer, shared_server: RunningServer,
-                                           stub: pb_grpc.ConvolutionServiceStub) -> None:
+
+def test_server_still_serves_after_fuzzing(server: RunningServer, shared_server: RunningServer, stub: pb_grpc.ConvolutionServiceStub) -> None:
     for running in (server, shared_server):
         assert running.process.poll() is None, "a server process died during the fuzzing"
         with grpc.insecure_channel(running.target) as channel:

@@ -59,8 +59,9 @@ def pushback(error: grpc.RpcError) -> int:
 
 def chunked_header(elements: int) -> pb.SignalRequestPart:
     """A chunked Convolve header declaring ``elements`` float64 samples to stream (kernel inline)."""
-    return pb.SignalRequestPart(header=pb.SignalRequest(
-        in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[elements]), in2=codec.encode(np.ones(3)), method=pb.METHOD_DIRECT))
+    return pb.SignalRequestPart(
+        header=pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[elements]), in2=codec.encode(np.ones(3)), method=pb.METHOD_DIRECT)
+    )
 
 
 def stream_config() -> pb.StreamRequest:
@@ -133,6 +134,7 @@ def test_idle_callers_beyond_the_slots_lock_nobody_out(default_slots_server: tup
     idle = [IdleCall(server.target, "ConvolveChunked", [chunked_header(1 << 20)]) for _ in range(SLOTS + 1)]
     idle += [IdleCall(server.target, "ConvolveStream", [stream_config()]) for _ in range(SLOTS + 1)]
     try:
+
         def settled() -> bool:  # each idle call is held on the server (waiting or admitted) or has ended
             held = metric(url, "convserve_waiting_streams") + metric(url, "convserve_in_flight_requests")
             return held + sum(call.ended.is_set() for call in idle) >= len(idle)
@@ -141,8 +143,7 @@ def test_idle_callers_beyond_the_slots_lock_nobody_out(default_slots_server: tup
         assert not [call.error for call in idle if call.ended.is_set()]  # none was refused
         assert metric(url, "convserve_waiting_streams") == len(idle)
         assert metric(url, "convserve_in_flight_requests") == 0  # they hold no compute slot
-        other = subprocess.run([sys.executable, "-c", DEFAULT_CLIENT_CALLS, server.target],
-                               capture_output=True, text=True, timeout=120)
+        other = subprocess.run([sys.executable, "-c", DEFAULT_CLIENT_CALLS, server.target], capture_output=True, text=True, timeout=120)
         assert other.returncode == 0 and other.stdout.strip() == "ok", other.stderr[-3000:]
         assert all(not call.ended.is_set() for call in idle)  # the idle callers are still there
     finally:
@@ -152,9 +153,20 @@ def test_idle_callers_beyond_the_slots_lock_nobody_out(default_slots_server: tup
 
 def _small_waiting_server(idle_seconds: float) -> Iterator[tuple[RunningServer, str]]:
     """Two waiting calls at most, a 64 MiB waiting budget and the given idle timeout."""
-    server = start_server("--workers", "2", "--max-concurrent-requests", str(SLOTS), "--idle-timeout-seconds",
-                          str(idle_seconds), "--max-waiting-streams", "2", "--waiting-budget-bytes", str(64 * MIB),
-                          "--metrics-port", "0")
+    server = start_server(
+        "--workers",
+        "2",
+        "--max-concurrent-requests",
+        str(SLOTS),
+        "--idle-timeout-seconds",
+        str(idle_seconds),
+        "--max-waiting-streams",
+        "2",
+        "--waiting-budget-bytes",
+        str(64 * MIB),
+        "--metrics-port",
+        "0",
+    )
     url = metrics_url(server)
     yield server, url
     assert stop_server(server) == 0
@@ -175,8 +187,10 @@ def small_waiting_server() -> Iterator[tuple[RunningServer, str]]:
 def test_the_idle_timeout_ends_idle_calls_and_frees_their_share(short_idle_server: tuple[RunningServer, str]) -> None:
     server, url = short_idle_server
     block = pb.StreamRequest(block=codec.encode(np.ones(300)))
-    rounds = [[("ConvolveStream", [stream_config()]), ("ConvolveChunked", [chunked_header(1 << 20)])],
-              [("ConvolveStream", [stream_config(), block]), ("ConvolveChunked", [chunked_header(1000)])]]
+    rounds = [
+        [("ConvolveStream", [stream_config()]), ("ConvolveChunked", [chunked_header(1 << 20)])],
+        [("ConvolveStream", [stream_config(), block]), ("ConvolveChunked", [chunked_header(1000)])],
+    ]
     ended = 0
     for opened in rounds:  # each round takes both waiting places: they must have been freed by the last
         calls = [IdleCall(server.target, rpc, first) for rpc, first in opened]
@@ -197,8 +211,7 @@ def test_the_idle_timeout_ends_idle_calls_and_frees_their_share(short_idle_serve
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.ConvolutionServiceStub(channel)
         for _ in range(2):
-            replies = list(stub.ConvolveStream(iter([stream_config(), pb.StreamRequest(block=codec.encode(np.ones(10)))]),
-                                               timeout=30))
+            replies = list(stub.ConvolveStream(iter([stream_config(), pb.StreamRequest(block=codec.encode(np.ones(10)))]), timeout=30))
             out = np.concatenate([codec.decode(r.block, "block") for r in replies])
             np.testing.assert_allclose(out, np.convolve(np.ones(10), np.ones(5)))
 
@@ -212,8 +225,10 @@ def test_the_waiting_budget_is_bounded_in_count_and_bytes(small_waiting_server: 
             list(stub.ConvolveChunked(iter([chunked_header(16 * MIB)]), timeout=30))
         assert never.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and pushback(never.value) == -1
         assert "waiting_budget_bytes" in never.value.details()
-    held = [IdleCall(server.target, "ConvolveStream", [stream_config()], timeout=60),
-            IdleCall(server.target, "ConvolveChunked", [chunked_header(5 * MIB)], timeout=60)]  # 40 MiB of 64
+    held = [
+        IdleCall(server.target, "ConvolveStream", [stream_config()], timeout=60),
+        IdleCall(server.target, "ConvolveChunked", [chunked_header(5 * MIB)], timeout=60),
+    ]  # 40 MiB of 64
     try:
         wait_for(lambda: metric(url, "convserve_waiting_streams") == 2, "two calls waiting")
         # A third waiting call is over the count: refused at once, with a pushback >= 0 (it may fit later).
@@ -251,7 +266,7 @@ def test_a_caller_that_reads_nothing_is_ended_and_frees_its_reservation(short_id
         yield chunked_header(len(x))
         data = x.tobytes()
         for start in range(0, len(data), MIB):
-            yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start:start + MIB]))
+            yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start : start + MIB]))
 
     # No BDP probing: the reader's HTTP/2 window stays small, so what it does not read stays on the server.
     with grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
@@ -276,7 +291,7 @@ def test_a_stream_block_waits_for_a_busy_slot_instead_of_failing() -> None:
         yield chunked_header(len(x))
         data = x.tobytes()
         for start in range(0, len(data), MIB):
-            yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start:start + MIB]))
+            yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start : start + MIB]))
 
     try:
         # The only slot is held by a result nobody reads yet (small HTTP/2 window: it stays on the server).
@@ -286,8 +301,10 @@ def test_a_stream_block_waits_for_a_busy_slot_instead_of_failing() -> None:
             assert metric(url, "convserve_in_flight_requests") == 1
             block = np.ones(1000)
             stream = IdleCall(server.target, "ConvolveStream", [stream_config(), pb.StreamRequest(block=codec.encode(block))])
-            wait_for(lambda: metric(url, "convserve_received_bytes_total", 'rpc="ConvolveStream"') >= block.nbytes,
-                     "the stream's block to arrive while the slot is taken")
+            wait_for(
+                lambda: metric(url, "convserve_received_bytes_total", 'rpc="ConvolveStream"') >= block.nbytes,
+                "the stream's block to arrive while the slot is taken",
+            )
             assert not stream.ended.is_set()
             rest = list(held)  # the holder reads its result: the slot frees, the block is computed
         assert len(b"".join(p.chunk.data for p in rest)) == (len(x) + 2) * 8  # full mode, a 3-tap kernel

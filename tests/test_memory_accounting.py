@@ -58,9 +58,20 @@ def _reset_peak(pid: int) -> None:
 @pytest.fixture()
 def small_server() -> Iterator[RunningServer]:
     """A server with small budgets, warmed up by one good call of each kind used below."""
-    server = start_server("--workers", "2", "--max-concurrent-requests", str(PARALLEL),
-                          "--memory-budget-bytes", str(BUDGET), "--waiting-budget-bytes", str(WAITING),
-                          "--max-waiting-streams", str(2 * PARALLEL), "--fftw-threads", "1")
+    server = start_server(
+        "--workers",
+        "2",
+        "--max-concurrent-requests",
+        str(PARALLEL),
+        "--memory-budget-bytes",
+        str(BUDGET),
+        "--waiting-budget-bytes",
+        str(WAITING),
+        "--max-waiting-streams",
+        str(2 * PARALLEL),
+        "--fftw-threads",
+        "1",
+    )
     with convserve.Client(server.target) as client:
         client.convolve(np.ones(UPLOAD // 8), np.ones(3), method="direct")  # chunked
         client.convolve(np.ones(UNARY // 8), np.ones(3), method="direct")  # unary
@@ -69,13 +80,16 @@ def small_server() -> Iterator[RunningServer]:
 
 
 def _chunked_parts(signal: np.ndarray) -> Iterator[pb.SignalRequestPart]:
-    header = pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[signal.size]),
-                              in2=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[3], data=np.ones(3).tobytes()),
-                              mode=UNKNOWN_MODE, method=pb.METHOD_DIRECT)
+    header = pb.SignalRequest(
+        in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[signal.size]),
+        in2=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[3], data=np.ones(3).tobytes()),
+        mode=UNKNOWN_MODE,
+        method=pb.METHOD_DIRECT,
+    )
     yield pb.SignalRequestPart(header=header)
     data = signal.tobytes()
     for start in range(0, len(data), MIB):
-        yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start:start + MIB]))
+        yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start : start + MIB]))
 
 
 def _failing_chunked(stub: pb_grpc.ConvolutionServiceStub, signal: np.ndarray) -> grpc.StatusCode:
@@ -88,9 +102,12 @@ def _failing_chunked(stub: pb_grpc.ConvolutionServiceStub, signal: np.ndarray) -
 
 
 def _failing_unary(stub: pb_grpc.ConvolutionServiceStub, signal: np.ndarray) -> grpc.StatusCode:
-    request = pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[signal.size], data=signal.tobytes()),
-                               in2=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[3], data=np.ones(3).tobytes()),
-                               mode=UNKNOWN_MODE, method=pb.METHOD_DIRECT)
+    request = pb.SignalRequest(
+        in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[signal.size], data=signal.tobytes()),
+        in2=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[3], data=np.ones(3).tobytes()),
+        mode=UNKNOWN_MODE,
+        method=pb.METHOD_DIRECT,
+    )
     try:
         stub.Convolve(request, timeout=60)
     except grpc.RpcError as error:
@@ -98,8 +115,9 @@ def _failing_unary(stub: pb_grpc.ConvolutionServiceStub, signal: np.ndarray) -> 
     return grpc.StatusCode.OK
 
 
-def _run(server: RunningServer, call: Callable[[pb_grpc.ConvolutionServiceStub, np.ndarray], grpc.StatusCode],
-         size: int, calls: int) -> tuple[int, set[grpc.StatusCode]]:
+def _run(
+    server: RunningServer, call: Callable[[pb_grpc.ConvolutionServiceStub, np.ndarray], grpc.StatusCode], size: int, calls: int
+) -> tuple[int, set[grpc.StatusCode]]:
     """Make ``calls`` failing calls, PARALLEL at a time; return the peak RSS growth and the codes."""
     signal = np.random.default_rng(0).standard_normal(size // 8)
     pid = server.process.pid

@@ -61,8 +61,8 @@ def test_health_and_reflection(server) -> None:  # type: ignore[no-untyped-def]
         names = {s.name for s in replies[0].list_services_response.service}
         assert {"convserve.v1.ConvolutionService", "grpc.health.v1.Health"} <= names
         from grpc_health.v1 import health_pb2_grpc
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="convserve.v1.ConvolutionService"), timeout=10)
+
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="convserve.v1.ConvolutionService"), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 

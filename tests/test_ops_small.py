@@ -58,8 +58,7 @@ def test_warnings_and_uncaught_errors_are_json_log_lines() -> None:
 def test_server_log_is_json_when_inputs_hold_nan_and_inf(tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
-        process = subprocess.Popen([*SERVE, "--port", "0", "--metrics-port", "-1", "--log-level", "INFO"],
-                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen([*SERVE, "--port", "0", "--metrics-port", "-1", "--log-level", "INFO"], stdout=subprocess.PIPE, stderr=stderr, text=True)
     assert process.stdout is not None
     server = RunningServer(process, process.stdout.readline().strip().rsplit(" ", 1)[-1])
     try:
@@ -81,8 +80,7 @@ def _serve_with_default_metrics_port(log: Path) -> tuple[RunningServer, str]:
     """A server on a free gRPC port with the metrics port left at its default (9464)."""
     env = {k: v for k, v in os.environ.items() if k != "CONVSERVE_METRICS_PORT"}
     with log.open("w") as stderr:
-        process = subprocess.Popen([*SERVE, "--port", "0", "--log-level", "INFO"], stdout=subprocess.PIPE,
-                                   stderr=stderr, text=True, env=env)
+        process = subprocess.Popen([*SERVE, "--port", "0", "--log-level", "INFO"], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     assert process.stdout is not None
     listening = process.stdout.readline()
     metrics = process.stdout.readline()
@@ -120,8 +118,7 @@ def test_a_taken_metrics_port_given_explicitly_also_keeps_the_server_up(tmp_path
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        result = subprocess.Popen([*SERVE, "--port", "0", "--metrics-port", str(taken)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        result = subprocess.Popen([*SERVE, "--port", "0", "--metrics-port", str(taken)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert result.stdout is not None and result.stderr is not None
         assert "listening on" in result.stdout.readline()
         metrics = result.stdout.readline()
@@ -137,8 +134,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> certificates.Files:
 
 
 def _serve_tls(cert: Path, key: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SERVE, "--port", "0", "--metrics-port", "-1", "--tls-cert", str(cert), "--tls-key", str(key)],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [*SERVE, "--port", "0", "--metrics-port", "-1", "--tls-cert", str(cert), "--tls-key", str(key)], capture_output=True, text=True, timeout=30
+    )
 
 
 def test_tls_key_that_does_not_match_the_certificate_is_reported_as_such(files: certificates.Files) -> None:

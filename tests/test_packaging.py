@@ -33,8 +33,7 @@ def test_thin_client_imports_no_fftw_and_no_server() -> None:
 def test_thin_client_works_when_pyfftw_cannot_be_imported(tmp_path: Path) -> None:
     (tmp_path / "pyfftw.py").write_text("raise ImportError('pyfftw is not installed')\n")
     code = "import convserve, numpy; print(convserve.codec.decode(convserve.codec.encode(numpy.arange(3))))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert "[0 1 2]" in result.stdout
 

@@ -73,8 +73,9 @@ def test_every_dtype_pair_and_method_is_accurate(first: str) -> None:
             _check(result, reference, f"{first} x {second.name}, method {method} (ran {info.method})")
 
 
-@pytest.mark.parametrize("low, high", [("float32", "float64"), ("float16", "float64"), ("complex64", "complex128"),
-                                       ("float32", "complex128"), ("float16", "complex64")])
+@pytest.mark.parametrize(
+    "low, high", [("float32", "float64"), ("float16", "float64"), ("complex64", "complex128"), ("float32", "complex128"), ("float16", "complex64")]
+)
 def test_mixed_precision_fft_paths_run_in_the_result_precision(low: str, high: str) -> None:
     rng = np.random.default_rng(2)
     for n, m in ((20_000, 300), (4096, 4096)):  # long transforms: 1/L would be subnormal in float16
@@ -89,13 +90,16 @@ def test_mixed_precision_fft_paths_run_in_the_result_precision(low: str, high: s
         _check(convolve(x, h, mode="circular", method="fft"), circ, f"circular {high} x {low}")
 
 
-@pytest.mark.parametrize("natural, narrower", [
-    ((np.float64, np.float64), "float16"),
-    ((np.float64, np.float32), "float32"),
-    ((np.complex128, np.float64), "complex64"),
-    ((np.int64, np.int64), "int32"),
-    ((np.int16, np.uint8), "int8"),
-])
+@pytest.mark.parametrize(
+    "natural, narrower",
+    [
+        ((np.float64, np.float64), "float16"),
+        ((np.float64, np.float32), "float32"),
+        ((np.complex128, np.float64), "complex64"),
+        ((np.int64, np.int64), "int32"),
+        ((np.int16, np.uint8), "int8"),
+    ],
+)
 def test_narrowing_output_dtype_is_refused(natural: tuple[Any, Any], narrower: str) -> None:
     x, h = np.ones(8, natural[0]), np.ones(3, natural[1])
     with pytest.raises(InvalidArgumentError) as error:
@@ -104,8 +108,14 @@ def test_narrowing_output_dtype_is_refused(natural: tuple[Any, Any], narrower: s
 
 
 def test_wider_output_dtypes_are_honoured() -> None:
-    for natural, wider in ((np.float32, "float64"), (np.float16, "float32"), (np.uint8, "uint16"),
-                           (np.uint8, "int16"), (np.int32, "float64"), (np.float64, "complex128")):
+    for natural, wider in (
+        (np.float32, "float64"),
+        (np.float16, "float32"),
+        (np.uint8, "uint16"),
+        (np.uint8, "int16"),
+        (np.int32, "float64"),
+        (np.float64, "complex128"),
+    ):
         result = convolve(np.full(8, 100, natural), np.ones(3, natural), output_dtype=wider)
         assert result.dtype == np.dtype(wider)
         np.testing.assert_array_equal(result, np.convolve(np.full(8, 100.0), np.ones(3)))
@@ -133,8 +143,7 @@ def test_nan_in_a_layer_input_warns() -> None:
     x = np.ones((1, 2, 12, 12), np.float32)
     x[0, 0, 5, 5] = np.nan
     w = np.ones((3, 2, 3, 3), np.float32)
-    for call in (lambda: conv_layer(x, w, return_info=True), lambda: conv_transpose(x, np.ones((2, 3, 3, 3), np.float32),
-                                                                                      return_info=True)):
+    for call in (lambda: conv_layer(x, w, return_info=True), lambda: conv_transpose(x, np.ones((2, 3, 3, 3), np.float32), return_info=True)):
         _, info = call()
         assert any("NaN or Inf" in text for text in info.warnings), info.warnings
     _, clean = conv_layer(np.ones((1, 2, 12, 12), np.float32), w, return_info=True)

@@ -40,8 +40,20 @@ def _busy(server: RunningServer, url: str, seconds: float = 1.0) -> concurrent.f
 @pytest.fixture()
 def small_server() -> Iterator[RunningServer]:
     """One worker, one admitted request at a time, a 300 MB budget and a 1 s pushback."""
-    server = start_server("--workers", "1", "--max-concurrent-requests", "1", "--memory-budget-bytes", str(300 * 2**20),
-                          "--busy-pushback-ms", "1000", "--fftw-threads", "1", "--metrics-port", "0")
+    server = start_server(
+        "--workers",
+        "1",
+        "--max-concurrent-requests",
+        "1",
+        "--memory-budget-bytes",
+        str(300 * 2**20),
+        "--busy-pushback-ms",
+        "1000",
+        "--fftw-threads",
+        "1",
+        "--metrics-port",
+        "0",
+    )
     yield server
     assert stop_server(server) == 0
 
@@ -57,8 +69,7 @@ CALLERS = 12
 
 def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() -> None:
     budget = 200 * 2**20
-    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--memory-budget-bytes", str(budget),
-                          "--fftw-threads", "1")
+    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--memory-budget-bytes", str(budget), "--fftw-threads", "1")
     try:
         pid = server.process.pid
         baseline = status_kib(pid, "VmRSS") * 1024
@@ -90,9 +101,11 @@ def test_overload_replies_ok_or_resource_exhausted_and_memory_stays_bounded() ->
         # caller), plus 128 MiB for the interpreter's and libraries' own growth.
         allowance = CALLERS * 3 * x.nbytes + 128 * 2**20
         assert peak - baseline <= budget + allowance, (peak - baseline, budget, allowance)
-        print(f"\noverload: {outcomes.count('OK')} OK, {outcomes.count('RESOURCE_EXHAUSTED')} RESOURCE_EXHAUSTED, "
-              f"median rejection {np.median(rejection_ms):.1f} ms, peak RSS growth {(peak - baseline) / 2**20:.0f} MiB "
-              f"(budget {budget / 2**20:.0f} MiB)")
+        print(
+            f"\noverload: {outcomes.count('OK')} OK, {outcomes.count('RESOURCE_EXHAUSTED')} RESOURCE_EXHAUSTED, "
+            f"median rejection {np.median(rejection_ms):.1f} ms, peak RSS growth {(peak - baseline) / 2**20:.0f} MiB "
+            f"(budget {budget / 2**20:.0f} MiB)"
+        )
         with convserve.Client(server.target, timeout=60) as client:  # after the burst every request succeeds
             for _ in range(3):
                 assert np.allclose(client.convolve(x, h), expected)
@@ -167,8 +180,9 @@ DEADLINE_SECONDS = 1.0
 @pytest.fixture()
 def roomy_server() -> Iterator[RunningServer]:
     """One worker, one admitted request at a time, and room for a few seconds of overlap-add."""
-    server = start_server("--workers", "1", "--max-concurrent-requests", "1", "--memory-budget-bytes", str(4 * 2**30),
-                          "--fftw-threads", "1", "--metrics-port", "0")
+    server = start_server(
+        "--workers", "1", "--max-concurrent-requests", "1", "--memory-budget-bytes", str(4 * 2**30), "--fftw-threads", "1", "--metrics-port", "0"
+    )
     yield server
     assert stop_server(server) == 0
 
@@ -214,8 +228,7 @@ def test_cancel_stops_the_work(roomy_server: RunningServer, roomy_metrics: str) 
 
 
 def test_sigterm_finishes_calls_in_flight_and_refuses_new_ones() -> None:
-    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--grace-seconds", "60", "--fftw-threads", "1",
-                          "--metrics-port", "0")
+    server = start_server("--workers", "2", "--max-concurrent-requests", "4", "--grace-seconds", "60", "--fftw-threads", "1", "--metrics-port", "0")
     url = metrics_url(server)
     x = signal_lasting(server.target, SLOW_KERNEL, 1.0)  # three of them on two workers: about 2 s
     expected = np.convolve(x, SLOW_KERNEL)

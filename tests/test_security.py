@@ -38,8 +38,7 @@ def tls_server(files: certificates.Files) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def mtls_server(files: certificates.Files) -> Iterator[RunningServer]:
-    server = start_server("--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key),
-                          "--tls-client-ca", str(files.ca))
+    server = start_server("--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key), "--tls-client-ca", str(files.ca))
     yield server
     assert stop_server(server) == 0
 
@@ -66,8 +65,9 @@ def test_tls_refuses_an_untrusted_server_and_plaintext(tls_server: RunningServer
 
 
 def test_mtls(mtls_server: RunningServer, files: certificates.Files) -> None:
-    with convserve.Client(mtls_server.target, root_certificates=files.ca, client_certificate=files.client_cert,
-                          client_key=files.client_key, timeout=10) as client:
+    with convserve.Client(
+        mtls_server.target, root_certificates=files.ca, client_certificate=files.client_cert, client_key=files.client_key, timeout=10
+    ) as client:
         assert client.convolve(DICE, DICE).argmax() == 5
 
 
@@ -96,14 +96,17 @@ def test_wrong_or_missing_token_is_unauthenticated(token_server: RunningServer, 
 
 
 def test_health_needs_no_token(token_server: RunningServer) -> None:
-    result = subprocess.run([sys.executable, "-m", "convserve_server", "health", "--target", token_server.target],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "convserve_server", "health", "--target", token_server.target], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
 
 
 def test_non_loopback_without_tls_or_token_warns() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "convserve_server", "serve", "--host", "0.0.0.0", "--port", "0",
-                                "--metrics-port", "-1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "convserve_server", "serve", "--host", "0.0.0.0", "--port", "0", "--metrics-port", "-1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None and process.stderr is not None
         assert "listening on" in process.stdout.readline()
@@ -115,8 +118,7 @@ def test_non_loopback_without_tls_or_token_warns() -> None:
 
 
 def test_tls_key_without_certificate_is_a_setting_error(files: certificates.Files) -> None:
-    result = subprocess.run([sys.executable, "-m", "convserve_server", "serve", "--tls-key", str(files.server_key)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "convserve_server", "serve", "--tls-key", str(files.server_key)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "tls_cert" in result.stderr
 
 
@@ -177,8 +179,9 @@ def info_status(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = (
         return error.code(), error.details() or "", None if pushback is None else int(pushback)
 
 
-def wait_for(channel: grpc.Channel, code: grpc.StatusCode, metadata: tuple[tuple[str, str], ...] = (),
-             seconds: float = 20, idle: Idle | None = None) -> tuple[grpc.StatusCode, str, int | None]:
+def wait_for(
+    channel: grpc.Channel, code: grpc.StatusCode, metadata: tuple[tuple[str, str], ...] = (), seconds: float = 20, idle: Idle | None = None
+) -> tuple[grpc.StatusCode, str, int | None]:
     """Probe GetServerInfo until it returns ``code`` (the idle calls have reached the server) or time runs out."""
     deadline = time.monotonic() + seconds
     while True:
@@ -238,8 +241,9 @@ def test_failed_calls_stop_counting() -> None:
 
 
 def test_one_token_is_one_identity_and_bad_tokens_never_count() -> None:
-    server = start_server("--auth-token", "s3cret", "--max-calls-per-identity", "2", "--max-concurrent-calls", "10",
-                          "--idle-timeout-seconds", "60", "--log-level", "WARNING")
+    server = start_server(
+        "--auth-token", "s3cret", "--max-calls-per-identity", "2", "--max-concurrent-calls", "10", "--idle-timeout-seconds", "60", "--log-level", "WARNING"
+    )
     token = (("authorization", "Bearer s3cret"),)
     try:
         with grpc.insecure_channel(server.target) as channel:
@@ -282,9 +286,22 @@ def two_clients(tmp_path_factory: pytest.TempPathFactory) -> TwoClients:
 
 
 def test_each_client_certificate_is_its_own_identity(two_clients: TwoClients) -> None:
-    server = start_server("--tls-cert", str(two_clients.server[0]), "--tls-key", str(two_clients.server[1]),
-                          "--tls-client-ca", str(two_clients.ca), "--max-calls-per-identity", "2",
-                          "--max-concurrent-calls", "10", "--idle-timeout-seconds", "60", "--log-level", "WARNING")
+    server = start_server(
+        "--tls-cert",
+        str(two_clients.server[0]),
+        "--tls-key",
+        str(two_clients.server[1]),
+        "--tls-client-ca",
+        str(two_clients.ca),
+        "--max-calls-per-identity",
+        "2",
+        "--max-concurrent-calls",
+        "10",
+        "--idle-timeout-seconds",
+        "60",
+        "--log-level",
+        "WARNING",
+    )
 
     def channel(index: int) -> grpc.Channel:
         cert, key = two_clients.clients[index]
@@ -304,8 +321,9 @@ def test_each_client_certificate_is_its_own_identity(two_clients: TwoClients) ->
                 idle.close()
             assert wait_for(first, grpc.StatusCode.OK)[0] == grpc.StatusCode.OK
         cert, key = two_clients.clients[0]
-        with convserve.Client(server.target, root_certificates=two_clients.ca, client_certificate=cert, client_key=key,
-                              timeout=30) as client:  # unary and chunked calls still work through the wrapper
+        with convserve.Client(
+            server.target, root_certificates=two_clients.ca, client_certificate=cert, client_key=key, timeout=30
+        ) as client:  # unary and chunked calls still work through the wrapper
             assert client.convolve(DICE, DICE).argmax() == 5
             big = np.ones(3 << 20)
             np.testing.assert_allclose(client.convolve(big, np.ones(1), method="direct"), big)

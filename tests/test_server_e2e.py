@@ -50,7 +50,7 @@ def test_uint8_image_axes_and_boundary(client: convserve.Client) -> None:
     box = np.ones((3, 3), np.uint8)
     result = client.convolve(image, box, mode="same", axes=(0, 1), boundary="edge", output_dtype="uint16")
     padded = np.pad(image.astype(np.int64), ((1, 1), (1, 1), (0, 0)), mode="edge")
-    expected = sum(padded[i:i + 40, j:j + 30] for i in range(3) for j in range(3))
+    expected = sum(padded[i : i + 40, j : j + 30] for i in range(3) for j in range(3))
     assert result.dtype == np.uint16
     np.testing.assert_array_equal(result, expected)
 
@@ -66,8 +66,7 @@ def test_conv_layer(client: convserve.Client) -> None:
     x = RNG.standard_normal((2, 4, 9, 11)).astype(np.float32)
     w = RNG.standard_normal((6, 2, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(6).astype(np.float32)
-    result, info = client.conv_layer(x, w, b, stride=2, padding=1, groups=2, activation="relu",
-                                     pool={"kind": "max", "kernel_size": 2}, return_info=True)
+    result, info = client.conv_layer(x, w, b, stride=2, padding=1, groups=2, activation="relu", pool={"kind": "max", "kernel_size": 2}, return_info=True)
     conv = np.maximum(ref_conv(x, w, b, (2, 2), [(1, 1), (1, 1)], (1, 1), 2, "zeros"), 0)
     expected = ref_pool(conv, "max", (2, 2), (2, 2), (0, 0))
     assert result.dtype == np.float32 and result.shape == expected.shape

@@ -87,8 +87,14 @@ def _call(server: RunningServer, request: pb.SharedSignalRequest) -> grpc.RpcErr
     return raised.value
 
 
-def _request(name: str, in1_offset: int = HEADER_SIZE, in1_shape: tuple[int, ...] = (8,), result_size: int = 1024,
-             result_name: str | None = None, capability: bytes = CAPABILITY) -> pb.SharedSignalRequest:
+def _request(
+    name: str,
+    in1_offset: int = HEADER_SIZE,
+    in1_shape: tuple[int, ...] = (8,),
+    result_size: int = 1024,
+    result_name: str | None = None,
+    capability: bytes = CAPABILITY,
+) -> pb.SharedSignalRequest:
     return pb.SharedSignalRequest(
         options=pb.SignalRequest(),
         in1=pb.SharedTensor(region=name, offset=in1_offset, dtype=pb.DTYPE_FLOAT64, shape=in1_shape, capability=capability),
@@ -195,6 +201,7 @@ def test_regions_are_released_after_a_cancelled_call(shm_server: RunningServer) 
 # Hostile clients: regions shrunk, replaced, linked or named without their capability. The test
 # process never maps these regions (only os.pread/os.pwrite), so a shrink cannot SIGBUS it.
 
+
 class RawRegion:
     """A region made with plain os calls: header with a capability, data written and read through the fd."""
 
@@ -215,12 +222,12 @@ class RawRegion:
         return os.pread(self.fd, os.fstat(self.fd).st_size, 0)
 
     def tensor(self, offset: int, shape: tuple[int, ...], capability: bytes | None = None) -> pb.SharedTensor:
-        return pb.SharedTensor(region=self.name, offset=offset, dtype=pb.DTYPE_FLOAT64, shape=shape,
-                               capability=self.capability if capability is None else capability)
+        return pb.SharedTensor(
+            region=self.name, offset=offset, dtype=pb.DTYPE_FLOAT64, shape=shape, capability=self.capability if capability is None else capability
+        )
 
     def buffer(self, offset: int, size: int, capability: bytes | None = None) -> pb.SharedBuffer:
-        return pb.SharedBuffer(region=self.name, offset=offset, size=size,
-                               capability=self.capability if capability is None else capability)
+        return pb.SharedBuffer(region=self.name, offset=offset, size=size, capability=self.capability if capability is None else capability)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -235,21 +242,22 @@ def raw() -> Iterator[Callable[..., RawRegion]]:
     def make(suffix: str, size: int = 1 << 16, capability: bytes | None = None) -> RawRegion:
         made.append(RawRegion(f"convserve_{os.getpid()}_{suffix}", size, capability))
         return made[-1]
+
     yield make
     for region in made:
         region.close()
 
 
-def _shared(stub: pb_grpc.ConvolutionServiceStub, in1: pb.SharedTensor, in2: pb.SharedTensor, result: pb.SharedBuffer,
-            method: int = pb.METHOD_AUTO, timeout: float = 30) -> pb.SharedResponse:
+def _shared(
+    stub: pb_grpc.ConvolutionServiceStub, in1: pb.SharedTensor, in2: pb.SharedTensor, result: pb.SharedBuffer, method: int = pb.METHOD_AUTO, timeout: float = 30
+) -> pb.SharedResponse:
     request = pb.SharedSignalRequest(options=pb.SignalRequest(method=method), in1=in1, in2=in2, result=result)
     return stub.ConvolveShared(request, timeout=timeout)
 
 
 def _serving(target: str) -> bool:
     with grpc.insecure_channel(target) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="convserve.v1.ConvolutionService"), timeout=10)
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="convserve.v1.ConvolutionService"), timeout=10)
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -264,8 +272,14 @@ def test_a_region_is_used_only_with_its_capability(shm_server: RunningServer, ra
     before = mine.content()
     no_header = raw("cap_noheader")
     os.pwrite(no_header.fd, bytes(HEADER_SIZE), 0)  # a region whose header is all zeros: zero capability refused
-    wrong = {"none": b"", "guessed": secrets.token_bytes(16), "another region's": other.capability,
-             "too short": mine.capability[:15], "too long": mine.capability + b"\0", "zeros": bytes(16)}
+    wrong = {
+        "none": b"",
+        "guessed": secrets.token_bytes(16),
+        "another region's": other.capability,
+        "too short": mine.capability[:15],
+        "too long": mine.capability + b"\0",
+        "zeros": bytes(16),
+    }
     with grpc.insecure_channel(shm_server.target) as channel:
         stub = pb_grpc.ConvolutionServiceStub(channel)
         for label, capability in wrong.items():
@@ -299,9 +313,11 @@ def test_names_links_and_odd_files_are_refused(shm_server: RunningServer, raw: C
     try:
         with grpc.insecure_channel(shm_server.target) as channel:
             stub = pb_grpc.ConvolutionServiceStub(channel)
-            cases = {"trailing newline": (newline.name, "not a convserve region name"),
-                     "symbolic link": (os.path.basename(link), "symbolic link"),
-                     "fifo": (os.path.basename(fifo), "is not a shared-memory region")}
+            cases = {
+                "trailing newline": (newline.name, "not a convserve region name"),
+                "symbolic link": (os.path.basename(link), "symbolic link"),
+                "fifo": (os.path.basename(fifo), "is not a shared-memory region"),
+            }
             for label, (name, reason) in cases.items():
                 tensor = pb.SharedTensor(region=name, offset=HEADER_SIZE, dtype=pb.DTYPE_FLOAT64, shape=[8], capability=good.capability)
                 with pytest.raises(grpc.RpcError) as refused:
@@ -385,8 +401,13 @@ def test_the_server_survives_a_shrink_during_a_call(own_server: RunningServer, r
         probe = raw("race_probe", size=HEADER_SIZE + 16 * 60_000)
         probe.put(HEADER_SIZE, RNG.standard_normal(40_000))
         probe.put(HEADER_SIZE + 320_000, kernel)
-        reply = _shared(stub, probe.tensor(HEADER_SIZE, (40_000,)), probe.tensor(HEADER_SIZE + 320_000, (2001,)),
-                        probe.buffer(HEADER_SIZE + 400_000, 8 * 42_000), method=pb.METHOD_DIRECT)
+        reply = _shared(
+            stub,
+            probe.tensor(HEADER_SIZE, (40_000,)),
+            probe.tensor(HEADER_SIZE + 320_000, (2001,)),
+            probe.buffer(HEADER_SIZE + 400_000, 8 * 42_000),
+            method=pb.METHOD_DIRECT,
+        )
         n = int(40_000 * 1.0 / max(reply.info.compute_seconds, 1e-4))  # about 1 s of direct work on this machine
         size = HEADER_SIZE + 8 * (n + 4096)
         pid = own_server.process.pid
@@ -397,9 +418,15 @@ def test_the_server_survives_a_shrink_during_a_call(own_server: RunningServer, r
             signal_ = RNG.standard_normal(n)
             inputs.put(HEADER_SIZE, signal_)
             inputs.put(HEADER_SIZE + 8 * n, kernel)
-            call = stub.ConvolveShared.future(pb.SharedSignalRequest(
-                options=pb.SignalRequest(method=pb.METHOD_DIRECT), in1=inputs.tensor(HEADER_SIZE, (n,)),
-                in2=inputs.tensor(HEADER_SIZE + 8 * n, (2001,)), result=result.buffer(HEADER_SIZE, 8 * (n + 2000))), timeout=120)
+            call = stub.ConvolveShared.future(
+                pb.SharedSignalRequest(
+                    options=pb.SignalRequest(method=pb.METHOD_DIRECT),
+                    in1=inputs.tensor(HEADER_SIZE, (n,)),
+                    in2=inputs.tensor(HEADER_SIZE + 8 * n, (2001,)),
+                    result=result.buffer(HEADER_SIZE, 8 * (n + 2000)),
+                ),
+                timeout=120,
+            )
             victim = inputs if shrink == "inputs" else result
             while not call.done() and not _server_has_open(pid, victim.path):  # the call has the region open: it runs
                 time.sleep(0.001)
@@ -415,6 +442,5 @@ def test_the_server_survives_a_shrink_during_a_call(own_server: RunningServer, r
                 assert "shrank" in refused.value.details() or "outside the region" in refused.value.details(), shrink
             assert own_server.process.poll() is None and _serving(own_server.target)
         probe.put(HEADER_SIZE, np.arange(8.0))
-        reply = _shared(stub, probe.tensor(HEADER_SIZE, (8,)), probe.tensor(HEADER_SIZE + 320_000, (3,)),
-                        probe.buffer(HEADER_SIZE + 400_000, 4096))
+        reply = _shared(stub, probe.tensor(HEADER_SIZE, (8,)), probe.tensor(HEADER_SIZE + 320_000, (3,)), probe.buffer(HEADER_SIZE + 400_000, 4096))
         np.testing.assert_allclose(probe.get(HEADER_SIZE + 400_000, np.float64, 10), np.convolve(np.arange(8.0), kernel[:3]))

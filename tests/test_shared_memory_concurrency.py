@@ -42,6 +42,7 @@ def _regions() -> set[str]:
 
 def test_threads_sharing_one_client_each_get_their_own_result(shm_server: RunningServer) -> None:
     with convserve.Client(shm_server.target, shared_memory=True) as client:
+
         def call(index: int) -> bool:
             x, h = _inputs(index)
             result, info = client.convolve(x, h, return_info=True)
@@ -57,6 +58,7 @@ def test_threads_sharing_one_client_each_get_their_own_result(shm_server: Runnin
 def test_tasks_sharing_one_async_client_each_get_their_own_result(shm_server: RunningServer) -> None:
     async def run() -> list[bool]:
         async with convserve.AsyncClient(shm_server.target, shared_memory=True) as client:
+
             async def call(index: int) -> bool:
                 x, h = _inputs(index)
                 return bool(np.allclose(await client.convolve(x, h), np.convolve(x, h), rtol=1e-10, atol=1e-10))

@@ -33,7 +33,7 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from .attacker_env import as_nobody, nobody_python, why_not
 from .conftest import RunningServer, start_server, stop_server
 
-ATTACKER = r'''
+ATTACKER = r"""
 import json, os, secrets, struct, sys
 import grpc
 from convserve.v1 import convserve_pb2 as pb, convserve_pb2_grpc as pb_grpc
@@ -85,7 +85,7 @@ finally:
     os.close(fd)
     os.unlink("/dev/shm/" + own)
 print(json.dumps(report))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,14 @@ def test_a_neighbour_cannot_read_or_write_a_victims_regions(shm_server: RunningS
         assert len(names) == 2
         assert all(os.stat(f"/dev/shm/{n}").st_mode & 0o777 == 0o600 for n in names)
         before = _contents(names)
-        run = subprocess.run(as_nobody(interpreter, os.path.join(directory, "attacker.py"), shm_server.target, prefix),
-                             capture_output=True, text=True, env={"PYTHONPATH": directory}, cwd="/", timeout=120)
+        run = subprocess.run(
+            as_nobody(interpreter, os.path.join(directory, "attacker.py"), shm_server.target, prefix),
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": directory},
+            cwd="/",
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         report = json.loads(run.stdout)
         assert report["uid"] != os.getuid() and report["names"] == names
@@ -160,12 +166,19 @@ def _valid_or(valid: st.SearchStrategy[Any], fuzzed: st.SearchStrategy[Any]) -> 
 OFFSETS = st.one_of(st.integers(-8, REGION_SIZE + 8), st.sampled_from([0, 63, 2**63 - 1]))
 SHAPES = st.lists(st.integers(0, 3000), max_size=3)
 DTYPES = st.one_of(st.sampled_from(sorted(codec.NUMPY_BY_DTYPE)), st.integers(0, 16))
-IN1 = st.tuples(_valid_or(st.sampled_from([64, 128]), OFFSETS), _valid_or(st.just(pb.DTYPE_FLOAT64), DTYPES),
-                _valid_or(st.lists(st.integers(1, 1000), min_size=1, max_size=1), SHAPES), CAPABILITIES)
-IN2 = st.tuples(_valid_or(st.just(16384), OFFSETS), _valid_or(st.just(pb.DTYPE_FLOAT64), DTYPES),
-                _valid_or(st.lists(st.integers(1, 50), min_size=1, max_size=1), SHAPES), CAPABILITIES)
-RESULT = st.tuples(_valid_or(st.just(32768), OFFSETS), _valid_or(st.just(32768), st.integers(-2, REGION_SIZE + 8)),
-                   CAPABILITIES)
+IN1 = st.tuples(
+    _valid_or(st.sampled_from([64, 128]), OFFSETS),
+    _valid_or(st.just(pb.DTYPE_FLOAT64), DTYPES),
+    _valid_or(st.lists(st.integers(1, 1000), min_size=1, max_size=1), SHAPES),
+    CAPABILITIES,
+)
+IN2 = st.tuples(
+    _valid_or(st.just(16384), OFFSETS),
+    _valid_or(st.just(pb.DTYPE_FLOAT64), DTYPES),
+    _valid_or(st.lists(st.integers(1, 50), min_size=1, max_size=1), SHAPES),
+    CAPABILITIES,
+)
+RESULT = st.tuples(_valid_or(st.just(32768), OFFSETS), _valid_or(st.just(32768), st.integers(-2, REGION_SIZE + 8)), CAPABILITIES)
 
 
 @pytest.fixture(scope="module")
@@ -184,14 +197,15 @@ def fuzz_region() -> Iterator[tuple[str, int]]:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(in1=IN1, in2=IN2, result=RESULT)
 def test_fuzzed_shared_requests_never_leak_or_fail_internally(
-        shm_server: RunningServer, fuzz_region: tuple[str, int], in1: tuple[Any, ...], in2: tuple[Any, ...],
-        result: tuple[Any, ...]) -> None:
+    shm_server: RunningServer, fuzz_region: tuple[str, int], in1: tuple[Any, ...], in2: tuple[Any, ...], result: tuple[Any, ...]
+) -> None:
     name, fd = fuzz_region
     request = pb.SharedSignalRequest(
         options=pb.SignalRequest(),
         in1=pb.SharedTensor(region=name, offset=in1[0], dtype=in1[1], shape=in1[2], capability=in1[3]),
         in2=pb.SharedTensor(region=name, offset=in2[0], dtype=in2[1], shape=in2[2], capability=in2[3]),
-        result=pb.SharedBuffer(region=name, offset=result[0], size=result[1], capability=result[2]))
+        result=pb.SharedBuffer(region=name, offset=result[0], size=result[1], capability=result[2]),
+    )
     capabilities = (in1[3], in2[3], result[2])
     before = os.pread(fd, REGION_SIZE, 0)
     with grpc.insecure_channel(shm_server.target) as channel:
@@ -200,8 +214,13 @@ def test_fuzzed_shared_requests_never_leak_or_fail_internally(
             code = grpc.StatusCode.OK
         except grpc.RpcError as error:
             code = error.code()
-    allowed = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE}
+    allowed = {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
     assert code in allowed, code
     if any(c != _FUZZ_CAPABILITY for c in capabilities):
         assert code != grpc.StatusCode.OK

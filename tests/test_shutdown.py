@@ -52,9 +52,23 @@ def test_sigterm_cancels_long_calls_after_the_grace_period_and_exits_promptly(tm
     wisdom = tmp_path / "wisdom"
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
-        server = start_server("--grace-seconds", str(grace), "--workers", "2", "--max-concurrent-requests", "4",
-                              "--fftw-threads", "1", "--metrics-port", "0", "--fftw-wisdom", str(wisdom),
-                              "--log-level", "INFO", stderr=stderr)
+        server = start_server(
+            "--grace-seconds",
+            str(grace),
+            "--workers",
+            "2",
+            "--max-concurrent-requests",
+            "4",
+            "--fftw-threads",
+            "1",
+            "--metrics-port",
+            "0",
+            "--fftw-wisdom",
+            str(wisdom),
+            "--log-level",
+            "INFO",
+            stderr=stderr,
+        )
     try:
         url = metrics_url(server)
         kernel = kernel_lasting(server.target, IMAGE, 20 * grace)  # each call would run >= 20x the grace
@@ -72,8 +86,9 @@ def test_sigterm_cancels_long_calls_after_the_grace_period_and_exits_promptly(tm
         if server.process.poll() is None:
             server.process.kill()
     took = exited - sigterm
-    print(f"\nSIGTERM to exit: {took:.2f} s with grace {grace} s; long calls: "
-          f"{[(name, round(at - sigterm, 2)) for name, at in outcomes]}; late call: {late[0]}")
+    print(
+        f"\nSIGTERM to exit: {took:.2f} s with grace {grace} s; long calls: {[(name, round(at - sigterm, 2)) for name, at in outcomes]}; late call: {late[0]}"
+    )
     assert code == 0
     assert late[0] == "UNAVAILABLE" and late[1] - sigterm < grace, late
     for name, at in outcomes:
@@ -86,8 +101,7 @@ def test_sigterm_cancels_long_calls_after_the_grace_period_and_exits_promptly(tm
     messages = [str(r["message"]) for r in records]
     # Each call is recorded once as cancelled: by its token ("call failed", code CANCELLED) or by
     # gRPC's cancellation of the call ("call cancelled"), whichever came first.
-    cancelled = [i for i, r in enumerate(records)
-                 if r.get("rpc") and (r.get("code") == "CANCELLED" or "cancel" in str(r["message"]))]
+    cancelled = [i for i, r in enumerate(records) if r.get("rpc") and (r.get("code") == "CANCELLED" or "cancel" in str(r["message"]))]
     assert len(cancelled) == 2 and all(records[i]["level"] == "INFO" for i in cancelled), messages
     assert messages.index("wisdom saved") > max(cancelled)  # the calls ended before the process did
 
@@ -96,8 +110,9 @@ def test_a_call_that_finishes_within_the_grace_period_returns_ok(tmp_path: Path)
     grace = 60.0
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
-        server = start_server("--grace-seconds", str(grace), "--workers", "2", "--fftw-threads", "1",
-                              "--metrics-port", "0", "--log-level", "INFO", stderr=stderr)
+        server = start_server(
+            "--grace-seconds", str(grace), "--workers", "2", "--fftw-threads", "1", "--metrics-port", "0", "--log-level", "INFO", stderr=stderr
+        )
     try:
         url = metrics_url(server)
         kernel = kernel_lasting(server.target, IMAGE, 2.0)
@@ -126,8 +141,9 @@ def test_a_call_that_finishes_within_the_grace_period_returns_ok(tmp_path: Path)
 def test_grace_zero_cancels_at_once(grace: float, tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
-        server = start_server("--grace-seconds", str(grace), "--workers", "1", "--fftw-threads", "1",
-                              "--metrics-port", "0", "--log-level", "INFO", stderr=stderr)
+        server = start_server(
+            "--grace-seconds", str(grace), "--workers", "1", "--fftw-threads", "1", "--metrics-port", "0", "--log-level", "INFO", stderr=stderr
+        )
     try:
         url = metrics_url(server)
         kernel = kernel_lasting(server.target, IMAGE, 20.0)

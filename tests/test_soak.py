@@ -46,8 +46,9 @@ def _metric(url: str, name: str) -> float:
 
 def _idle_upload(target: str, outcomes: list[str]) -> None:
     """A chunked upload that sends its header (4 MiB declared) and then nothing."""
-    header = pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[MIB // 2]),
-                              in2=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[3], data=np.ones(3).tobytes()))
+    header = pb.SignalRequest(
+        in1=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[MIB // 2]), in2=pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[3], data=np.ones(3).tobytes())
+    )
     release = threading.Event()
 
     def parts():  # type: ignore[no-untyped-def]
@@ -75,8 +76,7 @@ def _attack(target: str, victim_pid: int) -> dict[str, int]:
         else:
             interpreter, directory = other
             command, env = as_nobody(interpreter, os.path.join(directory, "soak_attacker.py")), {"PYTHONPATH": directory}
-        run = subprocess.run([*command, target, str(victim_pid)], capture_output=True, text=True, env=env, cwd="/",
-                             timeout=120)
+        run = subprocess.run([*command, target, str(victim_pid)], capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)  # type: ignore[no-any-return]
 
@@ -85,18 +85,39 @@ def test_soak_overload_idle_attacker_and_sigterm() -> None:
     with tempfile.TemporaryDirectory() as folder:
         log_path = Path(folder) / "server.log"
         with open(log_path, "w") as log:
-            server = start_server("--workers", "2", "--max-concurrent-requests", "4",
-                                  "--memory-budget-bytes", str(BUDGET), "--waiting-budget-bytes", str(WAITING),
-                                  "--max-waiting-streams", "8", "--idle-timeout-seconds", "2",
-                                  "--allow-shared-memory", "--grace-seconds", "1", "--fftw-threads", "1",
-                                  "--metrics-port", "0", stderr=log)
+            server = start_server(
+                "--workers",
+                "2",
+                "--max-concurrent-requests",
+                "4",
+                "--memory-budget-bytes",
+                str(BUDGET),
+                "--waiting-budget-bytes",
+                str(WAITING),
+                "--max-waiting-streams",
+                "8",
+                "--idle-timeout-seconds",
+                "2",
+                "--allow-shared-memory",
+                "--grace-seconds",
+                "1",
+                "--fftw-threads",
+                "1",
+                "--metrics-port",
+                "0",
+                stderr=log,
+            )
         assert server.process.stdout is not None
         metrics_url = server.process.stdout.readline().strip().rsplit(" ", 1)[-1]
         pid = server.process.pid
         try:
-            warm = subprocess.run([sys.executable, str(HERE / "soak_load.py"), server.target, "1", "1", "--shared-memory"],
-                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
-                                  timeout=120)
+            warm = subprocess.run(
+                [sys.executable, str(HERE / "soak_load.py"), server.target, "1", "1", "--shared-memory"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+                timeout=120,
+            )
             assert warm.returncode == 0, warm.stderr  # every kind of call once: libraries and plans loaded
             baseline_kib = status_kib(pid, "VmRSS")
 
@@ -104,9 +125,12 @@ def test_soak_overload_idle_attacker_and_sigterm() -> None:
             idlers = [threading.Thread(target=_idle_upload, args=(server.target, idle)) for _ in range(6)]
             for thread in idlers:
                 thread.start()
-            load = subprocess.Popen([sys.executable, str(HERE / "soak_load.py"), server.target, str(LOAD_SECONDS), "12",
-                                     "--shared-memory"], stdout=subprocess.PIPE, text=True,
-                                    env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+            load = subprocess.Popen(
+                [sys.executable, str(HERE / "soak_load.py"), server.target, str(LOAD_SECONDS), "12", "--shared-memory"],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+            )
             attack_outcomes: list[dict[str, int]] = []
             peak_kib = 0
             started = time.monotonic()
@@ -122,8 +146,15 @@ def test_soak_overload_idle_attacker_and_sigterm() -> None:
                 thread.join(60)
 
             outcomes = {k: v for k, v in tally.items() if ":" not in k}
-            print("soak load:", tally, "idle:", idle, "attacker:", attack_outcomes,
-                  f"peak RSS {peak_kib // 1024} MiB over a baseline of {baseline_kib // 1024} MiB")
+            print(
+                "soak load:",
+                tally,
+                "idle:",
+                idle,
+                "attacker:",
+                attack_outcomes,
+                f"peak RSS {peak_kib // 1024} MiB over a baseline of {baseline_kib // 1024} MiB",
+            )
             assert set(outcomes) <= ALLOWED, tally
             assert outcomes.get("OK", 0) > 0
             assert set(idle) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"} and len(idle) == 6, idle

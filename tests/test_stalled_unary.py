@@ -34,8 +34,7 @@ def capped_server() -> Iterator[RunningServer]:
 
 def _raw_unary(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
     """The Convolve method called with a request iterator: the way to send no message, or two."""
-    return channel.stream_unary(METHOD, request_serializer=pb.SignalRequest.SerializeToString,
-                                response_deserializer=pb.SignalResponse.FromString)
+    return channel.stream_unary(METHOD, request_serializer=pb.SignalRequest.SerializeToString, response_deserializer=pb.SignalResponse.FromString)
 
 
 def test_stalled_unary_calls_end_at_the_idle_timeout_and_free_their_slots(capped_server: RunningServer) -> None:

@@ -33,7 +33,7 @@ def _blocks(rng: np.random.Generator, signal: np.ndarray) -> list[np.ndarray]:
     blocks, start = [], 0
     while start < len(signal):
         size = int(rng.integers(0, 13))
-        blocks.append(signal[start:start + size])
+        blocks.append(signal[start : start + size])
         start += size
     return blocks
 

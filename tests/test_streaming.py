@@ -26,7 +26,7 @@ def split(signal: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     blocks, start, i = [], 0, 0
     while start < len(signal):
         size = sizes[i % len(sizes)]
-        blocks.append(signal[start:start + size])
+        blocks.append(signal[start : start + size])
         start += size
         i += 1
     return blocks
@@ -44,8 +44,13 @@ def reference(signal: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=40, deadline=None)
-@given(length=st.integers(0, 3000), taps=st.integers(1, 1500), channels=st.sampled_from([None, 1, 2]),
-       sizes=st.lists(st.integers(0, 900), min_size=1, max_size=6), seed=st.integers(0, 2**16))
+@given(
+    length=st.integers(0, 3000),
+    taps=st.integers(1, 1500),
+    channels=st.sampled_from([None, 1, 2]),
+    sizes=st.lists(st.integers(0, 900), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
 def test_engine_blocks_of_any_size_equal_one_shot(length: int, taps: int, channels: int | None, sizes: list[int], seed: int) -> None:
     rng = np.random.default_rng(seed)
     signal = rng.standard_normal((length,) if channels is None else (length, channels))
@@ -156,8 +161,11 @@ def test_stream_ends_with_the_tail_only_when_the_client_closes(client: convserve
 def test_stream_messages_carry_the_engine_warnings(server: RunningServer) -> None:
     block = np.ones(4096)
     block[100] = np.nan
-    messages = [pb.StreamRequest(config=pb.StreamConfig(kernel=codec.encode(np.ones(3)))),
-                pb.StreamRequest(block=codec.encode(np.ones(4096))), pb.StreamRequest(block=codec.encode(block))]
+    messages = [
+        pb.StreamRequest(config=pb.StreamConfig(kernel=codec.encode(np.ones(3)))),
+        pb.StreamRequest(block=codec.encode(np.ones(4096))),
+        pb.StreamRequest(block=codec.encode(block)),
+    ]
     with grpc.insecure_channel(server.target) as channel:
         replies = list(pb_grpc.ConvolutionServiceStub(channel).ConvolveStream(iter(messages), timeout=30))
     warnings = [w for reply in replies for w in reply.warnings]

@@ -56,7 +56,7 @@ def send(target: str, index: int, method: str, payload: bytes, codes: list[grpc.
             if method == CONVOLVE:
                 channel.unary_unary(method)(payload, timeout=60)
             else:
-                parts = (payload[i:i + MIB] for i in range(0, len(payload), MIB))
+                parts = (payload[i : i + MIB] for i in range(0, len(payload), MIB))
                 for _ in channel.stream_stream(method)(parts, timeout=60):
                     pass
             codes.append(grpc.StatusCode.OK)
@@ -65,8 +65,7 @@ def send(target: str, index: int, method: str, payload: bytes, codes: list[grpc.
 
 
 @pytest.mark.parametrize("method", [CONVOLVE, CHUNKED], ids=["unary", "chunked"])
-def test_big_unauthenticated_calls_are_refused_before_their_bodies(token_server: RunningServer, payload: bytes,
-                                                                 method: str) -> None:
+def test_big_unauthenticated_calls_are_refused_before_their_bodies(token_server: RunningServer, payload: bytes, method: str) -> None:
     pid = token_server.process.pid
     before = memory_mib(pid)["VmRSS"]
     codes: list[grpc.StatusCode] = []

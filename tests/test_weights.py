@@ -109,8 +109,13 @@ def test_objects_without_nbytes_count_as_the_weights() -> None:
 def test_invalid_weights_name_the_field() -> None:
     registry = WeightsRegistry(1 << 20)
     w, b = layer()
-    for weight, bias, field in ((w.astype(np.int32), None, "weight"), (w[0, 0], None, "weight"), (w[:, :, :0], None, "weight"),
-                                (w, b.astype(np.float32), "bias"), (w, b.reshape(2, 2), "bias")):
+    for weight, bias, field in (
+        (w.astype(np.int32), None, "weight"),
+        (w[0, 0], None, "weight"),
+        (w[:, :, :0], None, "weight"),
+        (w, b.astype(np.float32), "bias"),
+        (w, b.reshape(2, 2), "bias"),
+    ):
         with pytest.raises(InvalidArgumentError) as raised:
             registry.register(weight, bias)
         assert raised.value.field == field
@@ -202,8 +207,9 @@ def test_conv_transpose_over_the_wire(client: convserve.Client) -> None:
     assert info.method and info.compute_seconds >= 0
     handle = client.register_weights(w, b)
     for _ in range(2):
-        np.testing.assert_allclose(client.conv_transpose(x, handle, stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2),
-                                   expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            client.conv_transpose(x, handle, stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2), expected, rtol=1e-12, atol=1e-12
+        )
     single = client.conv_transpose(x[0].astype(np.float32), w.astype(np.float32), stride=2, groups=2)
     assert single.dtype == np.float32
     np.testing.assert_allclose(single, ref_conv_transpose(x[:1], w, None, (2, 2), (0, 0), (0, 0), 2, (1, 1))[0], rtol=1e-5, atol=1e-5)
@@ -220,8 +226,10 @@ def test_unknown_id_is_not_found(server: RunningServer, client: convserve.Client
     x = RNG.standard_normal((1, 3, 8, 8))
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.ConvolutionServiceStub(channel)
-        for call, request in ((stub.ConvLayer, pb.ConvLayerRequest(input=codec.encode(x), weights_id="0" * 64)),
-                              (stub.ConvTranspose, pb.ConvTransposeRequest(input=codec.encode(x), weights_id="f" * 64))):
+        for call, request in (
+            (stub.ConvLayer, pb.ConvLayerRequest(input=codec.encode(x), weights_id="0" * 64)),
+            (stub.ConvTranspose, pb.ConvTransposeRequest(input=codec.encode(x), weights_id="f" * 64)),
+        ):
             with pytest.raises(grpc.RpcError) as raised:
                 call(request, timeout=10)
             assert raised.value.code() == grpc.StatusCode.NOT_FOUND and "register" in raised.value.details()

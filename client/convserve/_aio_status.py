@@ -41,15 +41,20 @@ class StatusWitness:
             code = _settled(call.code())
             if code == grpc.StatusCode.OK:
                 return
-            self._first = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), _settled(call.trailing_metadata()),
-                                               _settled(call.details()), _settled(call.debug_error_string()))
+            self._first = grpc.aio.AioRpcError(
+                code, grpc.aio.Metadata(), _settled(call.trailing_metadata()), _settled(call.details()), _settled(call.debug_error_string())
+            )
         except Exception:  # noqa: BLE001 - a grpc.aio that works differently: keep what gRPC reports
             self._first = None
 
     def error(self, rpc_error: grpc.RpcError) -> grpc.RpcError:
         """The server's error when gRPC replaced it by its own INTERNAL for a failed write, else ``rpc_error``."""
-        failed_write = (hasattr(rpc_error, "code") and rpc_error.code() == grpc.StatusCode.INTERNAL
-                        and hasattr(rpc_error, "details") and rpc_error.details() == _CORE_WRITE_FAILURE)
+        failed_write = (
+            hasattr(rpc_error, "code")
+            and rpc_error.code() == grpc.StatusCode.INTERNAL
+            and hasattr(rpc_error, "details")
+            and rpc_error.details() == _CORE_WRITE_FAILURE
+        )
         if failed_write and self._first is not None and self._first.details() != _CORE_WRITE_FAILURE:
             return self._first
         return rpc_error

@@ -31,8 +31,7 @@ SERVICE = "convserve.v1.ConvolutionService"
 # gRPC's own retries (the service config's retryPolicy) apply to these unary methods only: on the
 # client-streaming methods they have aborted the caller's process (promise_based_filter.cc ILLEGAL
 # STATE: FORWARDED_BATCH, seen with grpcio 1.85). The client retries its streams itself (fresh stream).
-UNARY_METHODS = ("Convolve", "Correlate", "ConvLayer", "ConvTranspose", "RegisterWeights",
-                 "ConvolveShared", "CorrelateShared", "GetServerInfo")
+UNARY_METHODS = ("Convolve", "Correlate", "ConvLayer", "ConvTranspose", "RegisterWeights", "ConvolveShared", "CorrelateShared", "GetServerInfo")
 STREAMING_METHODS = ("ConvolveChunked", "CorrelateChunked", "ConvLayerChunked", "ConvolveStream")
 # Above this many input bytes a call streams its tensors in 1 MiB chunks (see the README).
 DEFAULT_CHUNK_THRESHOLD = 4 * 1024 * 1024
@@ -69,16 +68,22 @@ class RetryPolicy:
         """
         if self.max_attempts == 1:
             return json.dumps({"methodConfig": [{"name": [{"service": SERVICE}]}]})
-        return json.dumps({"methodConfig": [{
-            "name": [{"service": SERVICE, "method": method} for method in UNARY_METHODS],
-            "retryPolicy": {
-                "maxAttempts": self.max_attempts,
-                "initialBackoff": f"{self.initial_backoff}s",
-                "maxBackoff": f"{self.max_backoff}s",
-                "backoffMultiplier": self.multiplier,
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-            },
-        }]})
+        return json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": [{"service": SERVICE, "method": method} for method in UNARY_METHODS],
+                        "retryPolicy": {
+                            "maxAttempts": self.max_attempts,
+                            "initialBackoff": f"{self.initial_backoff}s",
+                            "maxBackoff": f"{self.max_backoff}s",
+                            "backoffMultiplier": self.multiplier,
+                            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+                        },
+                    }
+                ]
+            }
+        )
 
     def delay(self, attempt: int, error: ConvserveError) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None when ``error`` must not be retried."""
@@ -221,9 +226,7 @@ class BaseClient:
         if tls or root_certificates is not None or client_certificate is not None:
             if (client_certificate is None) != (client_key is None):
                 raise ValueError("client_certificate and client_key must be given together")
-            self.credentials = grpc.ssl_channel_credentials(
-                _read(root_certificates), _read(client_key), _read(client_certificate)
-            )
+            self.credentials = grpc.ssl_channel_credentials(_read(root_certificates), _read(client_key), _read(client_certificate))
 
     def _timeout(self, timeout: float | None | object) -> float | None:
         """The call's deadline: the per-call value, or the client's default."""
@@ -250,28 +253,41 @@ class BaseClient:
         """Whether the client must retry ``request`` itself (too large for gRPC's retry buffer)."""
         return int(request.ByteSize()) > RETRY_BUFFER_BYTES
 
-    def _signal_request(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str, method: str, axes: Any,
-                        boundary: str, fill_value: complex, output_dtype: npt.DTypeLike | None) -> Prepared:
+    def _signal_request(
+        self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str, method: str, axes: Any, boundary: str, fill_value: complex, output_dtype: npt.DTypeLike | None
+    ) -> Prepared:
         arrays = {"in1": _options.as_array(in1, "in1"), "in2": _options.as_array(in2, "in2")}
         if self.shared_regions is not None and sum(a.nbytes for a in arrays.values()) >= self.shared_memory_threshold:
             options = _options.signal_request(None, None, mode, method, axes, boundary, fill_value, output_dtype)
             message, pair = self.shared_regions.request(arrays, options)
             return Prepared(options, None, shared=message, regions=pair)
         chunked = self._chunked(arrays)
-        request = _options.signal_request(None if chunked else arrays["in1"], None if chunked else arrays["in2"],
-                                          mode, method, axes, boundary, fill_value, output_dtype)
+        request = _options.signal_request(
+            None if chunked else arrays["in1"], None if chunked else arrays["in2"], mode, method, axes, boundary, fill_value, output_dtype
+        )
         return Prepared(request, arrays if chunked else None)
 
-    def _layer_request(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None, stride: Any,
-                       padding: Any, dilation: Any, groups: int, padding_mode: str, activation: str | None,
-                       pool: Mapping[str, Any] | None) -> Prepared:
+    def _layer_request(
+        self,
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None,
+        stride: Any,
+        padding: Any,
+        dilation: Any,
+        groups: int,
+        padding_mode: str,
+        activation: str | None,
+        pool: Mapping[str, Any] | None,
+    ) -> Prepared:
         if isinstance(weight, Weights):
             if bias is not None:
                 raise _options.invalid("bias", "registered weights carry their own bias; pass bias=None")
             x = {"input": _options.as_array(input, "input")}
             streamed = self._chunked(x)  # only the activations travel; large ones in chunks
-            request = _options.conv_layer_request(None if streamed else x["input"], None, None, stride, padding,
-                                                  dilation, groups, padding_mode, activation, pool)
+            request = _options.conv_layer_request(
+                None if streamed else x["input"], None, None, stride, padding, dilation, groups, padding_mode, activation, pool
+            )
             request.weights_id = weight.id
             return Prepared(request, x if streamed else None)
         arrays = {"input": _options.as_array(input, "input"), "weight": _options.as_array(weight, "weight")}
@@ -279,13 +295,30 @@ class BaseClient:
             arrays["bias"] = _options.as_array(bias, "bias")
         chunked = self._chunked(arrays)
         request = _options.conv_layer_request(
-            None if chunked else arrays["input"], None if chunked else arrays["weight"],
-            None if chunked else arrays.get("bias"), stride, padding, dilation, groups, padding_mode, activation, pool)
+            None if chunked else arrays["input"],
+            None if chunked else arrays["weight"],
+            None if chunked else arrays.get("bias"),
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+            activation,
+            pool,
+        )
         return Prepared(request, arrays if chunked else None)
 
     @staticmethod
-    def _transpose_request(input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None,
-                           stride: Any, padding: Any, output_padding: Any, groups: int, dilation: Any) -> pb.ConvTransposeRequest:
+    def _transpose_request(
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None,
+        stride: Any,
+        padding: Any,
+        output_padding: Any,
+        groups: int,
+        dilation: Any,
+    ) -> pb.ConvTransposeRequest:
         if isinstance(weight, Weights):
             if bias is not None:
                 raise _options.invalid("bias", "registered weights carry their own bias; pass bias=None")

@@ -34,7 +34,7 @@ def request_parts(header: Any, arrays: dict[str, npt.NDArray[Any]], part_type: A
     yield part_type(header=header)
     for name, data in streamed.items():
         for start in range(0, len(data), CHUNK_BYTES):
-            yield part_type(chunk=pb.TensorChunk(field=name, offset=start, data=data[start:start + CHUNK_BYTES].tobytes()))
+            yield part_type(chunk=pb.TensorChunk(field=name, offset=start, data=data[start : start + CHUNK_BYTES].tobytes()))
 
 
 class ResponseAssembler:
@@ -56,7 +56,7 @@ class ResponseAssembler:
             return
         if self._view is None or part.chunk.offset != self._received or self._received + len(part.chunk.data) > len(self._view):
             raise ConvserveError("the server sent a malformed chunked response")
-        self._view[self._received:self._received + len(part.chunk.data)] = part.chunk.data
+        self._view[self._received : self._received + len(part.chunk.data)] = part.chunk.data
         self._received += len(part.chunk.data)
 
     def result(self) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:

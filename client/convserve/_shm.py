@@ -156,15 +156,16 @@ class SharedRegions:
         message = pb.SharedSignalRequest(options=options)
         for name, array in arrays.items():
             data = codec.wire_bytes(array)
-            buffer[layout[name]:layout[name] + len(data)] = data
-            getattr(message, name).CopyFrom(pb.SharedTensor(region=memory.name, offset=layout[name],
-                                                            dtype=codec.dtype_code(array.dtype, name), shape=array.shape,
-                                                            capability=pair.inputs.capability))
+            buffer[layout[name] : layout[name] + len(data)] = data
+            getattr(message, name).CopyFrom(
+                pb.SharedTensor(
+                    region=memory.name, offset=layout[name], dtype=codec.dtype_code(array.dtype, name), shape=array.shape, capability=pair.inputs.capability
+                )
+            )
         axes = list(options.axes.values) if options.HasField("axes") else None
         bound = result_bound(arrays["in1"].shape, arrays["in2"].shape, axes)
         out = pair.result.ensure(bound)
-        message.result.CopyFrom(pb.SharedBuffer(region=out.name, offset=HEADER_SIZE, size=bound,
-                                                capability=pair.result.capability))
+        message.result.CopyFrom(pb.SharedBuffer(region=out.name, offset=HEADER_SIZE, size=bound, capability=pair.result.capability))
         return message
 
     @staticmethod

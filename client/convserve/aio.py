@@ -63,8 +63,7 @@ class AsyncClient(BaseClient):
             await asyncio.sleep(wait)
             attempt += 1
 
-    async def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any,
-                            timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    async def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any, timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """A chunked call, retried by the client as a fresh stream (see :meth:`convserve.Client._chunked_call`)."""
         assert prepared.streamed is not None
         ends = self._deadline(timeout)
@@ -83,8 +82,9 @@ class AsyncClient(BaseClient):
             await asyncio.sleep(wait)
             attempt += 1
 
-    async def _run(self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any,
-                   timeout: Any, shared: Callable[..., Any] | None = None) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    async def _run(
+        self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any, timeout: Any, shared: Callable[..., Any] | None = None
+    ) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """Send a prepared request unary or as a chunked stream; return the result and its info."""
         if prepared.shared is not None and shared is not None and prepared.regions is not None:
             ok = False
@@ -98,31 +98,62 @@ class AsyncClient(BaseClient):
             return self._from_unary(await self._call(unary, prepared.request, timeout))
         return await self._chunked_call(prepared, chunked, part_type, timeout)
 
-    async def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
-                       axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
-                       output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *,
-                       timeout: Any = _DEFAULT) -> Any:
+    async def convolve(
+        self,
+        in1: npt.ArrayLike,
+        in2: npt.ArrayLike,
+        mode: str = "full",
+        method: str = "auto",
+        axes: Axes = None,
+        boundary: str = "fill",
+        fill_value: complex = 0,
+        output_dtype: npt.DTypeLike | None = None,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """Convolve on the server, as ``scipy.signal.convolve`` (see :meth:`convserve.Client.convolve`)."""
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
         stub = self._stub
         result = await self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared)
         return self._finish(result, return_info)
 
-    async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
-                        axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
-                        output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *,
-                        timeout: Any = _DEFAULT) -> Any:
+    async def correlate(
+        self,
+        in1: npt.ArrayLike,
+        in2: npt.ArrayLike,
+        mode: str = "full",
+        method: str = "auto",
+        axes: Axes = None,
+        boundary: str = "fill",
+        fill_value: complex = 0,
+        output_dtype: npt.DTypeLike | None = None,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """Cross-correlate on the server, as ``scipy.signal.correlate`` (see :meth:`convserve.Client.correlate`)."""
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
         stub = self._stub
         result = await self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared)
         return self._finish(result, return_info)
 
-    async def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
-                         stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
-                         dilation: int | Sequence[int] = 1, groups: int = 1, padding_mode: str = "zeros",
-                         activation: str | None = None, pool: Mapping[str, Any] | None = None,
-                         return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+    async def conv_layer(
+        self,
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        activation: str | None = None,
+        pool: Mapping[str, Any] | None = None,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """A CNN layer, as ``torch.nn.ConvNd`` (see :meth:`convserve.Client.conv_layer`)."""
         prepared = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
         try:
@@ -135,13 +166,11 @@ class AsyncClient(BaseClient):
             try:
                 result = await self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
             except NotFoundError:  # another replica answered (round robin): send the weights with the call
-                prepared = self._layer_request(input, weight.weight, weight.bias, stride, padding, dilation, groups,
-                                               padding_mode, activation, pool)
+                prepared = self._layer_request(input, weight.weight, weight.bias, stride, padding, dilation, groups, padding_mode, activation, pool)
                 result = await self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
         return self._finish(result, return_info)
 
-    async def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *,
-                         timeout: Any = _DEFAULT) -> Weights:
+    async def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, timeout: Any = _DEFAULT) -> Weights:
         """Store a layer's weights (and bias) on the server, so later calls send only activations.
 
         Parameters
@@ -165,10 +194,20 @@ class AsyncClient(BaseClient):
         response = await self._call(self._stub.RegisterWeights, request, timeout)
         return Weights(response.weights_id, w, b)
 
-    async def conv_transpose(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
-                       stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-                       output_padding: int | Sequence[int] = 0, groups: int = 1, dilation: int | Sequence[int] = 1,
-                       return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+    async def conv_transpose(
+        self,
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        output_padding: int | Sequence[int] = 0,
+        groups: int = 1,
+        dilation: int | Sequence[int] = 1,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """A transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose1d/2d/3d``.
 
         Parameters
@@ -203,14 +242,18 @@ class AsyncClient(BaseClient):
             try:
                 response = await self._call(self._stub.ConvTranspose, request, timeout)
             except NotFoundError:  # another replica answered (round robin): send the weights with the call
-                request = self._transpose_request(input, weight.weight, weight.bias, stride, padding, output_padding,
-                                                  groups, dilation)
+                request = self._transpose_request(input, weight.weight, weight.bias, stride, padding, output_padding, groups, dilation)
                 response = await self._call(self._stub.ConvTranspose, request, timeout)
         return self._finish(self._from_unary(response), return_info)
 
-    async def convolve_stream(self, blocks: AsyncIterable[npt.ArrayLike] | Iterable[npt.ArrayLike], kernel: npt.ArrayLike,
-                              output_dtype: npt.DTypeLike | None = None, *,
-                              timeout: float | None = None) -> AsyncIterator[npt.NDArray[Any]]:
+    async def convolve_stream(
+        self,
+        blocks: AsyncIterable[npt.ArrayLike] | Iterable[npt.ArrayLike],
+        kernel: npt.ArrayLike,
+        output_dtype: npt.DTypeLike | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[npt.NDArray[Any]]:
         """Convolve an unbounded signal block by block (see :meth:`convserve.Client.convolve_stream`).
 
         ``blocks`` may be an async iterable or a plain iterable; output blocks are yielded as they are ready.
@@ -223,8 +266,7 @@ class AsyncClient(BaseClient):
         while True:
             current = _blocks.Attempt()
             answered = False
-            current.call = self._stub.ConvolveStream(source.requests(config, current, self._stream_block),
-                                                     timeout=self._left(ends), metadata=self.metadata)
+            current.call = self._stub.ConvolveStream(source.requests(config, current, self._stream_block), timeout=self._left(ends), metadata=self.metadata)
             witness = StatusWitness(current.call)
             try:
                 async for response in current.call:

@@ -65,8 +65,7 @@ class Client(BaseClient):
             time.sleep(wait)
             attempt += 1
 
-    def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any,
-                      timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any, timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """A chunked call, retried by the client (gRPC must not: see ``RetryPolicy.service_config``).
 
         Each attempt is a fresh stream from the arrays the client still holds.
@@ -86,8 +85,9 @@ class Client(BaseClient):
             time.sleep(wait)
             attempt += 1
 
-    def _run(self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any,
-             timeout: Any, shared: Callable[..., Any] | None = None) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    def _run(
+        self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any, timeout: Any, shared: Callable[..., Any] | None = None
+    ) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """Send a prepared request unary or as a chunked stream; return the result and its info."""
         if prepared.shared is not None and shared is not None and prepared.regions is not None:
             ok = False
@@ -101,9 +101,20 @@ class Client(BaseClient):
             return self._from_unary(self._call(unary, prepared.request, timeout))
         return self._chunked_call(prepared, chunked, part_type, timeout)
 
-    def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
-                 axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
-                 output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+    def convolve(
+        self,
+        in1: npt.ArrayLike,
+        in2: npt.ArrayLike,
+        mode: str = "full",
+        method: str = "auto",
+        axes: Axes = None,
+        boundary: str = "fill",
+        fill_value: complex = 0,
+        output_dtype: npt.DTypeLike | None = None,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """Convolve two N-dimensional arrays on the server, as ``scipy.signal.convolve``.
 
         Parameters
@@ -145,9 +156,20 @@ class Client(BaseClient):
         result = self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared)
         return self._finish(result, return_info)
 
-    def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", method: str = "auto",
-                  axes: Axes = None, boundary: str = "fill", fill_value: complex = 0,
-                  output_dtype: npt.DTypeLike | None = None, return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+    def correlate(
+        self,
+        in1: npt.ArrayLike,
+        in2: npt.ArrayLike,
+        mode: str = "full",
+        method: str = "auto",
+        axes: Axes = None,
+        boundary: str = "fill",
+        fill_value: complex = 0,
+        output_dtype: npt.DTypeLike | None = None,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """Cross-correlate two N-dimensional arrays on the server, as ``scipy.signal.correlate``.
 
         The arguments, result and errors are those of :meth:`convolve`; in2 is conjugated for complex data.
@@ -157,11 +179,22 @@ class Client(BaseClient):
         result = self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared)
         return self._finish(result, return_info)
 
-    def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
-                   stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
-                   dilation: int | Sequence[int] = 1, groups: int = 1, padding_mode: str = "zeros",
-                   activation: str | None = None, pool: Mapping[str, Any] | None = None,
-                   return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+    def conv_layer(
+        self,
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        activation: str | None = None,
+        pool: Mapping[str, Any] | None = None,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """A CNN convolution layer, as ``torch.nn.Conv1d/2d/3d``, then optional ReLU and pooling.
 
         Parameters
@@ -205,13 +238,11 @@ class Client(BaseClient):
             try:
                 result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
             except NotFoundError:  # another replica answered (round robin): send the weights with the call
-                prepared = self._layer_request(input, weight.weight, weight.bias, stride, padding, dilation, groups,
-                                               padding_mode, activation, pool)
+                prepared = self._layer_request(input, weight.weight, weight.bias, stride, padding, dilation, groups, padding_mode, activation, pool)
                 result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
         return self._finish(result, return_info)
 
-    def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *,
-                         timeout: Any = _DEFAULT) -> Weights:
+    def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, timeout: Any = _DEFAULT) -> Weights:
         """Store a layer's weights (and bias) on the server, so later calls send only activations.
 
         Parameters
@@ -235,10 +266,20 @@ class Client(BaseClient):
         response = self._call(self._stub.RegisterWeights, request, timeout)
         return Weights(response.weights_id, w, b)
 
-    def conv_transpose(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = None,
-                       stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-                       output_padding: int | Sequence[int] = 0, groups: int = 1, dilation: int | Sequence[int] = 1,
-                       return_info: bool = False, *, timeout: Any = _DEFAULT) -> Any:
+    def conv_transpose(
+        self,
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        output_padding: int | Sequence[int] = 0,
+        groups: int = 1,
+        dilation: int | Sequence[int] = 1,
+        return_info: bool = False,
+        *,
+        timeout: Any = _DEFAULT,
+    ) -> Any:
         """A transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose1d/2d/3d``.
 
         Parameters
@@ -273,13 +314,13 @@ class Client(BaseClient):
             try:
                 response = self._call(self._stub.ConvTranspose, request, timeout)
             except NotFoundError:  # another replica answered (round robin): send the weights with the call
-                request = self._transpose_request(input, weight.weight, weight.bias, stride, padding, output_padding,
-                                                  groups, dilation)
+                request = self._transpose_request(input, weight.weight, weight.bias, stride, padding, output_padding, groups, dilation)
                 response = self._call(self._stub.ConvTranspose, request, timeout)
         return self._finish(self._from_unary(response), return_info)
 
-    def convolve_stream(self, blocks: Iterable[npt.ArrayLike], kernel: npt.ArrayLike,
-                        output_dtype: npt.DTypeLike | None = None, *, timeout: float | None = None) -> Iterator[npt.NDArray[Any]]:
+    def convolve_stream(
+        self, blocks: Iterable[npt.ArrayLike], kernel: npt.ArrayLike, output_dtype: npt.DTypeLike | None = None, *, timeout: float | None = None
+    ) -> Iterator[npt.NDArray[Any]]:
         """Convolve an unbounded signal block by block with a fixed kernel (live audio, sensor data).
 
         Parameters
@@ -313,8 +354,7 @@ class Client(BaseClient):
             current = _blocks.Attempt()
             answered = False
             try:
-                current.call = self._stub.ConvolveStream(source.requests(config, current, self._stream_block),
-                                                         timeout=self._left(ends), metadata=self.metadata)
+                current.call = self._stub.ConvolveStream(source.requests(config, current, self._stream_block), timeout=self._left(ends), metadata=self.metadata)
                 for response in current.call:
                     answered = True
                     yield self._stream_output(response)

@@ -134,8 +134,7 @@ class ProxyError(ConvserveError):
         The HTTP/2 error code of the RST_STREAM, when the stream was reset.
     """
 
-    def __init__(self, details: str, *, http_status: int | None = None, reset_code: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, details: str, *, http_status: int | None = None, reset_code: int | None = None, **kwargs: Any) -> None:
         super().__init__(details, **kwargs)
         self.http_status = http_status
         self.reset_code = reset_code
@@ -191,32 +190,40 @@ _RESET = re.compile(r"RST_STREAM with error code (\d+)")
 # What to change, by the HTTP status a proxy answered with.
 _HTTP_HINTS = {
     400: "the proxy rejected the request as malformed: check that it speaks HTTP/2 (gRPC) to the server "
-         "(nginx: grpc_pass, not proxy_pass; Envoy: http2_protocol_options on the cluster)",
+    "(nginx: grpc_pass, not proxy_pass; Envoy: http2_protocol_options on the cluster)",
     401: "the proxy asks for credentials of its own: configure its authentication, or exempt the service",
     403: "the proxy refused the request: check its access rules for /convserve.v1.ConvolutionService/",
     404: "the proxy has no route for /convserve.v1.ConvolutionService/: route it to the servers with grpc_pass (nginx) "
-         "or a gRPC route (Envoy), or check the target's port",
+    "or a gRPC route (Envoy), or check the target's port",
     413: "the request is larger than the proxy in front of the service accepts: raise the proxy's body limit, "
-         "e.g. nginx `client_max_body_size 0;` (its default is 1 MiB) or Envoy's max_request_bytes",
+    "e.g. nginx `client_max_body_size 0;` (its default is 1 MiB) or Envoy's max_request_bytes",
     429: "the proxy is rate-limiting this client: slow down, or raise the proxy's rate limit",
-    431: "the request's headers are larger than the proxy accepts: raise its header limits "
-         "(nginx large_client_header_buffers / http2_max_header_size)",
+    431: "the request's headers are larger than the proxy accepts: raise its header limits (nginx large_client_header_buffers / http2_max_header_size)",
     502: "the proxy could not get an answer from the servers behind it: check that `convserve serve` runs there and "
-         "that the proxy's upstream points at it over HTTP/2 (nginx grpc_pass grpc://host:port)",
+    "that the proxy's upstream points at it over HTTP/2 (nginx grpc_pass grpc://host:port)",
     503: "the proxy has no healthy server behind it: start `convserve serve` behind the proxy, or check its health checks",
     504: "the proxy timed out waiting for the server: raise its timeouts for long calls "
-         "(nginx grpc_read_timeout / grpc_send_timeout, Envoy route timeout) or send smaller requests",
+    "(nginx grpc_read_timeout / grpc_send_timeout, Envoy route timeout) or send smaller requests",
 }
 REFUSED_STREAM = 7  # HTTP/2 error code: the stream was not processed, safe to retry
 _RESET_HINTS = {
     REFUSED_STREAM: "the peer refused the stream (REFUSED_STREAM): the server or a proxy in front of it has too many streams "
-       "open on this connection (convserve serve --max-concurrent-streams, nginx http2_max_concurrent_streams); "
-       "retry later or open fewer at once",
+    "open on this connection (convserve serve --max-concurrent-streams, nginx http2_max_concurrent_streams); "
+    "retry later or open fewer at once",
     8: "a proxy or the server cancelled the stream (CANCEL): check the proxy's timeouts and its error log",
     11: "the peer asks this client to slow down (ENHANCE_YOUR_CALM): fewer calls or pings at once",
 }
-_UNREACHABLE = ("failed to connect", "connection refused", "errors resolving", "dns resolution failed",
-                "name resolution", "no address", "connect failed", "network is unreachable", "no route to host")
+_UNREACHABLE = (
+    "failed to connect",
+    "connection refused",
+    "errors resolving",
+    "dns resolution failed",
+    "name resolution",
+    "no address",
+    "connect failed",
+    "network is unreachable",
+    "no route to host",
+)
 
 
 def _proxy_error(details: str, target: str | None) -> tuple[int | None, int | None, str] | None:
@@ -225,15 +232,21 @@ def _proxy_error(details: str, target: str | None) -> tuple[int | None, int | No
     match = _HTTP_STATUS.search(details)
     if match is not None:
         status = int(match.group(1))
-        hint = _HTTP_HINTS.get(status, "a proxy (or a server that is not convserve) answered instead of the service: "
-                                       "check the proxy's configuration and its error log, or the target's port")
+        hint = _HTTP_HINTS.get(
+            status,
+            "a proxy (or a server that is not convserve) answered instead of the service: "
+            "check the proxy's configuration and its error log, or the target's port",
+        )
         return status, None, f"HTTP {status} from a proxy{where}, not from the convserve server: {hint} (gRPC: {details})"
     match = _RESET.search(details)
     if match is not None:
         reset = int(match.group(1))
-        hint = _RESET_HINTS.get(reset, "a proxy or the network reset the stream before the server answered: check the "
-                                       "proxy's body limit and timeouts (nginx client_max_body_size 0, grpc_read_timeout; "
-                                       "Envoy max_request_bytes, stream_idle_timeout) and its error log")
+        hint = _RESET_HINTS.get(
+            reset,
+            "a proxy or the network reset the stream before the server answered: check the "
+            "proxy's body limit and timeouts (nginx client_max_body_size 0, grpc_read_timeout; "
+            "Envoy max_request_bytes, stream_idle_timeout) and its error log",
+        )
         return None, reset, f"the HTTP/2 stream{where} was reset (RST_STREAM, error code {reset}): {hint} (gRPC: {details})"
     return None
 

@@ -53,8 +53,7 @@ def configure(retain_bytes: int) -> str:
     except (OSError, AttributeError):
         return "not glibc: malloc settings left alone"
     value = ctypes.c_int(min(retain_bytes, _INT_MAX))
-    accepted = [bool(mallopt(M_MMAP_THRESHOLD, value)), bool(mallopt(M_TRIM_THRESHOLD, value)),
-                bool(mallopt(M_ARENA_MAX, ctypes.c_int(1)))]
+    accepted = [bool(mallopt(M_MMAP_THRESHOLD, value)), bool(mallopt(M_TRIM_THRESHOLD, value)), bool(mallopt(M_ARENA_MAX, ctypes.c_int(1)))]
     if not all(accepted):
         return f"malloc settings partly refused (mmap threshold, trim threshold, one arena: {accepted})"
     return f"malloc keeps blocks up to {value.value} bytes for reuse (mmap and trim thresholds), one arena"

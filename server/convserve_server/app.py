@@ -66,10 +66,12 @@ def check_tls_files(settings: Settings) -> None:
         context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
-            raise StartupError(f"tls_key {settings.tls_key} does not match tls_cert {settings.tls_cert} "
-                               "(the key must be the private key of the certificate's public key)") from None
-        raise StartupError(f"cannot use tls_cert {settings.tls_cert} with tls_key {settings.tls_key}: {exc.reason or exc} "
-                           "(both must be PEM, the key unencrypted)") from None
+            raise StartupError(
+                f"tls_key {settings.tls_key} does not match tls_cert {settings.tls_cert} (the key must be the private key of the certificate's public key)"
+            ) from None
+        raise StartupError(
+            f"cannot use tls_cert {settings.tls_cert} with tls_key {settings.tls_key}: {exc.reason or exc} (both must be PEM, the key unencrypted)"
+        ) from None
     except OSError as exc:
         raise StartupError(f"cannot read tls_cert {settings.tls_cert} or tls_key {settings.tls_key}: {exc}") from None
     if settings.tls_client_ca:
@@ -101,8 +103,7 @@ def create_server(settings: Settings) -> Server:
         ],
     )
     fftw_plans.configure(max_shapes=settings.fftw_max_planned_shapes)  # before wisdom is loaded
-    pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes,
-                      settings.busy_pushback_ms)
+    pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes, settings.busy_pushback_ms)
     pool.on_change = metrics.pool_changed
     pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool, fftw_plans.wisdom_state), server)
     health_servicer = health.aio.HealthServicer()
@@ -134,20 +135,25 @@ def start_metrics(settings: Settings) -> int:
         if exc.errno != errno.EADDRINUSE or settings.metrics_port == 0:
             raise StartupError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {exc.strerror}") from None
     port = metrics.serve_metrics(settings.host, 0)
-    log.warning("metrics port taken: serving metrics on a free port instead; set metrics_port "
-                "(--metrics-port, CONVSERVE_METRICS_PORT) to a free port of its own for each server on this host",
-                extra={"metrics_port": settings.metrics_port, "port": port})
+    log.warning(
+        "metrics port taken: serving metrics on a free port instead; set metrics_port "
+        "(--metrics-port, CONVSERVE_METRICS_PORT) to a free port of its own for each server on this host",
+        extra={"metrics_port": settings.metrics_port, "port": port},
+    )
     return port
 
 
 async def serve(settings: Settings) -> bool:
     """Run the server until SIGTERM or SIGINT, then stop; return False if work was left running."""
     if not settings.is_loopback and not settings.tls_cert and not settings.auth_token:
-        log.warning(f"listening on {settings.host} without TLS or a token: anyone who can reach this address can use "
-                    "the server (set --tls-cert/--tls-key and/or --auth-token)")
+        log.warning(
+            f"listening on {settings.host} without TLS or a token: anyone who can reach this address can use "
+            "the server (set --tls-cert/--tls-key and/or --auth-token)"
+        )
     server = create_server(settings)
-    log.info("engine set-up", extra={"wisdom": fftw_plans.load_wisdom(), "calibration": costs.load(),
-                                     "malloc": allocator.configure(settings.malloc_retain_bytes)})
+    log.info(
+        "engine set-up", extra={"wisdom": fftw_plans.load_wisdom(), "calibration": costs.load(), "malloc": allocator.configure(settings.malloc_retain_bytes)}
+    )
     metrics_port = start_metrics(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -211,8 +217,7 @@ async def stop_workers(pool: WorkerPool, timeout: float) -> bool:
     while joiner.is_alive() and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
     if joiner.is_alive():
-        log.warning("work still running after its cancellation; exiting without waiting for it",
-                    extra={"waited_seconds": timeout})
+        log.warning("work still running after its cancellation; exiting without waiting for it", extra={"waited_seconds": timeout})
         return False
     return True
 

@@ -39,11 +39,10 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 def _problems() -> dict[str, list[tuple[np.ndarray, np.ndarray, str, str]]]:
     """Representative problems per group of constants: (x, h, mode, method)."""
     rng = np.random.default_rng(0)
-    gauss = np.exp(-np.linspace(-2, 2, 9) ** 2)
+    gauss = np.exp(-(np.linspace(-2, 2, 9) ** 2))
     image = rng.standard_normal((1024, 1024))
     return {
-        "fft": [(rng.standard_normal(2**18), rng.standard_normal(4097), "full", "fft"),
-                (image, rng.standard_normal((31, 31)), "same", "fft")],
+        "fft": [(rng.standard_normal(2**18), rng.standard_normal(4097), "full", "fft"), (image, rng.standard_normal((31, 31)), "same", "fft")],
         "single": [(image.astype(np.float32), rng.standard_normal((31, 31)).astype(np.float32), "same", "fft")],
         "numpy_1d": [(rng.standard_normal(10**6), rng.standard_normal(5), "full", "direct")],
         "opencv": [(image.astype(np.float32), rng.standard_normal((5, 5)).astype(np.float32), "same", "direct")],
@@ -136,8 +135,14 @@ def main(argv: list[str]) -> int:
     costs.load("/nonexistent")  # the built-in constants with this host's thread threshold while measuring
     fitted = calibrate(args.repeats)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    data = {"version": costs.CALIBRATION_VERSION, "host": platform.node(), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "constants": fitted}
+    data = {
+        "version": costs.CALIBRATION_VERSION,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "constants": fitted,
+    }
     temporary = f"{path}.{os.getpid()}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=1)

@@ -59,8 +59,7 @@ def response_streaming(method: str) -> bool:
         return False
 
 
-def refusing_handler(method: str, code: grpc.StatusCode, details: str,
-                     trailing_metadata: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
+def refusing_handler(method: str, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
     """A handler that ends the call with ``code`` without reading one request message.
 
     It is request-streaming whatever the method is: for a unary-request handler gRPC Python
@@ -107,8 +106,7 @@ class Limiter:
             if self.total >= self.max_calls:
                 return f"the server has {self.total} calls in progress (max_concurrent_calls={self.max_calls}): retry later"
             if identity is not None and self.per_identity.get(identity, 0) >= self.max_per_identity:
-                return (f"this identity has {self.per_identity[identity]} calls in progress "
-                        f"(max_calls_per_identity={self.max_per_identity}): retry later")
+                return f"this identity has {self.per_identity[identity]} calls in progress (max_calls_per_identity={self.max_per_identity}): retry later"
             self.total += 1
             if identity is not None:
                 self.per_identity[identity] = self.per_identity.get(identity, 0) + 1
@@ -191,8 +189,9 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         Seconds a unary-request call has to deliver its one message.
     """
 
-    def __init__(self, max_calls: int, max_per_identity: int, token: str = "",
-                 certificate_identities: bool = False, pushback_ms: int = 50, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self, max_calls: int, max_per_identity: int, token: str = "", certificate_identities: bool = False, pushback_ms: int = 50, idle_timeout: float = 30.0
+    ) -> None:
         self.idle_timeout = idle_timeout
         self.limiter = Limiter(max_calls, max_per_identity)
         self._identity = token_identity(token) if token and not certificate_identities else None
@@ -240,6 +239,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
             if inner is None:
                 return None
             if inspect.isasyncgenfunction(inner):
+
                 async def generate(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                     try:
                         await admit(context)
@@ -247,21 +247,26 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
                             yield response
                     finally:
                         ticket.release()
+
                 return generate
             if inspect.iscoroutinefunction(inner):
+
                 async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
                     try:
                         await admit(context)
                         return await inner(request, context)
                     finally:
                         ticket.release()
+
                 return run
             if inspect.isgeneratorfunction(inner):
+
                 def generate_sync(request: Any, context: Any) -> Any:
                     try:
                         yield from inner(request, context)
                     finally:
                         ticket.release()
+
                 return generate_sync
 
             def run_sync(request: Any, context: Any) -> Any:
@@ -269,19 +274,22 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
                     return inner(request, context)
                 finally:
                     ticket.release()
+
             return run_sync
 
         if not handler.request_streaming and _is_async(handler):
             return self._as_request_streaming(handler, ticket, admit, self.idle_timeout, rpc)
         return handler._replace(
-            unary_unary=wrap(handler.unary_unary), unary_stream=wrap(handler.unary_stream),
-            stream_unary=wrap(handler.stream_unary), stream_stream=wrap(handler.stream_stream),
+            unary_unary=wrap(handler.unary_unary),
+            unary_stream=wrap(handler.unary_stream),
+            stream_unary=wrap(handler.stream_unary),
+            stream_stream=wrap(handler.stream_stream),
         )
 
     @staticmethod
-    def _as_request_streaming(handler: grpc.RpcMethodHandler, ticket: Ticket,
-                              admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]],
-                              idle_timeout: float, rpc: str) -> grpc.RpcMethodHandler:
+    def _as_request_streaming(
+        handler: grpc.RpcMethodHandler, ticket: Ticket, admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]], idle_timeout: float, rpc: str
+    ) -> grpc.RpcMethodHandler:
         """A unary-request handler served as a request-streaming one: the identity (known only from
         the call's context) is checked before its message is read; the one message must arrive
         within ``idle_timeout`` and be the only one; then it goes to the unary behaviour."""
@@ -295,9 +303,11 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
                     request = await anext(iterator, None)
                     extra = None if request is None else await anext(iterator, None)
             except TimeoutError:
-                failure = IdleTimeout(f"the request message did not arrive within {idle_timeout:g} s: a unary "
-                                      "message must arrive whole within idle_timeout_seconds (raise it on the server "
-                                      "for slow links, or send large inputs chunked, which the client does above 4 MiB)")
+                failure = IdleTimeout(
+                    f"the request message did not arrive within {idle_timeout:g} s: a unary "
+                    "message must arrive whole within idle_timeout_seconds (raise it on the server "
+                    "for slow links, or send large inputs chunked, which the client does above 4 MiB)"
+                )
             else:
                 if request is None:
                     failure = InvalidArgumentError("request", "the call ended before its request message")
@@ -316,6 +326,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
                     return await unary(await first(requests, context), context)
                 finally:
                     ticket.release()
+
             return grpc.stream_unary_rpc_method_handler(run, handler.request_deserializer, handler.response_serializer)
 
         streaming = handler.unary_stream
@@ -331,4 +342,5 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
                     await streaming(request, context)
             finally:
                 ticket.release()
+
         return grpc.stream_stream_rpc_method_handler(generate, handler.request_deserializer, handler.response_serializer)

@@ -62,8 +62,7 @@ class CallRecord:
             self.cancelled()
             raise
 
-    async def _abort(self, code: grpc.StatusCode, message: str,
-                     trailers: tuple[tuple[str, str | bytes], ...] = ()) -> None:
+    async def _abort(self, code: grpc.StatusCode, message: str, trailers: tuple[tuple[str, str | bytes], ...] = ()) -> None:
         """End the call with ``code`` (raises gRPC's abort exception), and clear its frames when it is over.
 
         gRPC keeps the abort exception in the call's state; the exception's traceback holds the
@@ -104,8 +103,10 @@ class CallRecord:
         metrics.BYTES_OUT.labels(self.rpc).inc(sent)
         if method:
             metrics.METHODS.labels(self.rpc, method).inc()
-        log.info("call ok", extra={"request_id": self.request_id, "rpc": self.rpc, "method": method,
-                                   "ms": self._elapsed_ms(), "bytes_in": self.received, "bytes_out": sent})
+        log.info(
+            "call ok",
+            extra={"request_id": self.request_id, "rpc": self.rpc, "method": method, "ms": self._elapsed_ms(), "bytes_in": self.received, "bytes_out": sent},
+        )
 
     def gone_code(self) -> grpc.StatusCode:
         """DEADLINE_EXCEEDED if the caller's deadline has passed, else CANCELLED (the caller went away)."""
@@ -117,8 +118,7 @@ class CallRecord:
         code = code or self.gone_code()
         self._count(code)
         message = "call deadline exceeded" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "call cancelled"
-        log.info(message, extra={"request_id": self.request_id, "rpc": self.rpc, "code": code.name,
-                                 "ms": self._elapsed_ms(), "bytes_in": self.received})
+        log.info(message, extra={"request_id": self.request_id, "rpc": self.rpc, "code": code.name, "ms": self._elapsed_ms(), "bytes_in": self.received})
 
     async def fail(self, error: Exception) -> None:
         """Record a failed call and abort it with the mapped status (raises)."""
@@ -126,8 +126,10 @@ class CallRecord:
         self._count(failure.code)
         if isinstance(error, (Overloaded, LimitExceeded)):
             metrics.REJECTIONS.labels("busy" if isinstance(error, Overloaded) else "never_fits").inc()
-        log.info("call failed", extra={"request_id": self.request_id, "rpc": self.rpc, "code": failure.code.name,
-                                       "ms": self._elapsed_ms(), "detail": failure.message})
+        log.info(
+            "call failed",
+            extra={"request_id": self.request_id, "rpc": self.rpc, "code": failure.code.name, "ms": self._elapsed_ms(), "detail": failure.message},
+        )
         _clear_frames(error)  # the work's frames are done: drop what they hold now, before the status is sent
         await self._abort(failure.code, failure.message, ((REQUEST_ID_KEY, self.request_id), *failure.trailers))
 

@@ -39,8 +39,10 @@ async def receive(messages: AsyncIterator[Message], seconds: float, what: str) -
         async with asyncio.timeout(seconds):  # not wait_for: in 3.11 it can swallow the call's cancellation
             return await anext(messages, None)
     except TimeoutError:
-        raise IdleTimeout(f"{what} sent nothing for {seconds:g} s (idle_timeout_seconds), so the server ended it "
-                          "and freed what it held; send the next message sooner, or start a new call") from None
+        raise IdleTimeout(
+            f"{what} sent nothing for {seconds:g} s (idle_timeout_seconds), so the server ended it "
+            "and freed what it held; send the next message sooner, or start a new call"
+        ) from None
 
 
 async def send(context: grpc.aio.ServicerContext, message: Any, seconds: float, what: str) -> None:
@@ -49,8 +51,9 @@ async def send(context: grpc.aio.ServicerContext, message: Any, seconds: float, 
         async with asyncio.timeout(seconds):
             await context.write(message)
     except TimeoutError:
-        raise IdleTimeout(f"the caller read nothing of {what} for {seconds:g} s (idle_timeout_seconds), so the "
-                          "server ended the call and freed its result") from None
+        raise IdleTimeout(
+            f"the caller read nothing of {what} for {seconds:g} s (idle_timeout_seconds), so the server ended the call and freed its result"
+        ) from None
 
 
 async def check_caller(context: grpc.aio.ServicerContext) -> None:
@@ -89,8 +92,9 @@ class Assembler:
             if len(tensor.data) == nbytes:
                 continue  # complete inline (a small kernel); decoded with the header
             if tensor.data:
-                raise InvalidArgumentError(f"{name}.data", f"carries {len(tensor.data)} bytes in the header; "
-                                           f"send all {nbytes} bytes inline or none (then chunks)")
+                raise InvalidArgumentError(
+                    f"{name}.data", f"carries {len(tensor.data)} bytes in the header; send all {nbytes} bytes inline or none (then chunks)"
+                )
             array = np.empty(shape, dtype=dtype)  # the wire's little-endian dtype
             self.arrays[name] = array
             self._views[name] = array.reshape(-1).view(np.uint8).data
@@ -100,8 +104,7 @@ class Assembler:
         """Copy one chunk into its tensor, checking its name, order and size."""
         view = self._views.get(chunk.field)
         if view is None:
-            raise InvalidArgumentError("chunk.field", f"{chunk.field!r} is not a tensor announced as streamed "
-                                       f"(expected one of {sorted(self._views)})")
+            raise InvalidArgumentError("chunk.field", f"{chunk.field!r} is not a tensor announced as streamed (expected one of {sorted(self._views)})")
         start = self._received[chunk.field]
         if chunk.offset != start:
             raise InvalidArgumentError("chunk.offset", f"chunk of {chunk.field} at offset {chunk.offset}; expected {start} (chunks come in order)")
@@ -134,4 +137,4 @@ def response_parts(array: npt.NDArray[Any], info: pb.ComputeInfo, field: str) ->
     yield pb.ResponsePart(header=pb.ResponseHeader(result=codec.header(array, field), info=info))
     data = codec.wire_bytes(array)
     for start in range(0, len(data), CHUNK_BYTES):
-        yield pb.ResponsePart(chunk=pb.TensorChunk(field=field, offset=start, data=data[start:start + CHUNK_BYTES].tobytes()))
+        yield pb.ResponsePart(chunk=pb.TensorChunk(field=field, offset=start, data=data[start : start + CHUNK_BYTES].tobytes()))

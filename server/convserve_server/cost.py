@@ -81,8 +81,7 @@ def signal_request_bytes(request: pb.SignalRequest) -> int:
 
 def _batch(prediction: Any) -> int:
     """Elements of the broadcast, not convolved axes."""
-    return math.prod(max(a, b) for i, (a, b) in enumerate(zip(prediction.x_shape, prediction.h_shape))
-                     if i not in prediction.axes)
+    return math.prod(max(a, b) for i, (a, b) in enumerate(zip(prediction.x_shape, prediction.h_shape)) if i not in prediction.axes)
 
 
 def _prediction(request: pb.SignalRequest, s1: list[int], s2: list[int]) -> Any:
@@ -95,8 +94,16 @@ def _prediction(request: pb.SignalRequest, s1: list[int], s2: list[int]) -> Any:
     extends = request.boundary not in (pb.BOUNDARY_UNSPECIFIED, pb.BOUNDARY_FILL) or fill != 0
     try:
         return planner.predict_method(
-            tuple(s1), tuple(s2), d1, d2, _MODES.get(request.mode, "?"), _METHODS.get(request.method, "?"),
-            list(request.axes.values) if request.HasField("axes") else None, extends, output_dtype)
+            tuple(s1),
+            tuple(s2),
+            d1,
+            d2,
+            _MODES.get(request.mode, "?"),
+            _METHODS.get(request.method, "?"),
+            list(request.axes.values) if request.HasField("axes") else None,
+            extends,
+            output_dtype,
+        )
     except (ValueError, TypeError, OverflowError):
         return None
 
@@ -133,10 +140,12 @@ def _registered(entry: Entry | None, request: Any) -> tuple[pb.Tensor, pb.Tensor
     """Headers (no data) of the weight and bias: the registered entry's, or the request's own."""
     if entry is None:
         return request.weight, request.bias
+
     def header(array: npt.NDArray[Any] | None) -> pb.Tensor:
         if array is None:
             return pb.Tensor()
         return pb.Tensor(dtype=codec.dtype_code(np.dtype(array.dtype), "weight"), shape=array.shape)
+
     return header(entry.weight), header(entry.bias)
 
 
@@ -151,7 +160,7 @@ def conv_layer_request_bytes(request: pb.ConvLayerRequest, entry: Entry | None =
     itemsize = 8  # float64 accumulation may be used for small layers
     if len(x) < 2 or len(w) < 3:
         return received
-    spatial = x[-(len(w) - 2):]
+    spatial = x[-(len(w) - 2) :]
     pads = [max(0, int(p)) for p in request.padding.sizes] or [0]  # negative: refused by wire.check_geometry
     if len(pads) == 1:
         pads = pads * len(spatial)
@@ -170,8 +179,7 @@ def conv_layer_request_bytes(request: pb.ConvLayerRequest, entry: Entry | None =
     return max(0, received + itemsize * (batch_channels * padded + columns + LAYER_OUTPUT_ARRAYS * output))
 
 
-def _layer_positions(request: pb.ConvLayerRequest, spatial: list[int], pads: list[int], kernel: list[int],
-                     padded: int) -> int:
+def _layer_positions(request: pb.ConvLayerRequest, spatial: list[int], pads: list[int], kernel: list[int], padded: int) -> int:
     """Output positions of a strided layer (``padded`` at stride 1: the FFT path's work is padded-sized)."""
     nd = len(spatial)
     stride, dilation = _per_dim(request.stride, nd, 1), _per_dim(request.dilation, nd, 1)
@@ -200,8 +208,7 @@ def conv_transpose_request_bytes(request: pb.ConvTransposeRequest, entry: Entry 
         return received
     stride, dilation = _per_dim(request.stride, nd, 1), _per_dim(request.dilation, nd, 1)
     padding, output_padding = _per_dim(request.padding, nd, 0), _per_dim(request.output_padding, nd, 0)
-    output, upsampled = transpose_sizes(tuple(x), tuple(w), max(1, request.groups), stride, padding,
-                                        output_padding, dilation)
+    output, upsampled = transpose_sizes(tuple(x), tuple(w), max(1, request.groups), stride, padding, output_padding, dilation)
     if min(output[-nd:], default=0) <= 0:  # an empty output: validation refuses it (INVALID_ARGUMENT)
         return received
     # The largest phase: about 1 / stride of the outputs and of the taps on each axis.

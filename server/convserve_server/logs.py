@@ -40,17 +40,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: TextIO | None = None, line: str | None = None) -> None:
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
     """``warnings.showwarning`` replacement: one WARNING record with the category and the source."""
-    logging.getLogger(WARNINGS_LOGGER).warning(
-        str(message), extra={"category": category.__name__, "source": f"{filename}:{lineno}"})
+    logging.getLogger(WARNINGS_LOGGER).warning(str(message), extra={"category": category.__name__, "source": f"{filename}:{lineno}"})
 
 
-def _log_uncaught(kind: str, exc_type: type[BaseException], exc: BaseException | None,
-                  traceback: TracebackType | None, **fields: Any) -> None:
-    logging.getLogger("convserve.server").error(
-        f"uncaught {exc_type.__name__} in {kind}", exc_info=(exc_type, exc or exc_type(), traceback), extra=fields)
+def _log_uncaught(kind: str, exc_type: type[BaseException], exc: BaseException | None, traceback: TracebackType | None, **fields: Any) -> None:
+    logging.getLogger("convserve.server").error(f"uncaught {exc_type.__name__} in {kind}", exc_info=(exc_type, exc or exc_type(), traceback), extra=fields)
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException, traceback: TracebackType | None) -> None:
@@ -64,8 +60,7 @@ def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
 
 
 def _unraisablehook(unraisable: Any) -> None:
-    _log_uncaught("a finalizer (ignored)", unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback,
-                  object=repr(unraisable.object))
+    _log_uncaught("a finalizer (ignored)", unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback, object=repr(unraisable.object))
 
 
 def configure(level: str, fmt: str) -> None:

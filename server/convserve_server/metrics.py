@@ -7,17 +7,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("convserve_requests", "Completed calls by RPC and status code", ["rpc", "code"], registry=REGISTRY)
 LATENCY = Histogram(
-    "convserve_request_seconds", "Call latency on the server, by RPC", ["rpc"], registry=REGISTRY,
+    "convserve_request_seconds",
+    "Call latency on the server, by RPC",
+    ["rpc"],
+    registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 BYTES_IN = Counter("convserve_received_bytes", "Tensor bytes received, by RPC", ["rpc"], registry=REGISTRY)
 BYTES_OUT = Counter("convserve_sent_bytes", "Tensor bytes sent, by RPC", ["rpc"], registry=REGISTRY)
 IN_FLIGHT = Gauge("convserve_in_flight_requests", "Admitted requests not yet finished", registry=REGISTRY)
 RESERVED = Gauge("convserve_reserved_bytes", "Estimated working memory reserved by admitted requests", registry=REGISTRY)
-WAITING_STREAMS = Gauge("convserve_waiting_streams", "Chunked uploads and streams waiting for data (they hold no compute slot)",
-                        registry=REGISTRY)
-WAITING_BYTES = Gauge("convserve_waiting_bytes", "Bytes held by the calls waiting for data (the waiting budget in use)",
-                      registry=REGISTRY)
+WAITING_STREAMS = Gauge("convserve_waiting_streams", "Chunked uploads and streams waiting for data (they hold no compute slot)", registry=REGISTRY)
+WAITING_BYTES = Gauge("convserve_waiting_bytes", "Bytes held by the calls waiting for data (the waiting budget in use)", registry=REGISTRY)
 REJECTIONS = Counter("convserve_admission_rejections", "Requests refused by admission, by reason", ["reason"], registry=REGISTRY)
 METHODS = Counter("convserve_method_chosen", "Engine method that ran, by RPC", ["rpc", "method"], registry=REGISTRY)
 

@@ -39,8 +39,7 @@ class WorkerPool:
     # How often a caller waiting for a compute slot (a stream's next block) asks again.
     POLL_SECONDS = 0.01
 
-    def __init__(self, workers: int, max_in_flight: int, memory_budget: int, pushback_ms: int = 50,
-                 cores: int | None = None) -> None:
+    def __init__(self, workers: int, max_in_flight: int, memory_budget: int, pushback_ms: int = 50, cores: int | None = None) -> None:
         self.workers = workers
         self.cores = cores or os.cpu_count() or 1
         self.max_in_flight = max_in_flight
@@ -81,12 +80,14 @@ class WorkerPool:
             )
         if self._in_flight >= self.max_in_flight:
             raise Overloaded(
-                f"server busy: {self._in_flight} requests in flight, the limit is {self.max_in_flight}; "
-                f"retry in {self.pushback_ms} ms", self.pushback_ms)
+                f"server busy: {self._in_flight} requests in flight, the limit is {self.max_in_flight}; retry in {self.pushback_ms} ms", self.pushback_ms
+            )
         if self._reserved + cost > self.memory_budget:
             raise Overloaded(
                 f"server busy: this request needs an estimated {cost} bytes and {self.memory_budget - self._reserved} "
-                f"of the {self.memory_budget}-byte budget are free; retry in {self.pushback_ms} ms", self.pushback_ms)
+                f"of the {self.memory_budget}-byte budget are free; retry in {self.pushback_ms} ms",
+                self.pushback_ms,
+            )
 
     def reserve(self, cost: int) -> Reservation:
         """Admit a request of estimated ``cost`` bytes, or raise Overloaded / LimitExceeded at once."""
@@ -120,8 +121,7 @@ class WorkerPool:
             self._reserved -= cost
             self.on_change(self._in_flight, self._reserved)
 
-    async def run(self, function: Callable[..., Result], *args: Any, cost: int = 0,
-                  reservation: Reservation | None = None, release: bool = True) -> Result:
+    async def run(self, function: Callable[..., Result], *args: Any, cost: int = 0, reservation: Reservation | None = None, release: bool = True) -> Result:
         """Run ``function(*args)`` on a worker under ``reservation`` (or a new one for ``cost`` bytes).
 
         The reservation is released when the work has stopped, not when the caller stops waiting.
@@ -249,12 +249,13 @@ class WaitingBudget:
         self._never_fits(size, what)
         with self._lock:
             if self._streams >= self.max_streams:
-                raise self._busy(f"{self._streams} chunked or streaming calls are waiting for data, the limit is "
-                                 f"{self.max_streams} (max_waiting_streams)")
+                raise self._busy(f"{self._streams} chunked or streaming calls are waiting for data, the limit is {self.max_streams} (max_waiting_streams)")
             if self._bytes + size > self.max_bytes:
-                raise self._busy(f"{what} would hold {size} bytes while waiting for data and "
-                                 f"{self.max_bytes - self._bytes} of the {self.max_bytes}-byte waiting budget "
-                                 f"(waiting_budget_bytes) are free")
+                raise self._busy(
+                    f"{what} would hold {size} bytes while waiting for data and "
+                    f"{self.max_bytes - self._bytes} of the {self.max_bytes}-byte waiting budget "
+                    f"(waiting_budget_bytes) are free"
+                )
             self._streams += 1
             self._bytes += size
             self.on_change(self._streams, self._bytes)
@@ -264,9 +265,11 @@ class WaitingBudget:
         self._never_fits(size, ticket.what)
         with self._lock:
             if size > ticket.size and self._bytes + size - ticket.size > self.max_bytes:
-                raise self._busy(f"{ticket.what} now needs {size} bytes while waiting for data and "
-                                 f"{self.max_bytes - self._bytes + ticket.size} of the {self.max_bytes}-byte waiting "
-                                 f"budget (waiting_budget_bytes) are free for it")
+                raise self._busy(
+                    f"{ticket.what} now needs {size} bytes while waiting for data and "
+                    f"{self.max_bytes - self._bytes + ticket.size} of the {self.max_bytes}-byte waiting "
+                    f"budget (waiting_budget_bytes) are free for it"
+                )
             self._bytes += size - ticket.size
             ticket.size = size
             self.on_change(self._streams, self._bytes)

@@ -26,8 +26,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return None
     pair = [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())]
     if settings.tls_client_ca:
-        return grpc.ssl_server_credentials(pair, root_certificates=Path(settings.tls_client_ca).read_bytes(),
-                                           require_client_auth=True)
+        return grpc.ssl_server_credentials(pair, root_certificates=Path(settings.tls_client_ca).read_bytes(), require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
 
 
@@ -57,11 +56,16 @@ def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors, outermost first: authentication (when a token is set), then the
     caps on calls in progress (so that unauthenticated calls never count against an identity)."""
     chain: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []
-    chain.append(CallLimitInterceptor(
-        settings.max_concurrent_calls, settings.max_calls_per_identity,
-        token=settings.auth_token, certificate_identities=bool(settings.tls_client_ca),
-        pushback_ms=settings.busy_pushback_ms, idle_timeout=settings.idle_timeout_seconds,
-    ))
+    chain.append(
+        CallLimitInterceptor(
+            settings.max_concurrent_calls,
+            settings.max_calls_per_identity,
+            token=settings.auth_token,
+            certificate_identities=bool(settings.tls_client_ca),
+            pushback_ms=settings.busy_pushback_ms,
+            idle_timeout=settings.idle_timeout_seconds,
+        )
+    )
     return chain
 
 

@@ -65,8 +65,10 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             wire.check_headers(request, self.settings)
             size = cost.estimate(request)
             if size > self.weights.limit_bytes:
-                raise LimitExceeded(f"the weights take {size} bytes; the weights cache holds at most "
-                                    f"{self.weights.limit_bytes} bytes (weights_cache_bytes): send them with each call instead")
+                raise LimitExceeded(
+                    f"the weights take {size} bytes; the weights cache holds at most "
+                    f"{self.weights.limit_bytes} bytes (weights_cache_bytes): send them with each call instead"
+                )
             entry = await self.pool.run(self._register, request, cost=size)
         record.ok("", 0)
         return pb.RegisterWeightsResponse(weights_id=entry.id)
@@ -101,8 +103,12 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         s = self.settings
         return pb.ServerInfo(
             version=__version__,
-            limits=pb.Limits(max_elements=s.max_elements, max_request_bytes=s.max_request_bytes,
-                             max_output_bytes=s.max_output_bytes, max_concurrent_requests=s.max_concurrent_requests),
+            limits=pb.Limits(
+                max_elements=s.max_elements,
+                max_request_bytes=s.max_request_bytes,
+                max_output_bytes=s.max_output_bytes,
+                max_concurrent_requests=s.max_concurrent_requests,
+            ),
             dtypes=list(wire.codec.NUMPY_BY_DTYPE),
             methods=[pb.METHOD_AUTO, pb.METHOD_DIRECT, pb.METHOD_FFT, pb.METHOD_OVERLAP_ADD],
             fftw_threads=fft_engine.threads(),
@@ -110,8 +116,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             workers=self.pool.workers,
         )
 
-    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, request: Any,
-                     work: Callable[[Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> Any:
+    async def _unary(self, rpc: str, context: grpc.aio.ServicerContext, request: Any, work: Callable[[Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> Any:
         """Admit and run ``work`` (given the registered weights the request names) on the pool;
         encode its result; map any failure to a status."""
         record = CallRecord(rpc, context, sum(len(getattr(request, n).data) for n in wire.tensor_fields(request)))
@@ -125,8 +130,13 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             return pb.SignalResponse(result=tensor, info=wire.compute_info(info))
         return pb.ConvLayerResponse(output=tensor, info=wire.compute_info(info))
 
-    async def _chunked(self, rpc: str, context: grpc.aio.ServicerContext, parts: AsyncIterator[Any],
-                       work: Callable[[Any, Arrays, Entry | None], tuple[npt.NDArray[Any], CallInfo]]) -> None:
+    async def _chunked(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        parts: AsyncIterator[Any],
+        work: Callable[[Any, Arrays, Entry | None], tuple[npt.NDArray[Any], CallInfo]],
+    ) -> None:
         """Header, then chunks: validate from the header, wait for the data on the waiting budget
         (no compute slot), then admit, compute and send the result back in chunks.
 
@@ -173,14 +183,12 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             reservation.release()
         record.ok(info.method, result.nbytes)
 
-    async def _shared_call(self, rpc: str, context: grpc.aio.ServicerContext, request: pb.SharedSignalRequest,
-                           correlate: bool) -> pb.SharedResponse:
+    async def _shared_call(self, rpc: str, context: grpc.aio.ServicerContext, request: pb.SharedSignalRequest, correlate: bool) -> pb.SharedResponse:
         """Compute with inputs and result in the client's shared memory (opt-in)."""
         record = CallRecord(rpc, context, 0)
         async with record.guard():
             if not self.settings.allow_shared_memory:
-                raise FailedPrecondition("shared memory is off on this server; start it with --allow-shared-memory "
-                                         "(and share /dev/shm with the client)")
+                raise FailedPrecondition("shared memory is off on this server; start it with --allow-shared-memory (and share /dev/shm with the client)")
             if request.options.HasField("in1") or request.options.HasField("in2"):
                 raise InvalidArgumentError("options", "in1 and in2 go in the shared tensors, not in options")
             declared = pb.SignalRequest()
@@ -190,11 +198,9 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
             wire.check_options(declared)
             for name in ("in1", "in2"):
                 wire.check_declared(getattr(declared, name), name, self.settings)
-            dtype, shape, info = await self.pool.run(shared.compute, request, correlate, self.settings, self._check_output,
-                                                     cost=cost.estimate(declared))
+            dtype, shape, info = await self.pool.run(shared.compute, request, correlate, self.settings, self._check_output, cost=cost.estimate(declared))
         record.ok(info.method, 0)
-        return pb.SharedResponse(result=pb.Tensor(dtype=wire.codec.dtype_code(dtype, "result"), shape=shape),
-                                 info=wire.compute_info(info))
+        return pb.SharedResponse(result=pb.Tensor(dtype=wire.codec.dtype_code(dtype, "result"), shape=shape), info=wire.compute_info(info))
 
     def _check_output(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
         """Refuse a result larger than the configured limits before computing it."""
@@ -225,8 +231,7 @@ class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
         bias = wire.decode_field(request, "bias", self.settings) if request.HasField("bias") else None
         return self.weights.register(weight, bias)
 
-    def _layer(self, request: pb.ConvLayerRequest, arrays: Arrays | None,
-               entry: Entry | None = None) -> tuple[npt.NDArray[Any], CallInfo]:
+    def _layer(self, request: pb.ConvLayerRequest, arrays: Arrays | None, entry: Entry | None = None) -> tuple[npt.NDArray[Any], CallInfo]:
         """Compute ConvLayer (on a worker thread)."""
         output, info = conv_layer(**wire.conv_layer_arguments(request, self.settings, arrays, entry), return_info=True)
         self._check_output(output.shape, output.dtype)

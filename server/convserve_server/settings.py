@@ -33,12 +33,8 @@ class Settings:
     max_request_bytes: int = field(default=512 * MIB, metadata={"help": "largest request message in bytes"})
     max_output_bytes: int = field(default=1024 * MIB, metadata={"help": "largest result in bytes"})
     fftw_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "FFTW threads per transform"})
-    memory_budget_bytes: int = field(
-        default=4096 * MIB, metadata={"help": "estimated working memory of all admitted requests together"}
-    )
-    max_concurrent_streams: int = field(
-        default=64, metadata={"help": "HTTP/2 streams per connection (bounds what can arrive before admission)"}
-    )
+    memory_budget_bytes: int = field(default=4096 * MIB, metadata={"help": "estimated working memory of all admitted requests together"})
+    max_concurrent_streams: int = field(default=64, metadata={"help": "HTTP/2 streams per connection (bounds what can arrive before admission)"})
     fftw_wisdom: str = field(default="", metadata={"help": "FFTW wisdom file: loaded at start, saved at shutdown (empty: none)"})
     malloc_retain_bytes: int = field(
         default=32 * MIB, metadata={"help": "glibc malloc keeps freed blocks up to this size for reuse instead of re-faulting pages (0: glibc defaults)"}
@@ -55,9 +51,7 @@ class Settings:
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain file: enables TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key file of tls_cert"})
     tls_client_ca: str = field(default="", metadata={"help": "PEM CA file: clients must present a certificate it signed (mTLS)"})
-    allow_shared_memory: bool = field(
-        default=False, metadata={"help": "accept same-host shared-memory calls (clients' regions named convserve*)"}
-    )
+    allow_shared_memory: bool = field(default=False, metadata={"help": "accept same-host shared-memory calls (clients' regions named convserve*)"})
     auth_token: str = field(default="", metadata={"help": "bearer token clients must send (authorization: Bearer ...); empty: off"})
     weights_cache_bytes: int = field(
         default=1024 * MIB, metadata={"help": "registered weights (and their prepared forms) kept at most; least recently used evicted first"}
@@ -71,33 +65,39 @@ class Settings:
     max_waiting_streams: int = field(
         default=16, metadata={"help": "chunked uploads and streams waiting for data at once (they hold no compute slot); more get RESOURCE_EXHAUSTED"}
     )
-    waiting_budget_bytes: int = field(
-        default=1024 * MIB, metadata={"help": "bytes that streams waiting for data may hold together (their declared inputs)"}
-    )
-    max_concurrent_calls: int = field(
-        default=256, metadata={"help": "calls in progress on the whole server, of any kind; more get RESOURCE_EXHAUSTED"}
-    )
-    max_calls_per_identity: int = field(
-        default=64, metadata={"help": "calls in progress per authenticated identity (bearer token or client certificate)"}
-    )
+    waiting_budget_bytes: int = field(default=1024 * MIB, metadata={"help": "bytes that streams waiting for data may hold together (their declared inputs)"})
+    max_concurrent_calls: int = field(default=256, metadata={"help": "calls in progress on the whole server, of any kind; more get RESOURCE_EXHAUSTED"})
+    max_calls_per_identity: int = field(default=64, metadata={"help": "calls in progress per authenticated identity (bearer token or client certificate)"})
     fftw_max_planned_shapes: int = field(
         default=512, metadata={"help": "transform shapes FFTW plans and wisdom are kept for; past it new shapes get uncached ESTIMATE plans"}
     )
 
     def __post_init__(self) -> None:
-        positive = ("workers", "max_concurrent_requests", "max_elements", "max_request_bytes", "max_output_bytes",
-                    "fftw_threads", "memory_budget_bytes", "max_concurrent_streams", "busy_pushback_ms",
-                    "weights_cache_bytes", "weights_cache_entries", "max_waiting_streams", "waiting_budget_bytes",
-                    "max_concurrent_calls", "max_calls_per_identity", "fftw_max_planned_shapes")
+        positive = (
+            "workers",
+            "max_concurrent_requests",
+            "max_elements",
+            "max_request_bytes",
+            "max_output_bytes",
+            "fftw_threads",
+            "memory_budget_bytes",
+            "max_concurrent_streams",
+            "busy_pushback_ms",
+            "weights_cache_bytes",
+            "weights_cache_entries",
+            "max_waiting_streams",
+            "waiting_budget_bytes",
+            "max_concurrent_calls",
+            "max_calls_per_identity",
+            "fftw_max_planned_shapes",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
         if self.max_concurrent_requests < self.workers:
-            raise SettingsError(
-                f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least workers ({self.workers})"
-            )
+            raise SettingsError(f"max_concurrent_requests ({self.max_concurrent_requests}) must be at least workers ({self.workers})")
         if self.malloc_retain_bytes < 0:
             raise SettingsError(f"malloc_retain_bytes must be >= 0, got {self.malloc_retain_bytes}")
         if self.fftw_background_planning_seconds < 0:

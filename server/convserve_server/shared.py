@@ -56,13 +56,11 @@ _ALIGN = 64
 _PIECE = 1 << 30  # largest single preadv/pwritev (Linux moves at most 2 GiB - 4 KiB per call)
 
 
-_DENIED = ("the capability does not match the region's (send the capability of the region's header, "
-           "which only the client that created the region knows)")
+_DENIED = "the capability does not match the region's (send the capability of the region's header, which only the client that created the region knows)"
 
 
 def _shrank(field: str) -> InvalidArgumentError:
-    return InvalidArgumentError(f"{field}.region", "the region shrank during the call (its size changed); "
-                                "keep a region's size while a call uses it")
+    return InvalidArgumentError(f"{field}.region", "the region shrank during the call (its size changed); keep a region's size while a call uses it")
 
 
 _dir_lock = threading.Lock()
@@ -92,11 +90,9 @@ class Region:
     def check_inside(self, offset: int, nbytes: int, field: str) -> None:
         """Refuse bytes ``offset .. offset + nbytes`` unless they lie in the data part of the region."""
         if offset < HEADER_SIZE:
-            raise InvalidArgumentError(f"{field}.offset", f"offset {offset} is inside the region's header; "
-                                       f"data starts at byte {HEADER_SIZE}")
+            raise InvalidArgumentError(f"{field}.offset", f"offset {offset} is inside the region's header; data starts at byte {HEADER_SIZE}")
         if offset + nbytes > self.size:
-            raise InvalidArgumentError(f"{field}.offset", f"bytes {offset}..{offset + nbytes} are outside the region "
-                                       f"of {self.size} bytes")
+            raise InvalidArgumentError(f"{field}.offset", f"bytes {offset}..{offset + nbytes} are outside the region of {self.size} bytes")
 
     def current_size(self, field: str) -> int:
         """The size now, after checking that the name still names this file."""
@@ -113,7 +109,7 @@ class Region:
         nbytes = math.prod(shape) * dtype.itemsize
         raw = np.empty(nbytes + _ALIGN, np.uint8)
         start = -raw.ctypes.data % _ALIGN
-        raw = raw[start:start + nbytes]
+        raw = raw[start : start + nbytes]
         self._move(os.preadv, raw.data, offset, field, "read")
         return raw.view(dtype).reshape(shape)
 
@@ -125,13 +121,12 @@ class Region:
         if self.current_size(field) != self.size:  # shrunk during the write, which grew it back
             raise _shrank(field)
 
-    def _move(self, io: Callable[[int, list[memoryview], int], int], view: memoryview, offset: int, field: str,
-              verb: str) -> None:
+    def _move(self, io: Callable[[int, list[memoryview], int], int], view: memoryview, offset: int, field: str, verb: str) -> None:
         """``preadv`` or ``pwritev`` all of ``view`` at ``offset``, in pieces; a count of 0 is a shrink."""
         done = 0
         while done < len(view):
             try:
-                count = io(self.fd, [view[done:done + _PIECE]], offset + done)
+                count = io(self.fd, [view[done : done + _PIECE]], offset + done)
             except OSError as exc:
                 raise InvalidArgumentError(f"{field}.region", f"cannot {verb} the region: {exc.strerror}") from None
             if count == 0:
@@ -153,8 +148,7 @@ def open_region(name: str, capability: bytes, field: str) -> Region:
         When ``capability`` does not match the one in the region's header (or there is none).
     """
     if not NAME.fullmatch(name) or ".." in name:
-        raise InvalidArgumentError(f"{field}.region", f"{name[:80]!r} is not a convserve region name "
-                                   "(convserve followed by letters, digits, '_', '-', '.')")
+        raise InvalidArgumentError(f"{field}.region", f"{name[:80]!r} is not a convserve region name (convserve followed by letters, digits, '_', '-', '.')")
     directory, device = _shm_dir()
     try:
         fd = os.open(name, _OPEN_FLAGS, dir_fd=directory)
@@ -162,8 +156,8 @@ def open_region(name: str, capability: bytes, field: str) -> Region:
         raise InvalidArgumentError(f"{field}.region", f"no shared-memory region named {name!r} on this host") from None
     except PermissionError:
         raise status.FailedPrecondition(
-            f"{field}.region: this server's user may not open {name!r}; run the server as the client's user "
-            "(docs/shared_memory.md)") from None
+            f"{field}.region: this server's user may not open {name!r}; run the server as the client's user (docs/shared_memory.md)"
+        ) from None
     except OSError as exc:
         reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise InvalidArgumentError(f"{field}.region", f"cannot open the region {name!r}: {reason}") from None
@@ -172,7 +166,7 @@ def open_region(name: str, capability: bytes, field: str) -> Region:
         if not stat.S_ISREG(info.st_mode) or info.st_dev != device:
             raise InvalidArgumentError(f"{field}.region", f"{name!r} is not a shared-memory region")
         head = os.pread(fd, HEADER_SIZE, 0) if info.st_size >= HEADER_SIZE else b""
-        stored = head[len(MAGIC):len(MAGIC) + CAPABILITY_SIZE] if head[:len(MAGIC)] == MAGIC else b""
+        stored = head[len(MAGIC) : len(MAGIC) + CAPABILITY_SIZE] if head[: len(MAGIC)] == MAGIC else b""
         if len(stored) != CAPABILITY_SIZE or len(capability) != CAPABILITY_SIZE or not hmac.compare_digest(stored, capability):
             raise status.PermissionDenied(f"{field}: {_DENIED}")
         return Region(name, fd, info.st_dev, info.st_ino, info.st_size)
@@ -217,13 +211,11 @@ class Regions:
         region.check_inside(buffer.offset, buffer.size, "result")
         return region
 
-    def write_result(self, buffer: pb.SharedBuffer, result: npt.NDArray[Any], dtype: np.dtype[Any],
-                     shape: tuple[int, ...]) -> None:
+    def write_result(self, buffer: pb.SharedBuffer, result: npt.NDArray[Any], dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
         """Write the result into the client's buffer, after checking it fits."""
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > buffer.size:
-            raise InvalidArgumentError("result.size", f"the result {list(shape)} of {dtype.name} needs {nbytes} bytes; "
-                                       f"the buffer has {buffer.size}")
+            raise InvalidArgumentError("result.size", f"the result {list(shape)} of {dtype.name} needs {nbytes} bytes; the buffer has {buffer.size}")
         wanted = dtype.newbyteorder("<")
         if result.dtype == wanted and result.shape == shape and result.flags.c_contiguous:
             out = result
@@ -248,8 +240,9 @@ def regions() -> Iterator[Regions]:
         opened.close()
 
 
-def compute(request: pb.SharedSignalRequest, correlate: bool, settings: Settings,
-            check_output: Callable[[tuple[int, ...], np.dtype[Any]], None]) -> tuple[np.dtype[Any], tuple[int, ...], CallInfo]:
+def compute(
+    request: pb.SharedSignalRequest, correlate: bool, settings: Settings, check_output: Callable[[tuple[int, ...], np.dtype[Any]], None]
+) -> tuple[np.dtype[Any], tuple[int, ...], CallInfo]:
     """Check every region's capability, read the inputs, compute, write the result (on a worker thread)."""
     limit = settings.max_elements
     with regions() as opened:

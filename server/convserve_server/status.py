@@ -55,9 +55,7 @@ class Failure:
 def _details(code: int, message: str, field: str, description: str) -> tuple[str, bytes]:
     """``grpc-status-details-bin`` holding a google.rpc.Status with one BadRequest violation."""
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
-    ))
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]))
     status = status_pb2.Status(code=code, message=message, details=[detail])
     return ("grpc-status-details-bin", status.SerializeToString())
 
@@ -66,8 +64,7 @@ def failure_for(error: BaseException, request_id: str) -> Failure:
     """Map an exception raised while serving a call to the status the caller gets."""
     if isinstance(error, InvalidArgumentError):
         message = str(error)
-        return Failure(grpc.StatusCode.INVALID_ARGUMENT, message,
-                       (_details(code_pb2.INVALID_ARGUMENT, message, error.field, error.description),))
+        return Failure(grpc.StatusCode.INVALID_ARGUMENT, message, (_details(code_pb2.INVALID_ARGUMENT, message, error.field, error.description),))
     if isinstance(error, OutOfRangeError):
         return Failure(grpc.StatusCode.OUT_OF_RANGE, str(error))
     if isinstance(error, Overloaded):
@@ -87,7 +84,6 @@ def failure_for(error: BaseException, request_id: str) -> Failure:
     if isinstance(error, Cancelled):
         return Failure(grpc.StatusCode.CANCELLED, str(error))
     if isinstance(error, MemoryError):
-        return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this request",
-                       (("grpc-retry-pushback-ms", "-1"),))
+        return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, "the server ran out of memory for this request", (("grpc-retry-pushback-ms", "-1"),))
     log.exception("internal error in request %s", request_id, exc_info=error)
     return Failure(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}); the server logged it")

@@ -85,12 +85,17 @@ def _exact_for(convolver: StreamConvolver, block: pb.Tensor) -> bool:
     if convolver.dtype is not None:
         return bool(convolver.exact)
     kinds = codec.NUMPY_BY_DTYPE.get(block.dtype)
-    return kinds is not None and kinds.kind in "biu" and convolver.kernel.dtype.kind in "biu" and (
-        convolver.output_dtype_request is None or convolver.output_dtype_request.kind in "biu")
+    return (
+        kinds is not None
+        and kinds.kind in "biu"
+        and convolver.kernel.dtype.kind in "biu"
+        and (convolver.output_dtype_request is None or convolver.output_dtype_request.kind in "biu")
+    )
 
 
-async def convolve_stream(settings: Settings, pool: WorkerPool, waiting: WaitingBudget,
-                          requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext) -> None:
+async def convolve_stream(
+    settings: Settings, pool: WorkerPool, waiting: WaitingBudget, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+) -> None:
     """Serve one streaming convolution, writing its responses (see the module docstring).
 
     The work runs in :func:`_serve`, a frame of its own that has finished by the time a failure
@@ -116,8 +121,14 @@ async def _close(requests: AsyncIterator[Any]) -> None:
             await closer()
 
 
-async def _serve(settings: Settings, pool: WorkerPool, waiting: WaitingBudget, requests: AsyncIterator[pb.StreamRequest],
-                 context: grpc.aio.ServicerContext, record: CallRecord) -> tuple[str, int]:
+async def _serve(
+    settings: Settings,
+    pool: WorkerPool,
+    waiting: WaitingBudget,
+    requests: AsyncIterator[pb.StreamRequest],
+    context: grpc.aio.ServicerContext,
+    record: CallRecord,
+) -> tuple[str, int]:
     """The stream's work; returns the method that ran and the bytes sent."""
     idle = settings.idle_timeout_seconds
     sent = 0
@@ -160,16 +171,19 @@ async def _serve(settings: Settings, pool: WorkerPool, waiting: WaitingBudget, r
         if samples > largest or first_block:
             largest = max(largest, samples)
             incoming = largest * channels * F64  # the next block in flight, as large as the largest yet
-            ticket.resize(kernel_bytes + state_bytes(convolver.taps, convolver.block, channels, exact)
-                          + carried_bytes(largest, convolver.taps, convolver.block, channels, exact) + incoming)
+            ticket.resize(
+                kernel_bytes
+                + state_bytes(convolver.taps, convolver.block, channels, exact)
+                + carried_bytes(largest, convolver.taps, convolver.block, channels, exact)
+                + incoming
+            )
         record.add_received(len(message.block.data))
         work = block_work_bytes(samples, convolver.taps, convolver.block, channels, exact, first_block)
         reservation = await pool.reserve_within(work, idle)
         await deliver(await pool.run(convolver.push, block, reservation=reservation))
     if convolver.dtype is not None:
         channels = convolver.channels or 1
-        work = block_work_bytes(convolver.taps + convolver.block, convolver.taps, convolver.block, channels,
-                                bool(convolver.exact), False)
+        work = block_work_bytes(convolver.taps + convolver.block, convolver.taps, convolver.block, channels, bool(convolver.exact), False)
         reservation = await pool.reserve_within(work, idle)
         await deliver(await pool.run(convolver.close, reservation=reservation))
     ticket.release()

@@ -24,12 +24,19 @@ from .weights import Entry
 _MODES = {pb.MODE_UNSPECIFIED: "full", pb.MODE_FULL: "full", pb.MODE_SAME: "same", pb.MODE_VALID: "valid", pb.MODE_CIRCULAR: "circular"}
 _METHODS = {pb.METHOD_UNSPECIFIED: "auto", pb.METHOD_AUTO: "auto", pb.METHOD_DIRECT: "direct", pb.METHOD_FFT: "fft", pb.METHOD_OVERLAP_ADD: "overlap_add"}
 _BOUNDARIES = {
-    pb.BOUNDARY_UNSPECIFIED: "fill", pb.BOUNDARY_FILL: "fill", pb.BOUNDARY_WRAP: "wrap",
-    pb.BOUNDARY_SYMMETRIC: "symmetric", pb.BOUNDARY_REFLECT: "reflect", pb.BOUNDARY_EDGE: "edge",
+    pb.BOUNDARY_UNSPECIFIED: "fill",
+    pb.BOUNDARY_FILL: "fill",
+    pb.BOUNDARY_WRAP: "wrap",
+    pb.BOUNDARY_SYMMETRIC: "symmetric",
+    pb.BOUNDARY_REFLECT: "reflect",
+    pb.BOUNDARY_EDGE: "edge",
 }
 _PADDING_MODES = {
-    pb.PADDING_MODE_UNSPECIFIED: "zeros", pb.PADDING_MODE_ZEROS: "zeros", pb.PADDING_MODE_REFLECT: "reflect",
-    pb.PADDING_MODE_REPLICATE: "replicate", pb.PADDING_MODE_CIRCULAR: "circular",
+    pb.PADDING_MODE_UNSPECIFIED: "zeros",
+    pb.PADDING_MODE_ZEROS: "zeros",
+    pb.PADDING_MODE_REFLECT: "reflect",
+    pb.PADDING_MODE_REPLICATE: "replicate",
+    pb.PADDING_MODE_CIRCULAR: "circular",
 }
 _ACTIVATIONS = {pb.ACTIVATION_UNSPECIFIED: None, pb.ACTIVATION_NONE: None, pb.ACTIVATION_RELU: "relu"}
 _POOL_KINDS = {pb.POOL_KIND_MAX: "max", pb.POOL_KIND_AVG: "avg"}
@@ -80,11 +87,12 @@ def registered_id(request: Any) -> str:
     """
     weights_id: str = getattr(request, "weights_id", "")
     if weights_id and (request.HasField("weight") or request.HasField("bias")):
-        raise InvalidArgumentError("weights_id", "give either weight (and bias) or weights_id, not both; "
-                                   "registered weights carry their own bias")
+        raise InvalidArgumentError("weights_id", "give either weight (and bias) or weights_id, not both; registered weights carry their own bias")
     if len(weights_id) > MAX_ECHO:  # ids are 64 hex digits: this one was never registered
-        raise NotFound(f"weights_id {bounded(weights_id)!r} ({len(weights_id)} characters) is not registered on "
-                       "this server; registered ids are 64 hex digits, as RegisterWeights returns them")
+        raise NotFound(
+            f"weights_id {bounded(weights_id)!r} ({len(weights_id)} characters) is not registered on "
+            "this server; registered ids are 64 hex digits, as RegisterWeights returns them"
+        )
     return weights_id
 
 
@@ -169,21 +177,24 @@ def check_geometry(request: Any) -> None:
             if kernel and pads and len(kernel) in (1, len(pads)) and len(pads) in (1, len(kernel)):
                 pairs = zip(pads * len(kernel) if len(pads) == 1 else pads, kernel * len(pads) if len(kernel) == 1 else kernel)
                 if any(2 * p > k for p, k in pairs):
-                    raise InvalidArgumentError("pool.padding", f"must be at most half of kernel_size {list(kernel)}; "
-                                               f"got {list(pads)}")
+                    raise InvalidArgumentError("pool.padding", f"must be at most half of kernel_size {list(kernel)}; got {list(pads)}")
         return
     _at_least(request.padding, "padding", 0, "non-negative")
     extras = _at_least(request.output_padding, "output_padding", 0, "non-negative")
     if extras:
         n = max(len(extras), len(stride), len(dilation))
+
         def spread(values: tuple[int, ...]) -> tuple[int, ...]:
             return (values or (1,)) * n if len(values) <= 1 else values
+
         if all(len(v) == n for v in (spread(extras), spread(stride), spread(dilation))):
             for op, st, d in zip(spread(extras), spread(stride), spread(dilation)):
                 if op >= st and op >= d:
                     raise InvalidArgumentError(
-                        "output_padding", f"must be smaller than either stride or dilation (as torch); got "
-                        f"output_padding {list(extras)}, stride {list(stride) or [1]}, dilation {list(dilation) or [1]}")
+                        "output_padding",
+                        f"must be smaller than either stride or dilation (as torch); got "
+                        f"output_padding {list(extras)}, stride {list(stride) or [1]}, dilation {list(dilation) or [1]}",
+                    )
 
 
 def check_declared(tensor: pb.Tensor, name: str, settings: Settings) -> None:
@@ -207,8 +218,7 @@ def check_limits(shape: Any, name: str, settings: Settings | int) -> None:
     limit = settings if isinstance(settings, int) else settings.max_elements
     count = math.prod(int(d) for d in shape)
     if count > limit:
-        raise LimitExceeded(f"{bounded(name)}: {count} elements exceed the limit of {limit} "
-                            "(max_elements); send a smaller tensor or raise --max-elements")
+        raise LimitExceeded(f"{bounded(name)}: {count} elements exceed the limit of {limit} (max_elements); send a smaller tensor or raise --max-elements")
 
 
 def decode_field(message: Any, name: str, settings: Settings) -> npt.NDArray[Any]:
@@ -226,8 +236,7 @@ def decode_tensor(tensor: pb.Tensor, name: str, settings: Settings) -> npt.NDArr
         raise as_engine_error(exc, name) from None
 
 
-def signal_arguments(request: pb.SignalRequest, settings: Settings,
-                     arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> dict[str, Any]:
+def signal_arguments(request: pb.SignalRequest, settings: Settings, arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> dict[str, Any]:
     """Engine keyword arguments of a Convolve/Correlate request (tensors from ``arrays`` when given)."""
     in1 = _tensor(request, "in1", settings, arrays)
     in2 = _tensor(request, "in2", settings, arrays)
@@ -259,8 +268,7 @@ def _ints(values: Any, field: str, default: int) -> int | tuple[int, ...]:
     return items[0] if len(items) == 1 else items
 
 
-def _weights(request: Any, settings: Settings, arrays: Mapping[str, npt.NDArray[Any]] | None,
-             entry: Entry | None) -> dict[str, Any]:
+def _weights(request: Any, settings: Settings, arrays: Mapping[str, npt.NDArray[Any]] | None, entry: Entry | None) -> dict[str, Any]:
     """``weight``, ``bias`` and ``prepared``: from the registered ``entry``, or decoded from the request."""
     if entry is not None:
         return {"weight": entry.weight, "bias": entry.bias, "prepared": entry.prepared}
@@ -271,9 +279,9 @@ def _weights(request: Any, settings: Settings, arrays: Mapping[str, npt.NDArray[
     }
 
 
-def conv_layer_arguments(request: pb.ConvLayerRequest, settings: Settings,
-                         arrays: Mapping[str, npt.NDArray[Any]] | None = None,
-                         entry: Entry | None = None) -> dict[str, Any]:
+def conv_layer_arguments(
+    request: pb.ConvLayerRequest, settings: Settings, arrays: Mapping[str, npt.NDArray[Any]] | None = None, entry: Entry | None = None
+) -> dict[str, Any]:
     """Engine keyword arguments of a ConvLayer request (tensors from ``arrays`` when given,
     weight and bias from ``entry`` when the request names registered weights)."""
     arguments: dict[str, Any] = {
@@ -317,12 +325,10 @@ def _check_padded_size(arguments: dict[str, Any], settings: Settings) -> None:
         return  # the engine reports the length mismatch
     padded = math.prod(shape[: len(shape) - len(spatial)]) * math.prod(s + 2 * p for s, p in zip(spatial, pads))
     if padded > settings.max_elements:
-        raise LimitExceeded(f"padding: the padded input would hold {padded} elements; the limit is "
-                            f"{settings.max_elements} (max_elements)")
+        raise LimitExceeded(f"padding: the padded input would hold {padded} elements; the limit is {settings.max_elements} (max_elements)")
 
 
-def conv_transpose_arguments(request: pb.ConvTransposeRequest, settings: Settings,
-                             entry: Entry | None = None) -> dict[str, Any]:
+def conv_transpose_arguments(request: pb.ConvTransposeRequest, settings: Settings, entry: Entry | None = None) -> dict[str, Any]:
     """Engine keyword arguments of a ConvTranspose request (weight and bias from ``entry`` when registered).
 
     Raises
@@ -356,13 +362,11 @@ def _check_transpose_size(arguments: dict[str, Any], settings: Settings) -> None
     if w.ndim not in (3, 4, 5) or x.ndim not in (w.ndim - 1, w.ndim):
         return
     nd = w.ndim - 2
-    per_dim = [_per_dim(arguments[name], nd, low) for name, low in
-               (("stride", 1), ("padding", 0), ("output_padding", 0), ("dilation", 1))]
+    per_dim = [_per_dim(arguments[name], nd, low) for name, low in (("stride", 1), ("padding", 0), ("output_padding", 0), ("dilation", 1))]
     if any(p is None for p in per_dim) or not isinstance(arguments["groups"], int) or arguments["groups"] < 1:
         return
     stride, padding, output_padding, dilation = (p for p in per_dim if p is not None)
-    shape, upsampled = transpose_sizes(x.shape, w.shape, arguments["groups"], stride, padding,
-                                      output_padding, dilation)
+    shape, upsampled = transpose_sizes(x.shape, w.shape, arguments["groups"], stride, padding, output_padding, dilation)
     if min(shape) < 1:
         return
     count, itemsize = math.prod(shape), x.dtype.itemsize
@@ -372,8 +376,7 @@ def _check_transpose_size(arguments: dict[str, Any], settings: Settings) -> None
             f"limit of {settings.max_output_bytes} bytes / {settings.max_elements} elements"
         )
     if upsampled > settings.max_elements:
-        raise LimitExceeded(f"the padded input of one output phase would hold {upsampled} elements; the limit is "
-                            f"{settings.max_elements} (max_elements)")
+        raise LimitExceeded(f"the padded input of one output phase would hold {upsampled} elements; the limit is {settings.max_elements} (max_elements)")
 
 
 def compute_info(info: CallInfo) -> pb.ComputeInfo:

@@ -32,9 +32,7 @@ ACTIVATIONS: tuple[str, ...] = ("relu",)
 _NUMPY_PAD_MODE: dict[str, str] = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def _resolve_padding(
-    padding: object, nd: int, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
-) -> list[tuple[int, int]]:
+def _resolve_padding(padding: object, nd: int, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> list[tuple[int, int]]:
     """Return (before, after) padding per spatial dim, with torch's ``same`` split."""
     if isinstance(padding, str):
         if padding == "valid":
@@ -96,21 +94,52 @@ def _run_path(
 
 @overload
 def conv_layer(
-    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
-    groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    return_info: Literal[False] = ..., prepared: MutableMapping[Any, Any] | None = ..., path: str = ...,
+    input: Any,
+    weight: Any,
+    bias: Any = ...,
+    stride: Any = ...,
+    padding: Any = ...,
+    dilation: Any = ...,
+    groups: int = ...,
+    padding_mode: str = ...,
+    activation: str | None = ...,
+    pool: Any = ...,
+    return_info: Literal[False] = ...,
+    prepared: MutableMapping[Any, Any] | None = ...,
+    path: str = ...,
 ) -> NDArray[Any]: ...
 @overload
 def conv_layer(
-    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
-    groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    *, return_info: Literal[True], prepared: MutableMapping[Any, Any] | None = ..., path: str = ...,
+    input: Any,
+    weight: Any,
+    bias: Any = ...,
+    stride: Any = ...,
+    padding: Any = ...,
+    dilation: Any = ...,
+    groups: int = ...,
+    padding_mode: str = ...,
+    activation: str | None = ...,
+    pool: Any = ...,
+    *,
+    return_info: Literal[True],
+    prepared: MutableMapping[Any, Any] | None = ...,
+    path: str = ...,
 ) -> tuple[NDArray[Any], CallInfo]: ...
 @overload
 def conv_layer(
-    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., dilation: Any = ...,
-    groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Any = ...,
-    return_info: bool = ..., prepared: MutableMapping[Any, Any] | None = ..., path: str = ...,
+    input: Any,
+    weight: Any,
+    bias: Any = ...,
+    stride: Any = ...,
+    padding: Any = ...,
+    dilation: Any = ...,
+    groups: int = ...,
+    padding_mode: str = ...,
+    activation: str | None = ...,
+    pool: Any = ...,
+    return_info: bool = ...,
+    prepared: MutableMapping[Any, Any] | None = ...,
+    path: str = ...,
 ) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]: ...
 
 
@@ -189,8 +218,7 @@ def conv_layer(
     if w.shape[1] * groups != c_in:
         raise InvalidArgumentError(
             "weight",
-            f"expected weight.shape[1] == C_in / groups = {c_in} / {groups} = {c_in // groups}, "
-            f"got weight of shape {w.shape} for input of shape {x.shape}",
+            f"expected weight.shape[1] == C_in / groups = {c_in} / {groups} = {c_in // groups}, got weight of shape {w.shape} for input of shape {x.shape}",
         )
     b = layer_args.bias_vector(bias, x.dtype, c_out)
 
@@ -201,20 +229,15 @@ def conv_layer(
     pads = _resolve_padding(padding, nd, kernel, strides, dilations)
     for size, (before, after) in zip(spatial, pads):
         if padding_mode == "reflect" and max(before, after) >= size:
-            raise InvalidArgumentError(
-                "padding", f"reflect padding must be less than the input size, got padding {pads} for spatial shape {spatial}"
-            )
+            raise InvalidArgumentError("padding", f"reflect padding must be less than the input size, got padding {pads} for spatial shape {spatial}")
         if padding_mode == "circular" and max(before, after) > size:
-            raise InvalidArgumentError(
-                "padding", f"circular padding must be at most the input size, got padding {pads} for spatial shape {spatial}"
-            )
+            raise InvalidArgumentError("padding", f"circular padding must be at most the input size, got padding {pads} for spatial shape {spatial}")
     effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations))
     padded = tuple(size + bfr + aft for size, (bfr, aft) in zip(spatial, pads))
     if any(e > p for e, p in zip(effective, padded)):
         raise InvalidArgumentError(
             "weight",
-            f"kernel size can't be greater than the padded input size: padded input {padded}, "
-            f"(dilated) kernel {effective}",
+            f"kernel size can't be greater than the padded input size: padded input {padded}, (dilated) kernel {effective}",
         )
     out_spatial = tuple((p - e) // s + 1 for p, e, s in zip(padded, effective, strides))
 
@@ -227,8 +250,16 @@ def conv_layer(
     if path not in ("auto",) + layer_policy.PATHS:
         raise InvalidArgumentError("path", f"expected 'auto' or one of {list(layer_policy.PATHS)}, got {path!r}")
     problem = layer_policy.Problem(
-        dtype=x.dtype.name, n=int(n), c_in=int(c_in), c_out=int(c_out), groups=groups, kernel=kernel,
-        strides=strides, dilations=dilations, padded=padded, out_spatial=out_spatial,
+        dtype=x.dtype.name,
+        n=int(n),
+        c_in=int(c_in),
+        c_out=int(c_out),
+        groups=groups,
+        kernel=kernel,
+        strides=strides,
+        dilations=dilations,
+        padded=padded,
+        out_spatial=out_spatial,
     )
     if path == "auto":
         chosen = layer_policy.choose(problem)

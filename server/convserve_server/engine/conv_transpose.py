@@ -56,8 +56,7 @@ class _Prefixed(MutableMapping[Any, Any]):
 
     def _mine(self) -> list[Any]:
         n = len(self._prefix)
-        return [k[n] for k in list(self._store)
-                if isinstance(k, tuple) and len(k) == n + 1 and k[:n] == self._prefix]
+        return [k[n] for k in list(self._store) if isinstance(k, tuple) and len(k) == n + 1 and k[:n] == self._prefix]
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._mine())
@@ -135,20 +134,42 @@ def _window(xb: NDArray[Any], phases: tuple[_Phase, ...]) -> NDArray[Any]:
 
 @overload
 def conv_transpose(
-    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., output_padding: Any = ...,
-    groups: int = ..., dilation: Any = ..., return_info: Literal[False] = ...,
+    input: Any,
+    weight: Any,
+    bias: Any = ...,
+    stride: Any = ...,
+    padding: Any = ...,
+    output_padding: Any = ...,
+    groups: int = ...,
+    dilation: Any = ...,
+    return_info: Literal[False] = ...,
     prepared: MutableMapping[Any, Any] | None = ...,
 ) -> NDArray[Any]: ...
 @overload
 def conv_transpose(
-    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., output_padding: Any = ...,
-    groups: int = ..., dilation: Any = ..., *, return_info: Literal[True],
+    input: Any,
+    weight: Any,
+    bias: Any = ...,
+    stride: Any = ...,
+    padding: Any = ...,
+    output_padding: Any = ...,
+    groups: int = ...,
+    dilation: Any = ...,
+    *,
+    return_info: Literal[True],
     prepared: MutableMapping[Any, Any] | None = ...,
 ) -> tuple[NDArray[Any], CallInfo]: ...
 @overload
 def conv_transpose(
-    input: Any, weight: Any, bias: Any = ..., stride: Any = ..., padding: Any = ..., output_padding: Any = ...,
-    groups: int = ..., dilation: Any = ..., return_info: bool = ...,
+    input: Any,
+    weight: Any,
+    bias: Any = ...,
+    stride: Any = ...,
+    padding: Any = ...,
+    output_padding: Any = ...,
+    groups: int = ...,
+    dilation: Any = ...,
+    return_info: bool = ...,
     prepared: MutableMapping[Any, Any] | None = ...,
 ) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]: ...
 
@@ -211,8 +232,8 @@ def conv_transpose(
     groups = layer_args.groups_count(groups, c_in)
     if w.shape[0] != c_in:
         raise InvalidArgumentError(
-            "weight", f"expected weight.shape[0] == C_in = {c_in} (weight is (C_in, C_out/groups, *kernel)), "
-            f"got weight of shape {w.shape} for input of shape {x.shape}",
+            "weight",
+            f"expected weight.shape[0] == C_in = {c_in} (weight is (C_in, C_out/groups, *kernel)), got weight of shape {w.shape} for input of shape {x.shape}",
         )
     c_out = w.shape[1] * groups
     b = layer_args.bias_vector(bias, x.dtype, c_out)
@@ -224,13 +245,16 @@ def conv_transpose(
     for op, s, d in zip(extras, strides, dilations):
         if op >= s and op >= d:
             raise InvalidArgumentError(
-                "output_padding", f"output_padding must be smaller than either stride or dilation, got output_padding "
-                f"{extras}, stride {strides}, dilation {dilations}")
+                "output_padding",
+                f"output_padding must be smaller than either stride or dilation, got output_padding {extras}, stride {strides}, dilation {dilations}",
+            )
     out_spatial = tuple(output_size(*a) for a in zip(spatial, kernel, strides, pads, extras, dilations))
     if any(o < 1 for o in out_spatial):
         raise InvalidArgumentError(
-            "padding", f"the output would be empty: input {spatial}, kernel {kernel}, stride {strides}, padding {pads}, "
-            f"output_padding {extras}, dilation {dilations} give output size {out_spatial}")
+            "padding",
+            f"the output would be empty: input {spatial}, kernel {kernel}, stride {strides}, padding {pads}, "
+            f"output_padding {extras}, dilation {dilations} give output size {out_spatial}",
+        )
 
     started = time.perf_counter()
     swapped = swapped_weight(w, groups)
@@ -253,8 +277,9 @@ def conv_transpose(
             if prepared is not None:
                 prepared[key] = sub
         store = None if prepared is None else _Prefixed(prepared, key)
-        out[target], info = conv_layer(_window(xb, phase), sub, b, stride=1, padding=0, groups=groups,
-                                       dilation=tuple(ph.step for ph in phase), return_info=True, prepared=store)
+        out[target], info = conv_layer(
+            _window(xb, phase), sub, b, stride=1, padding=0, groups=groups, dilation=tuple(ph.step for ph in phase), return_info=True, prepared=store
+        )
         method = method or info.method
     if not batched:
         out = out[0]
@@ -264,16 +289,22 @@ def conv_transpose(
     return out
 
 
-def sizes(input_shape: tuple[int, ...], weight_shape: tuple[int, ...], groups: int, stride: tuple[int, ...],
-          padding: tuple[int, ...], output_padding: tuple[int, ...],
-          dilation: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+def sizes(
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    groups: int,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    output_padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[tuple[int, ...], int]:
     """The output shape, and a bound on the elements of the largest phase's input, from shapes alone.
 
     For checks before admission; the arguments must already be one value per spatial dimension.
     ``input_shape`` may be batched or not.
     """
     nd = len(weight_shape) - 2
-    lead, spatial, kernel = input_shape[:-nd - 1], input_shape[-nd:], weight_shape[2:]
+    lead, spatial, kernel = input_shape[: -nd - 1], input_shape[-nd:], weight_shape[2:]
     out = tuple(output_size(*a) for a in zip(spatial, kernel, stride, padding, output_padding, dilation))
     lengths = [-(-o // s) - (-(d * (k - 1)) // s) for o, k, s, d in zip(out, kernel, stride, dilation)]
     return lead + (weight_shape[1] * groups,) + out, math.prod(input_shape[:-nd]) * math.prod(lengths)

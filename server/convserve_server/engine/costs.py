@@ -54,9 +54,7 @@ _SOURCE = "built-in defaults"
 
 def calibration_path() -> str:
     """The calibration file: ``CONVSERVE_CALIBRATION`` or ``~/.cache/convserve/calibration.json``."""
-    return os.environ.get("CONVSERVE_CALIBRATION") or os.path.join(
-        os.path.expanduser("~"), ".cache", "convserve", "calibration.json"
-    )
+    return os.environ.get("CONVSERVE_CALIBRATION") or os.path.join(os.path.expanduser("~"), ".cache", "convserve", "calibration.json")
 
 
 def load(path: str | None = None) -> str:
@@ -125,8 +123,14 @@ def overlap_add_cost(batch: int, sizes: Sequence[tuple[int, int]], work: np.dtyp
 
 
 def direct_cost(
-    x_shape: Sequence[int], h: npt.NDArray[Any] | Sequence[int], axes: Sequence[int], lengths: Sequence[int],
-    batch: int, work: np.dtype[Any], integer_ok: bool, c: dict[str, float],
+    x_shape: Sequence[int],
+    h: npt.NDArray[Any] | Sequence[int],
+    axes: Sequence[int],
+    lengths: Sequence[int],
+    batch: int,
+    work: np.dtype[Any],
+    integer_ok: bool,
+    c: dict[str, float],
 ) -> float:
     """Predicted seconds of the direct method, for the backend ``direct_fast`` will pick.
 

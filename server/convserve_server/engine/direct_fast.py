@@ -138,7 +138,7 @@ def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int,
     for a in range(start, end, step):
         cancellation.check()
         b = min(end, a + step)
-        out[a - start:b - start] = _numpy_chunk(xs, hs, a, b)
+        out[a - start : b - start] = _numpy_chunk(xs, hs, a, b)
     return out
 
 
@@ -154,8 +154,8 @@ def _numpy_chunk(x: npt.NDArray[Any], h: npt.NDArray[Any], a: int, b: int) -> np
     hi = min(n, max(b, lo + m))
     part = x[lo:hi]
     if (lo == 0 and a < m - 1) or b > hi:  # outputs near an end: the full mode's partial sums
-        return np.convolve(part, h)[a - lo:b - lo]
-    return np.convolve(part, h, "valid")[a - (lo + m - 1):b - (lo + m - 1)]
+        return np.convolve(part, h)[a - lo : b - lo]
+    return np.convolve(part, h, "valid")[a - (lo + m - 1) : b - (lo + m - 1)]
 
 
 def _as_source(a: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
@@ -240,7 +240,7 @@ def _region_2d(
         cancellation.check()
         b = min(end, a + band)
         lo, hi = max(0, a - m + 1), min(src.shape[0], b)
-        out[a - first:b - first] = _filter(src[lo:hi], kernel, separable, [a - lo, starts[1]], [b - a, lengths[1]], ddepth, dtype)
+        out[a - first : b - first] = _filter(src[lo:hi], kernel, separable, [a - lo, starts[1]], [b - a, lengths[1]], ddepth, dtype)
     return out
 
 
@@ -273,7 +273,7 @@ def _filter(
         dst = cv2.sepFilter2D(src, ddepth, kx, ky, anchor=(anchor[1], anchor[0]), borderType=cv2.BORDER_CONSTANT)
     else:
         dst = cv2.filter2D(src, ddepth, kernel, anchor=(anchor[1], anchor[0]), borderType=cv2.BORDER_CONSTANT)
-    return dst[crop[0]:crop[0] + lengths[0], crop[1]:crop[1] + lengths[1]]
+    return dst[crop[0] : crop[0] + lengths[0], crop[1] : crop[1] + lengths[1]]
 
 
 def is_separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> bool:
@@ -294,9 +294,7 @@ def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> tuple[npt.NDAr
     return column, row
 
 
-def _row_split(
-    src: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, ddepth: int, dtype: np.dtype[Any]
-) -> npt.NDArray[Any]:
+def _row_split(src: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, ddepth: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """One long signal (a 1xN image): pieces of the output, two at a time on two threads.
 
     Two halves when the job is short; otherwise pieces of about ``CHUNK_MACS / 2`` work each,
@@ -320,12 +318,12 @@ def _row_split(
 
     def part(a: int, b: int) -> None:
         lo, hi = max(0, a - m + 1), min(n, b)
-        out[a - start:b - start] = _region_2d(src[:, lo:hi], h, [0, a - lo], [1, b - a], ddepth, dtype)[0]
+        out[a - start : b - start] = _region_2d(src[:, lo:hi], h, [0, a - lo], [1, b - a], ddepth, dtype)[0]
 
     pieces = list(zip(bounds[:-1], bounds[1:]))
     for first in range(0, len(pieces), 2):
         cancellation.check()
-        jobs = [_POOL.submit(part, a, b) for a, b in pieces[first:first + 2]]
+        jobs = [_POOL.submit(part, a, b) for a, b in pieces[first : first + 2]]
         for job in jobs:
             job.result()
     return out

@@ -149,9 +149,7 @@ def linear_region(
     x_shape = [sizes.get(i, n) for i, n in enumerate(x.shape)]
     h_shape = [sizes.get(i, n) for i, n in enumerate(h.shape)]
     crop = _crop(starts, lengths, axes, x.ndim)
-    return periodic_product(
-        x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, lambda y: _owned(y[crop])
-    )
+    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, lambda y: _owned(y[crop]))
 
 
 def circular(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: Sequence[int], work_dtype: np.dtype[Any]) -> npt.NDArray[Any]:

@@ -129,8 +129,14 @@ _GENERATIONS: dict[tuple[Any, ...], int] = {}
 
 
 def build(
-    kind: str, shape: tuple[int, ...], dtype: np.dtype[Any] | str, axes: tuple[int, ...], threads: int,
-    effort: str | None = None, timelimit: float | None = None, wisdom_only: bool = False,
+    kind: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any] | str,
+    axes: tuple[int, ...],
+    threads: int,
+    effort: str | None = None,
+    timelimit: float | None = None,
+    wisdom_only: bool = False,
 ) -> Plan:
     """Create a plan and its buffers (under the planner lock).
 
@@ -159,7 +165,12 @@ def build(
         flags.append("FFTW_DESTROY_INPUT")
     with PLANNER_LOCK:
         plan = pyfftw.FFTW(
-            inp, out, axes=axes, direction=direction, flags=tuple(flags), threads=threads,
+            inp,
+            out,
+            axes=axes,
+            direction=direction,
+            flags=tuple(flags),
+            threads=threads,
             planning_timelimit=timelimit if timelimit is not None else planning_timelimit(),
         )
         _STATS["plans_created"] += 1
@@ -185,8 +196,7 @@ def _unplanned(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tu
     return Plan(key, NumpyTransform(kind, like[0], like[1], axes), like[0], like[1], like[0].nbytes + like[1].nbytes, -1)
 
 
-def build_buffers(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any] | str,
-                  axes: tuple[int, ...]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+def build_buffers(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any] | str, axes: tuple[int, ...]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """The aligned input and output arrays of a transform (as :func:`build` makes them)."""
     dtype = np.dtype(dtype)
     complex_dtype = np.dtype(np.complex64 if dtype in (np.float32, np.complex64) else np.complex128)

@@ -29,9 +29,7 @@ def accumulator_for(bound: float, out: np.dtype[Any], unsigned_inputs: bool) -> 
         return np.dtype(np.int64)
     if out == np.uint64 and unsigned_inputs and bound <= UINT64.max:
         return np.dtype(np.uint64)
-    raise OutOfRangeError(
-        f"the worst-case magnitude of the result ({bound:.3g}) exceeds what int64 can hold", "float64"
-    )
+    raise OutOfRangeError(f"the worst-case magnitude of the result ({bound:.3g}) exceeds what int64 can hold", "float64")
 
 
 def fits(bound: float, out: np.dtype[Any]) -> bool:
@@ -51,9 +49,7 @@ def check_range(result: npt.NDArray[Any], out: np.dtype[Any]) -> None:
     if low >= info.min and high <= info.max:
         return
     holder = next((name for name in _HOLDERS if np.iinfo(name).min <= low and high <= np.iinfo(name).max), "float64")
-    raise OutOfRangeError(
-        f"the result ranges over [{low}, {high}], which does not fit {out.name}", holder
-    )
+    raise OutOfRangeError(f"the result ranges over [{low}, {high}], which does not fit {out.name}", holder)
 
 
 def fft_is_exact(x: npt.NDArray[Any], h: npt.NDArray[Any], transform_size: int) -> bool:

@@ -52,9 +52,7 @@ def _held(store: dict[Any, Any], weight_bytes: int) -> int:
 def _evict(keep: bytes) -> None:
     """Drop least recently used stores (never ``keep``) past the count and byte bounds (under the lock)."""
     limit, limit_bytes = capacity(), capacity_bytes()
-    while len(_STORES) > 1 and (
-        len(_STORES) > limit or sum(_held(s, _WEIGHT_BYTES.get(k, 0)) for k, s in _STORES.items()) > limit_bytes
-    ):
+    while len(_STORES) > 1 and (len(_STORES) > limit or sum(_held(s, _WEIGHT_BYTES.get(k, 0)) for k, s in _STORES.items()) > limit_bytes):
         oldest = next(k for k in _STORES if k != keep)
         del _STORES[oldest]
         _WEIGHT_BYTES.pop(oldest, None)

@@ -72,9 +72,9 @@ def depthwise(
     out = np.empty((n, c) + out_spatial, dtype=dtype)
     tmp = np.empty_like(out)
     for t, offsets in enumerate(itertools.product(*(range(k) for k in kernel))):
-        view = src[(slice(None), slice(None)) + tuple(
-            slice(o * d, o * d + (size - 1) * s + 1, s) for o, d, s, size in zip(offsets, dilations, strides, out_spatial)
-        )]
+        view = src[
+            (slice(None), slice(None)) + tuple(slice(o * d, o * d + (size - 1) * s + 1, s) for o, d, s, size in zip(offsets, dilations, strides, out_spatial))
+        ]
         if t == 0:
             np.multiply(view, tap_weights[t], out=out)
         else:
@@ -85,9 +85,7 @@ def depthwise(
     return out
 
 
-def _flat(
-    src: NDArray[Any], tap_weights: NDArray[Any], kernel: tuple[int, ...], dilations: tuple[int, ...], out_spatial: tuple[int, ...]
-) -> NDArray[Any]:
+def _flat(src: NDArray[Any], tap_weights: NDArray[Any], kernel: tuple[int, ...], dilations: tuple[int, ...], out_spatial: tuple[int, ...]) -> NDArray[Any]:
     """Stride 1: every tap is one contiguous slice of the flattened padded planes.
 
     The output is accumulated "wide", at the padded row pitch (the columns past the output's
@@ -96,7 +94,7 @@ def _flat(
     """
     n, c = src.shape[0], src.shape[1]
     padded = src.shape[2:]
-    pitch = [int(np.prod(padded[i + 1:])) for i in range(len(padded))]  # element strides of a plane
+    pitch = [int(np.prod(padded[i + 1 :])) for i in range(len(padded))]  # element strides of a plane
     length = sum((o - 1) * p for o, p in zip(out_spatial, pitch)) + 1
     flat = src.reshape(n * c, -1)
     weights = np.broadcast_to(tap_weights.reshape(tap_weights.shape[0], 1, c, 1), (tap_weights.shape[0], n, c, 1))
@@ -105,13 +103,12 @@ def _flat(
     # Blocks of planes small enough to stay in the L2 cache through all the taps.
     block = max(1, _BLOCK_BYTES // (length * src.itemsize))
     tmp = np.empty((min(block, n * c), length), dtype=src.dtype)
-    starts = [sum(o * d * p for o, d, p in zip(offsets, dilations, pitch))
-              for offsets in itertools.product(*(range(k) for k in kernel))]
+    starts = [sum(o * d * p for o, d, p in zip(offsets, dilations, pitch)) for offsets in itertools.product(*(range(k) for k in kernel))]
     for lo in range(0, n * c, block):
         hi = min(n * c, lo + block)
         acc, scratch = wide[lo:hi], tmp[: hi - lo]
         for t, start in enumerate(starts):
-            view = flat[lo:hi, start:start + length]
+            view = flat[lo:hi, start : start + length]
             if t == 0:
                 np.multiply(view, weights[t, lo:hi], out=acc)
             else:
@@ -120,7 +117,5 @@ def _flat(
         cancellation.check()
     wide = wide.reshape(n, c, length)
     itemsize = wide.itemsize
-    picked = np.lib.stride_tricks.as_strided(
-        wide, shape=(n, c) + out_spatial, strides=wide.strides[:2] + tuple(p * itemsize for p in pitch)
-    )
+    picked = np.lib.stride_tricks.as_strided(wide, shape=(n, c) + out_spatial, strides=wide.strides[:2] + tuple(p * itemsize for p in pitch))
     return np.ascontiguousarray(picked)

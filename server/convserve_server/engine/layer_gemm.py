@@ -144,9 +144,7 @@ def pointwise(
     positions = math.prod(out_spatial)
     c_out = w.shape[0]
     dtype = working_dtype(xp.dtype, n * positions * c_in * c_out)
-    wmat: NDArray[Any] = _memo(
-        prepared, ("pointwise", dtype.str), lambda: np.ascontiguousarray(w.reshape(c_out, c_in), dtype=dtype)
-    )
+    wmat: NDArray[Any] = _memo(prepared, ("pointwise", dtype.str), lambda: np.ascontiguousarray(w.reshape(c_out, c_in), dtype=dtype))
     cols = np.ascontiguousarray(xp, dtype=dtype).reshape(n, c_in, positions)
     out = np.empty((n, c_out, positions), dtype=dtype)
     for i in range(n):

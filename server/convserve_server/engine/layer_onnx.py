@@ -36,8 +36,18 @@ except ImportError:  # pragma: no cover - exercised only where onnxruntime is ab
     _ort = None
     _ort_state = None
 
-_ERROR_NAMES = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile",
-                "NotImplemented", "RuntimeException", "EPFail", "ModelLoaded")
+_ERROR_NAMES = (
+    "Fail",
+    "InvalidArgument",
+    "InvalidGraph",
+    "InvalidProtobuf",
+    "NoModel",
+    "NoSuchFile",
+    "NotImplemented",
+    "RuntimeException",
+    "EPFail",
+    "ModelLoaded",
+)
 # What a failed session creation or run raises; the caller falls back to numpy on these.
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,) + tuple(
     getattr(_ort_state, name) for name in _ERROR_NAMES if isinstance(getattr(_ort_state, name, None), type)
@@ -52,7 +62,6 @@ _ATTR_INT = 2
 _ATTR_INTS = 7
 _IR_VERSION = 8
 _OPSET = 17
-
 
 
 def available() -> bool:
@@ -265,29 +274,49 @@ def run(
     per_unit = c_out // units
     if parts > 1 and conv_spatial[0] > 1:  # row pieces of one session (a pool then runs on the whole)
         conv = np.empty((x.shape[0], c_out) + tuple(conv_spatial), dtype=np.float32)
-        _run_rows(x, weight, bias, strides, pads, dilations, groups, relu, prepared, threads, batch,
-                  min(conv_spatial[0], parts), conv)
+        _run_rows(x, weight, bias, strides, pads, dilations, groups, relu, prepared, threads, batch, min(conv_spatial[0], parts), conv)
         return conv if pool is None else layer_pool.pool(conv, pool)
     out = np.empty((x.shape[0], c_out) + tuple(out_spatial), dtype=np.float32)
     for first in range(0, x.shape[0], batch):
-        xs = x[first:first + batch]
+        xs = x[first : first + batch]
         for lo, hi in itertools.pairwise(bounds):
             cancellation.check()
             rows = slice(lo * per_unit, hi * per_unit)
-            xg = xs if groups == 1 else xs[:, lo * (x.shape[1] // groups):hi * (x.shape[1] // groups)]
+            xg = xs if groups == 1 else xs[:, lo * (x.shape[1] // groups) : hi * (x.shape[1] // groups)]
             w_part = weight if parts == 1 else weight[rows]
             b_part = None if bias is None else (bias if parts == 1 else bias[rows])
-            out[first:first + batch, rows] = _run_part(xg, w_part, b_part, strides, pads, dilations,
-                                                       groups if groups == 1 else hi - lo, relu, prepared, pool, threads,
-                                                       None if parts == 1 else (lo, hi))
+            out[first : first + batch, rows] = _run_part(
+                xg,
+                w_part,
+                b_part,
+                strides,
+                pads,
+                dilations,
+                groups if groups == 1 else hi - lo,
+                relu,
+                prepared,
+                pool,
+                threads,
+                None if parts == 1 else (lo, hi),
+            )
     cancellation.check()
     return out
 
 
 def _run_rows(
-    x: NDArray[np.float32], weight: NDArray[np.float32], bias: NDArray[np.float32] | None, strides: tuple[int, ...],
-    pads: list[tuple[int, int]], dilations: tuple[int, ...], groups: int, relu: bool,
-    prepared: MutableMapping[Any, Any], threads: int, batch: int, pieces: int, out: NDArray[np.float32],
+    x: NDArray[np.float32],
+    weight: NDArray[np.float32],
+    bias: NDArray[np.float32] | None,
+    strides: tuple[int, ...],
+    pads: list[tuple[int, int]],
+    dilations: tuple[int, ...],
+    groups: int,
+    relu: bool,
+    prepared: MutableMapping[Any, Any],
+    threads: int,
+    batch: int,
+    pieces: int,
+    out: NDArray[np.float32],
 ) -> None:
     """Fill ``out`` in ``pieces`` slices of output rows (the first spatial axis), all of one shape
     so that one session runs them all (sessions' spinning workers would compete): the rows'
@@ -303,9 +332,10 @@ def _run_rows(
         for r0 in range(0, rows_out, size):
             cancellation.check()
             r0 = min(r0, rows_out - size)
-            piece = x[first:first + batch, :, r0 * stride:(r0 + size - 1) * stride + reach]
-            out[first:first + batch, :, r0:r0 + size] = _run_part(piece, weight, bias, strides, piece_pads, dilations,
-                                                                  groups, relu, prepared, None, threads, None)
+            piece = x[first : first + batch, :, r0 * stride : (r0 + size - 1) * stride + reach]
+            out[first : first + batch, :, r0 : r0 + size] = _run_part(
+                piece, weight, bias, strides, piece_pads, dilations, groups, relu, prepared, None, threads, None
+            )
     cancellation.check()
 
 
@@ -314,19 +344,28 @@ CHUNK_MACS = 2_000_000_000
 
 
 def _run_part(
-    x: NDArray[np.float32], weight: NDArray[np.float32], bias: NDArray[np.float32] | None, strides: tuple[int, ...],
-    pads: list[tuple[int, int]], dilations: tuple[int, ...], groups: int, relu: bool,
-    prepared: MutableMapping[Any, Any], pool: PoolSpec | None, threads: int, part: tuple[int, int] | None,
+    x: NDArray[np.float32],
+    weight: NDArray[np.float32],
+    bias: NDArray[np.float32] | None,
+    strides: tuple[int, ...],
+    pads: list[tuple[int, int]],
+    dilations: tuple[int, ...],
+    groups: int,
+    relu: bool,
+    prepared: MutableMapping[Any, Any],
+    pool: PoolSpec | None,
+    threads: int,
+    part: tuple[int, int] | None,
 ) -> NDArray[np.float32]:
     """One ORT run (the session cached in ``prepared``; ``part``: the channel or group slice of the
     weights it holds), terminated if the request is cancelled."""
     pool_key = None if pool is None else (pool.kind, pool.kernel_size, pool.stride, pool.padding)
-    key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, pool_key,
-           layer_cache.digest(bias), threads) + (() if part is None else ("part",) + part)
+    key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, pool_key, layer_cache.digest(bias), threads) + (
+        () if part is None else ("part",) + part
+    )
     session = prepared.get(key)
     if session is None:
-        model = conv_model_bytes(tuple(x.shape), np.ascontiguousarray(weight), bias, strides, pads, dilations, groups,
-                                 relu, pool)
+        model = conv_model_bytes(tuple(x.shape), np.ascontiguousarray(weight), bias, strides, pads, dilations, groups, relu, pool)
         session = _new_session(model, threads)
         prepared[key] = session
     feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
@@ -348,12 +387,11 @@ def _run_part(
 
 
 def _conv_out_spatial(
-    input_shape: tuple[int, ...], weight_shape: tuple[int, ...], strides: tuple[int, ...],
-    pads: list[tuple[int, int]], dilations: tuple[int, ...],
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    pads: list[tuple[int, int]],
+    dilations: tuple[int, ...],
 ) -> tuple[int, ...]:
     """The convolution's output spatial shape (torch's / ONNX's floor rule)."""
-    return tuple(
-        (size + b + a - (d * (k - 1) + 1)) // s + 1
-        for size, (b, a), d, k, s in zip(input_shape[2:], pads, dilations, weight_shape[2:], strides)
-    )
-
+    return tuple((size + b + a - (d * (k - 1) + 1)) // s + 1 for size, (b, a), d, k, s in zip(input_shape[2:], pads, dilations, weight_shape[2:], strides))

@@ -43,9 +43,7 @@ def pool(x: NDArray[Any], spec: PoolSpec) -> NDArray[Any]:
     out_shape = spec.output_shape
     out: NDArray[Any] | None = None
     for offsets in itertools.product(*(range(k) for k in spec.kernel_size)):
-        view = x[(slice(None),) * lead + tuple(
-            slice(o, o + (size - 1) * s + 1, s) for o, s, size in zip(offsets, spec.stride, out_shape)
-        )]
+        view = x[(slice(None),) * lead + tuple(slice(o, o + (size - 1) * s + 1, s) for o, s, size in zip(offsets, spec.stride, out_shape))]
         if out is None:
             out = np.array(view, dtype=np.float64 if spec.kind == "avg" else x.dtype, order="C")
         elif spec.kind == "max":

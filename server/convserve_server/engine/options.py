@@ -27,8 +27,20 @@ BOUNDARY_ALIASES = {
 SUPPORTED_DTYPES = tuple(
     np.dtype(name)
     for name in (
-        "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-        "float16", "float32", "float64", "complex64", "complex128",
+        "bool",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "uint64",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
     )
 )
 
@@ -103,8 +115,7 @@ def normalize_output_dtype(output_dtype: Any, natural: np.dtype[Any]) -> np.dtyp
     if not widens(natural, requested):
         raise InvalidArgumentError(
             "output_dtype",
-            f"the result is {natural}; {requested} is narrower and would lose precision or overflow; "
-            f"ask for {natural} or a wider dtype of the same kind",
+            f"the result is {natural}; {requested} is narrower and would lose precision or overflow; ask for {natural} or a wider dtype of the same kind",
         )
     return requested
 

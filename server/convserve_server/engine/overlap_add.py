@@ -24,7 +24,7 @@ import numpy.typing as npt
 from . import cancellation, fft, fftw_plans
 
 # Transform lengths tried for a block (powers of two and their 3- and 5-multiples).
-_CANDIDATES = sorted({p * f for p in (2 ** k for k in range(4, 25)) for f in (1, 3, 5)})
+_CANDIDATES = sorted({p * f for p in (2**k for k in range(4, 25)) for f in (1, 3, 5)})
 # Per point, a transform costs log2(L) plus this (the multiply, copies and overlap adds).
 _PER_POINT = 6.0
 # Longer transforms fall out of cache: their cost per point and level grows by this factor.
@@ -102,13 +102,15 @@ def linear_region(
         count = min(group, blocks - first)
         full = min(count, n // block - first)
         if full > 0:
-            np.copyto(buffer[corner + (slice(0, full), slice(0, block))],
-                      xm[..., first * block:(first + full) * block].reshape(xm.shape[:-1] + (full, block)),
-                      casting="unsafe")
+            np.copyto(
+                buffer[corner + (slice(0, full), slice(0, block))],
+                xm[..., first * block : (first + full) * block].reshape(xm.shape[:-1] + (full, block)),
+                casting="unsafe",
+            )
         full = max(full, 0)
         if full < count:  # the last, partial block
             rest = n - (first + full) * block
-            np.copyto(buffer[corner + (full, slice(0, rest))], xm[..., (first + full) * block:], casting="unsafe")
+            np.copyto(buffer[corner + (full, slice(0, rest))], xm[..., (first + full) * block :], casting="unsafe")
             buffer[corner + (full, slice(rest, block))] = 0
         buffer[corner + (slice(count, None), slice(0, block))] = 0
         if not first:  # the forward transform keeps its input: the rest stays zero between groups
@@ -124,9 +126,11 @@ def linear_region(
 
     scale = 1.0 / math.prod(x_shape[a] for a in transform_axes)
     forward = "r2c" if real else "c2c"
-    with fftw_plans.plan(forward, tuple(x_shape), work_dtype, transform_axes) as px, \
-            fftw_plans.plan(forward, tuple(h_shape), work_dtype, transform_axes) as ph, \
-            fftw_plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, transform_axes) as pi:
+    with (
+        fftw_plans.plan(forward, tuple(x_shape), work_dtype, transform_axes) as px,
+        fftw_plans.plan(forward, tuple(h_shape), work_dtype, transform_axes) as ph,
+        fftw_plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, transform_axes) as pi,
+    ):
         fft.load(ph.input, h_blocked, scale)
         ph.fftw.execute()
         cancellation.check()
@@ -142,10 +146,10 @@ def linear_region(
             y = pi.output[crop]
             if acc is None:
                 acc = np.empty(y.shape[:-2] + ((blocks + 1) * block,), dtype=y.dtype)
-                acc[..., blocks * block:] = 0
+                acc[..., blocks * block :] = 0
             # Heads of this group's blocks, then each block's tail onto the next block's head
             # (the next group's first head is written before this group's last tail is added).
-            span = acc[..., first * block:(first + count + 1) * block]
+            span = acc[..., first * block : (first + count + 1) * block]
             head = span[..., : count * block].reshape(y.shape[:-2] + (count, block))
             np.copyto(head, y[..., :count, :block])
             if first:
@@ -158,4 +162,4 @@ def linear_region(
             else:
                 tails[..., :count, : m - 1] += y[..., :count, block:]
     assert acc is not None
-    return np.moveaxis(acc[..., start_axis:start_axis + size_axis], -1, axis)
+    return np.moveaxis(acc[..., start_axis : start_axis + size_axis], -1, axis)

@@ -19,9 +19,18 @@ from . import costs, direct_fast, integers
 from .fft import fast_length
 from .errors import InvalidArgumentError
 from .options import (
-    BOUNDARIES, BOUNDARY_ALIASES, METHODS, MODES, as_input, choose, normalize_axes,
-    normalize_fill_value, normalize_output_dtype, output_shape,
+    BOUNDARIES,
+    BOUNDARY_ALIASES,
+    METHODS,
+    MODES,
+    as_input,
+    choose,
+    normalize_axes,
+    normalize_fill_value,
+    normalize_output_dtype,
+    output_shape,
 )
+
 
 @dataclass
 class SignalPlan:
@@ -93,9 +102,18 @@ def plan_signal_call(
     shape = output_shape(x.shape, h.shape, conv_axes, lengths)
     chosen = _choose_method(method, mode, x, h, conv_axes, lengths, exact, bound, work, plan_warnings)
     return SignalPlan(
-        x=x, h=h, axes=conv_axes, mode=mode, starts=starts, lengths=lengths, out_dtype=out_dtype,
-        work_dtype=work, method=chosen, exact_integer=exact,
-        output_shape=() if scalar else tuple(shape), warnings=plan_warnings,
+        x=x,
+        h=h,
+        axes=conv_axes,
+        mode=mode,
+        starts=starts,
+        lengths=lengths,
+        out_dtype=out_dtype,
+        work_dtype=work,
+        method=chosen,
+        exact_integer=exact,
+        output_shape=() if scalar else tuple(shape),
+        warnings=plan_warnings,
     )
 
 
@@ -109,15 +127,12 @@ def _align_kernel(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: tuple[int, ...
             h = h.reshape(shape)
         else:
             expected = f"{x.ndim}" + (f" or len(axes) = {len(axes)}" if axes_given else "")
-            raise InvalidArgumentError(
-                "in2", f"has {h.ndim} dimensions; expected the same dimensionality as in1 ({expected})"
-            )
+            raise InvalidArgumentError("in2", f"has {h.ndim} dimensions; expected the same dimensionality as in1 ({expected})")
     for axis in range(x.ndim):
         if axis not in axes and x.shape[axis] != h.shape[axis] and 1 not in (x.shape[axis], h.shape[axis]):
             raise InvalidArgumentError(
                 "in2",
-                f"size {h.shape[axis]} on axis {axis}, which is not convolved, does not match in1's size "
-                f"{x.shape[axis]}; expected equal sizes or 1",
+                f"size {h.shape[axis]} on axis {axis}, which is not convolved, does not match in1's size {x.shape[axis]}; expected equal sizes or 1",
             )
     return h
 
@@ -130,17 +145,14 @@ def _output_window(mode: str, sizes_x: list[int], sizes_h: list[int]) -> tuple[l
         return [(m - 1) // 2 for m in sizes_h], list(sizes_x)
     if mode == "circular":
         if any(m > n for n, m in zip(sizes_x, sizes_h)):
-            raise InvalidArgumentError(
-                "in2", f"shape {sizes_h} is longer than in1 {sizes_x} on a convolved axis; mode 'circular' needs in2 no longer than in1"
-            )
+            raise InvalidArgumentError("in2", f"shape {sizes_h} is longer than in1 {sizes_x} on a convolved axis; mode 'circular' needs in2 no longer than in1")
         return [0] * len(sizes_x), list(sizes_x)
     x_larger = all(n >= m for n, m in zip(sizes_x, sizes_h))
     h_larger = all(m >= n for n, m in zip(sizes_x, sizes_h))
     if not (x_larger or h_larger):
         raise InvalidArgumentError(
             "in2",
-            f"for 'valid' mode, one must be at least as large as the other in every dimension; "
-            f"in1 is {sizes_x} and in2 is {sizes_h} on the convolved axes",
+            f"for 'valid' mode, one must be at least as large as the other in every dimension; in1 is {sizes_x} and in2 is {sizes_h} on the convolved axes",
         )
     return [min(n, m) - 1 for n, m in zip(sizes_x, sizes_h)], [abs(n - m) + 1 for n, m in zip(sizes_x, sizes_h)]
 
@@ -209,8 +221,14 @@ def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
 
 
 def fastest(
-    mode: str, x_shape: tuple[int, ...], h: npt.NDArray[Any] | tuple[int, ...], axes: tuple[int, ...],
-    lengths: list[int], exact: bool, integer_ok: bool, work: np.dtype[Any],
+    mode: str,
+    x_shape: tuple[int, ...],
+    h: npt.NDArray[Any] | tuple[int, ...],
+    axes: tuple[int, ...],
+    lengths: list[int],
+    exact: bool,
+    integer_ok: bool,
+    work: np.dtype[Any],
 ) -> str:
     """The method of least predicted time (``auto``'s choice before the exactness and NaN rules).
 
@@ -244,8 +262,15 @@ class Prediction:
 
 
 def predict_method(
-    shape1: tuple[int, ...], shape2: tuple[int, ...], dtype1: np.dtype[Any], dtype2: np.dtype[Any],
-    mode: str, method: str, axes: Any, extends: bool, output_dtype: Any,
+    shape1: tuple[int, ...],
+    shape2: tuple[int, ...],
+    dtype1: np.dtype[Any],
+    dtype2: np.dtype[Any],
+    mode: str,
+    method: str,
+    axes: Any,
+    extends: bool,
+    output_dtype: Any,
 ) -> Prediction:
     """The method a call of these shapes and dtypes will run, for a memory estimate from headers.
 

@@ -119,14 +119,10 @@ def validate_pool(pool: object, spatial_shape: tuple[int, ...]) -> PoolSpec | No
     if pool is None:
         return None
     if not isinstance(pool, Mapping):
-        raise InvalidArgumentError(
-            "pool", f"expected None or a dict with keys kind, kernel_size, stride, padding; got {type(pool).__name__}"
-        )
+        raise InvalidArgumentError("pool", f"expected None or a dict with keys kind, kernel_size, stride, padding; got {type(pool).__name__}")
     unknown = sorted(str(k) for k in pool if k not in _POOL_KEYS)
     if unknown:
-        raise InvalidArgumentError(
-            "pool", f"unknown key(s) {unknown}; expected only {sorted(_POOL_KEYS)}"
-        )
+        raise InvalidArgumentError("pool", f"unknown key(s) {unknown}; expected only {sorted(_POOL_KEYS)}")
     kind = pool.get("kind")
     if not isinstance(kind, str) or kind not in POOL_KINDS:
         raise InvalidArgumentError("pool", f"kind must be one of {list(POOL_KINDS)}, got {kind!r}")
@@ -138,16 +134,13 @@ def validate_pool(pool: object, spatial_shape: tuple[int, ...]) -> PoolSpec | No
     stride = kernel if stride_raw is None else int_tuple(stride_raw, nd, "pool", "pool stride", 1)
     padding = int_tuple(pool.get("padding", 0), nd, "pool", "pool padding", 0)
     if any(2 * p > k for p, k in zip(padding, kernel)):
-        raise InvalidArgumentError(
-            "pool", f"pool padding should be at most half of kernel_size, got padding {padding} for kernel_size {kernel}"
-        )
+        raise InvalidArgumentError("pool", f"pool padding should be at most half of kernel_size, got padding {padding} for kernel_size {kernel}")
     out: list[int] = []
     for size, k, s, p in zip(spatial_shape, kernel, stride, padding):
         if k > size + 2 * p:
             raise InvalidArgumentError(
                 "pool",
-                f"pool kernel_size {kernel} is larger than the convolution output {tuple(spatial_shape)} "
-                f"plus padding {padding}",
+                f"pool kernel_size {kernel} is larger than the convolution output {tuple(spatial_shape)} plus padding {padding}",
             )
         out.append((size + 2 * p - k) // s + 1)
     return PoolSpec(kind, kernel, stride, padding, tuple(out))

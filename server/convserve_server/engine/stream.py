@@ -95,8 +95,9 @@ class StreamConvolver:
         if self.dtype is None:
             self._start(block)
         elif block.dtype != self.dtype or (None if block.ndim == 1 else block.shape[1]) != self.channels:
-            raise InvalidArgumentError("block", f"every block must be {self.dtype} with {self.channels or 1} channel(s) "
-                                       f"like the first; got {block.dtype} {block.shape}")
+            raise InvalidArgumentError(
+                "block", f"every block must be {self.dtype} with {self.channels or 1} channel(s) like the first; got {block.dtype} {block.shape}"
+            )
         return block.reshape(block.shape[0], self.channels or 1).T  # (C, n)
 
     # -- the two engines --------------------------------------------------------------------
@@ -120,7 +121,7 @@ class StreamConvolver:
         xs, hs = extended.astype(acc), self._h.astype(acc)
         out = np.stack([np.convolve(xs[i], hs[i], "valid") for i in range(c)])
         if self.taps > 1:
-            self._history = extended[:, extended.shape[1] - (self.taps - 1):]
+            self._history = extended[:, extended.shape[1] - (self.taps - 1) :]
         return out
 
     def _upols(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -131,14 +132,14 @@ class StreamConvolver:
         outputs = []
         for k in range(ready):
             cancellation.check()
-            current = self._pending[:, k * b:(k + 1) * b]
+            current = self._pending[:, k * b : (k + 1) * b]
             spectrum = np.fft.rfft(np.concatenate([self._previous, current], axis=1), axis=-1)
             self._delay = np.roll(self._delay, 1, axis=1)
             self._delay[:, 0] = spectrum
             accumulated = np.einsum("cpf,cpf->cf", self._delay, self._spectra)
             outputs.append(np.fft.irfft(accumulated, n=2 * b, axis=-1)[:, b:])
             self._previous = current
-        self._pending = self._pending[:, ready * b:]
+        self._pending = self._pending[:, ready * b :]
         return np.concatenate(outputs, axis=1) if outputs else np.zeros((self._previous.shape[0], 0))
 
     # -- public --------------------------------------------------------------------------------
@@ -147,8 +148,7 @@ class StreamConvolver:
         x = self._check(np.asarray(block))
         self._received += x.shape[1]
         if not self.exact and has_nonfinite(x):
-            self._warn(f"the block at sample {self._received - x.shape[1]} holds NaN or Inf; it spreads "
-                       f"over the next {self.taps - 1} output samples")
+            self._warn(f"the block at sample {self._received - x.shape[1]} holds NaN or Inf; it spreads over the next {self.taps - 1} output samples")
         out = self._exact(x) if self.exact else self._upols(x)
         return self._emit(out)
 
@@ -184,8 +184,7 @@ class StreamConvolver:
         else:
             result = out.astype(self.out_dtype)
             if has_nonfinite(result):
-                self._warn("NaN or Inf in the output (an input holds NaN or Inf, or the result overflowed "
-                           f"{self.out_dtype.name})")
+                self._warn(f"NaN or Inf in the output (an input holds NaN or Inf, or the result overflowed {self.out_dtype.name})")
         return np.ascontiguousarray(result[0] if self.channels is None else result.T)
 
     def _check_range(self, out: npt.NDArray[Any]) -> None:
