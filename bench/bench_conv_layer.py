@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
-from convserve_server.engine import layer_policy
-from convserve_server.engine.conv_layer import conv_layer
+from convserve_server.engine.layers import policy as layer_policy
+from convserve_server.engine.layers.conv_layer import conv_layer
 
 torch.set_num_threads(2)
 
@@ -277,7 +277,7 @@ def _openvino_peer(x: np.ndarray, w: np.ndarray, b: np.ndarray, s: int, p: int, 
         return None
     import tempfile
 
-    from convserve_server.engine import layer_onnx
+    from convserve_server.engine.layers import onnx as layer_onnx
 
     nd = w.ndim - 2
     model = layer_onnx.conv_model_bytes(x.shape, w, b, (s,) * nd, [(p, p)] * nd, (1,) * nd, g, False)

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "server"))
-from convserve_server.engine import convolve, fftw_background, fftw_plans  # noqa: E402
+from convserve_server.engine import convolve
+from convserve_server.engine.fft import background as fftw_background, plans as fftw_plans  # noqa: E402
 
 try:
     import scipy.ndimage as ndi

@@ -4,10 +4,10 @@ Depends only on grpcio, protobuf and numpy. ``convserve.Client`` computes
 ``scipy.signal.convolve``/``correlate`` and ``torch.nn.ConvNd`` layers on a server.
 """
 
-from ._base import BaseClient, ComputeInfo, RetryPolicy, ServerInfo, Weights
-from .aio import AsyncClient
-from .client import Client
-from .errors import (
+from convserve._base import BaseClient, ComputeInfo, RetryPolicy, ServerInfo, Weights
+from convserve.aio import AsyncClient
+from convserve.client import Client
+from convserve.errors import (
     CancelledError,
     ConvserveError,
     DeadlineExceededError,

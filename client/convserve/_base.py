@@ -15,10 +15,10 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from . import _options, codec
-from ._shm import RegionPair, SharedRegions
-from .errors import ConvserveError
-from .v1 import convserve_pb2 as pb
+from convserve import _options, codec
+from convserve._shared_memory import RegionPair, SharedRegions
+from convserve.errors import ConvserveError
+from convserve.v1 import convserve_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 60.0

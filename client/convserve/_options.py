@@ -12,9 +12,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from . import codec
-from .errors import InvalidArgumentError
-from .v1 import convserve_pb2 as pb
+from convserve import codec
+from convserve.errors import InvalidArgumentError
+from convserve.v1 import convserve_pb2 as pb
 
 MODES: dict[str, Any] = {"full": pb.MODE_FULL, "same": pb.MODE_SAME, "valid": pb.MODE_VALID, "circular": pb.MODE_CIRCULAR}
 METHODS: dict[str, Any] = {"auto": pb.METHOD_AUTO, "direct": pb.METHOD_DIRECT, "fft": pb.METHOD_FFT, "overlap_add": pb.METHOD_OVERLAP_ADD}

@@ -10,12 +10,12 @@ from typing import Any, Callable, Mapping, Sequence
 import grpc
 import numpy.typing as npt
 
-from . import _blocks, _chunking
-from ._aio_status import StatusWitness
-from ._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
-from .errors import NotFoundError, from_rpc_error
-from .v1 import convserve_pb2 as pb
-from .v1 import convserve_pb2_grpc as pb_grpc
+from convserve import _blocks, _chunked as _chunking
+from convserve._aio_status import StatusWitness
+from convserve._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
+from convserve.errors import NotFoundError, from_rpc_error
+from convserve.v1 import convserve_pb2 as pb
+from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
 
 class AsyncClient(BaseClient):

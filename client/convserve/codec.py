@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidArgumentError
-from .v1 import convserve_pb2 as pb
+from convserve.errors import InvalidArgumentError
+from convserve.v1 import convserve_pb2 as pb
 
 NUMPY_BY_DTYPE: dict[Any, np.dtype[Any]] = {
     pb.DTYPE_BOOL: np.dtype("?"),

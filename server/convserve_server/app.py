@@ -18,11 +18,13 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import allocator, logs, metrics, security
-from .engine import costs, fftw_plans
-from .pool import WorkerPool
-from .servicer import ConvolutionServicer
-from .settings import Settings
+from convserve_server.ops import allocator, logs, metrics
+from convserve_server.transport import security
+from convserve_server.engine.signal import cost_model as costs
+from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server.admission.workers import WorkerPool
+from convserve_server.transport.servicer import ConvolutionServicer
+from convserve_server.settings import Settings
 
 log = logging.getLogger("convserve.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvolutionService"].full_name

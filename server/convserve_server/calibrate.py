@@ -1,6 +1,6 @@
 """``convserve calibrate``: measure this host and save the constants of ``auto``'s cost model.
 
-Each group of constants of :mod:`convserve_server.engine.costs` is scaled by the ratio of the
+Each group of constants of :mod:`convserve_server.engine.signal.cost_model` is scaled by the ratio of the
 measured median time of a representative problem to the time the built-in defaults predict for
 it. The result is a JSON file (``--output``, else ``CONVSERVE_CALIBRATION``, else
 ``~/.cache/convserve/calibration.json``) that the server loads at start; ``auto`` is then
@@ -22,7 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .engine import convolve, costs, fftw_plans
+from convserve_server.engine import convolve
+from convserve_server.engine.signal import cost_model as costs
+from convserve_server.engine.fft import plans as fftw_plans
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import settings as settings_module
+from convserve_server import settings as settings_module
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``convserve`` command; return its exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["calibrate"]:
-        from .calibrate import main as calibrate
+        from convserve_server.calibrate import main as calibrate
 
         return calibrate(arguments[1:])
     args = build_parser().parse_args(arguments)
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except settings_module.SettingsError as exc:
         print(f"convserve: invalid setting: {exc}", file=sys.stderr)
         return 2
-    from .app import run
+    from convserve_server.app import run
 
     return run(settings)
 

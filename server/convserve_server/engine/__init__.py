@@ -5,11 +5,11 @@
 ``torch.nn.functional.conv_transpose1d/2d/3d``.
 """
 
-from .conv_layer import conv_layer
-from .conv_transpose import conv_transpose
-from .errors import EngineError, InvalidArgumentError, OutOfRangeError
-from .info import CallInfo
-from .signal import convolve, correlate
+from convserve_server.engine.layers.conv_layer import conv_layer
+from convserve_server.engine.layers.transpose import conv_transpose
+from convserve_server.engine.errors import EngineError, InvalidArgumentError, OutOfRangeError
+from convserve_server.engine.info import CallInfo
+from convserve_server.engine.signal.convolution import convolve, correlate
 
 __all__ = [
     "CallInfo",

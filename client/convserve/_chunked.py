@@ -1,0 +1,83 @@
+"""Client side of chunked transfer: a request as header + ordered chunks, a response reassembled.
+
+Tensors up to one chunk travel inline in the header; larger ones are sent as ``CHUNK_BYTES``
+pieces read straight from the array's buffer (one copy per chunk, into the message). The
+response is copied chunk by chunk into one preallocated array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from convserve import codec
+from convserve.errors import ConvserveError
+from convserve.v1 import convserve_pb2 as pb
+
+CHUNK_BYTES = 1024 * 1024
+
+
+def request_parts(header: Any, arrays: dict[str, npt.NDArray[Any]], part_type: Any) -> Iterator[Any]:
+    """Yield the header (small tensors inline) and then every large tensor's chunks, in order."""
+    streamed = {}
+    for name, array in arrays.items():
+        data = codec.wire_bytes(array)
+        tensor = getattr(header, name)
+        tensor.CopyFrom(codec.header(array, name))
+        if len(data) <= CHUNK_BYTES:
+            tensor.data = data.tobytes()
+        else:
+            streamed[name] = data
+    yield part_type(header=header)
+    for name, data in streamed.items():
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield part_type(chunk=pb.TensorChunk(field=name, offset=start, data=data[start : start + CHUNK_BYTES].tobytes()))
+
+
+class ResponseAssembler:
+    """Rebuilds a chunked result into one preallocated array."""
+
+    def __init__(self) -> None:
+        self.array: npt.NDArray[Any] | None = None
+        self.info = pb.ComputeInfo()
+        self._view: memoryview | None = None
+        self._received = 0
+
+    def add(self, part: pb.ResponsePart) -> None:
+        """Take one response message."""
+        if part.WhichOneof("part") == "header":
+            dtype, shape, _ = codec.check_declared(part.header.result.dtype, part.header.result.shape, "result")
+            self.array = np.empty(shape, dtype=dtype)
+            self._view = self.array.reshape(-1).view(np.uint8).data
+            self.info = part.header.info
+            return
+        if self._view is None or part.chunk.offset != self._received or self._received + len(part.chunk.data) > len(self._view):
+            raise ConvserveError("the server sent a malformed chunked response")
+        self._view[self._received : self._received + len(part.chunk.data)] = part.chunk.data
+        self._received += len(part.chunk.data)
+
+    def result(self) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+        """The complete array (native byte order) and the compute information."""
+        if self.array is None or self._view is None or self._received != len(self._view):
+            raise ConvserveError("the server's chunked response ended early")
+        native = self.array.dtype.newbyteorder("=")
+        return (self.array if native == self.array.dtype else self.array.astype(native)), self.info
+
+
+def assemble(parts: Iterable[pb.ResponsePart]) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    """Reassemble a response stream."""
+    assembler = ResponseAssembler()
+    for part in parts:
+        assembler.add(part)
+    return assembler.result()
+
+
+async def assemble_async(parts: AsyncIterator[pb.ResponsePart]) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    """Reassemble an asyncio response stream."""
+    assembler = ResponseAssembler()
+    async for part in parts:
+        assembler.add(part)
+    return assembler.result()

@@ -1,0 +1,87 @@
+"""Argument checks shared by the convolution layer and the transposed convolution (torch's rules).
+
+Each check raises :class:`~.errors.InvalidArgumentError` naming the argument, before any work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from convserve_server.engine.errors import InvalidArgumentError
+from convserve_server.engine.layers.pooling import is_int
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(value: object, field: str) -> NDArray[Any]:
+    """``np.asarray(value)``, required to be float32 or float64."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(field, f"expected a float32 or float64 array, got an unconvertible {type(value).__name__}: {exc}") from exc
+    if arr.dtype not in FLOAT_DTYPES:
+        raise InvalidArgumentError(field, f"dtype must be float32 or float64 (as torch's conv layers), got {arr.dtype}")
+    return arr
+
+
+def input_and_weight(input: Any, weight: Any, layout: str, operation: str) -> tuple[NDArray[Any], NDArray[Any], int, bool]:
+    """Check an input and a weight of 1 to 3 spatial dimensions.
+
+    Parameters
+    ----------
+    input, weight : array_like
+        The layer's input (batched or not) and filters.
+    layout : str
+        The weight's layout for messages, e.g. ``"(C_out, C_in/groups, *kernel)"``.
+    operation : str
+        The operation for messages, e.g. ``"convolution"``.
+
+    Returns
+    -------
+    (x, w, nd, batched)
+        The arrays, the number of spatial dimensions and whether ``x`` has a batch axis.
+    """
+    x = float_array(input, "input")
+    w = float_array(weight, "weight")
+    if w.ndim not in (3, 4, 5):
+        raise InvalidArgumentError("weight", f"expected a 3-D, 4-D or 5-D weight {layout}, got shape {w.shape}")
+    nd = w.ndim - 2
+    if x.ndim not in (nd + 1, nd + 2):
+        raise InvalidArgumentError(
+            "input",
+            f"expected a {nd + 1}-D (unbatched) or {nd + 2}-D (batched) input for a {nd}-D {operation} "
+            f"with weight of shape {w.shape}, got {x.ndim}-D input of shape {x.shape}",
+        )
+    if x.dtype != w.dtype:
+        raise InvalidArgumentError("weight", f"input and weight must have the same dtype, got input {x.dtype} and weight {w.dtype}")
+    if 0 in x.shape:
+        raise InvalidArgumentError("input", f"every dimension must be non-empty, got shape {x.shape}")
+    if 0 in w.shape:
+        raise InvalidArgumentError("weight", f"every dimension must be non-empty, got shape {w.shape}")
+    return x, w, nd, x.ndim == nd + 2
+
+
+def groups_count(groups: Any, c_in: int) -> int:
+    """A positive int dividing ``C_in``."""
+    if not is_int(groups) or groups < 1:
+        raise InvalidArgumentError("groups", f"expected a positive int, got {groups!r}")
+    groups = int(groups)
+    if c_in % groups:
+        raise InvalidArgumentError("groups", f"C_in ({c_in}) must be divisible by groups ({groups})")
+    return groups
+
+
+def bias_vector(bias: Any, dtype: np.dtype[Any], c_out: int) -> NDArray[Any] | None:
+    """None, or a ``(C_out,)`` vector of ``dtype`` (an ndarray must already have it)."""
+    if bias is None:
+        return None
+    b = float_array(bias, "bias")
+    if isinstance(bias, np.ndarray) and b.dtype != dtype:
+        raise InvalidArgumentError("bias", f"bias must have the input's dtype {dtype}, got {b.dtype}")
+    b = b.astype(dtype, copy=False)
+    if b.shape != (c_out,):
+        raise InvalidArgumentError("bias", f"expected shape (C_out,) = ({c_out},), got {b.shape}")
+    return b

@@ -1,0 +1,293 @@
+"""The ``fft`` ConvLayer path: large kernels by FFTW with cached weight spectra.
+
+A cross-correlation of the padded input (spatial size ``P``) with a kernel of size ``k`` is the
+leading ``P - k + 1`` samples of a *circular* correlation of any length ``L >= P``: no output
+sample there wraps around. So each dimension is transformed at ``L = fast_length(P)`` only
+(not ``P + k - 1``), by real-to-complex FFTW plans from :mod:`.fftw_plans` (cached, with their
+aligned buffers). Per frequency the channel contraction is a small matrix product,
+``Y[f] (N, C_out) = X[f] (N, C_in) @ conj(W[f]) (C_in, C_out)``, done for all frequencies by
+one batched ``np.matmul``. Each of the three stages is split over the request's share of the
+cores (transforms by rows, products by frequencies) in a small thread pool: FFTW's own
+threads do not pay at these sizes here, but independent batches do. The weight spectra
+``conj(W)`` (already scaled by ``1/L``) depend only on the weights, ``L`` and the dtype, and are
+memoized in the caller's ``prepared`` store.
+
+When the whole input's spectrum would be large (the channel products then stream it from
+memory), :func:`plan_tiles` cuts the input into overlap-save tiles that become extra batch
+items, so one smaller spectrum serves every tile.
+
+It serves ``groups == 1``, dilation 1 and any stride (the strided output is a subsample of the
+stride-1 one; the policy only picks it where that is cheap). NaN or Inf in the input would
+smear over the whole output through the transform, so the policy sends such inputs elsewhere.
+float32 runs in single precision: the error measured against float64 stays well under
+1e-5 of the output's peak (see ``bench/bench_conv_layer.py``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import math
+import os
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+
+from convserve_server.engine import cancellation, resources
+from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server.engine.signal.fft_product import fast_length
+
+
+def transform_shape(padded: tuple[int, ...]) -> tuple[int, ...]:
+    """The FFT size per spatial dimension for a padded input of spatial shape ``padded``."""
+    return tuple(fast_length(p) for p in padded)
+
+
+def _spectra(w: NDArray[Any], fshape: tuple[int, ...]) -> NDArray[Any]:
+    """``conj(rfftn(w, fshape)) / prod(fshape)`` as ``(F, C_in, C_out)``, contiguous."""
+    nd = len(fshape)
+    c_out, c_in = w.shape[0], w.shape[1]
+    axes = tuple(range(1, 1 + nd))
+    with fftw_plans.plan("r2c", (c_in * c_out,) + fshape, w.dtype, axes) as p:
+        corner = (slice(None),) + tuple(slice(0, k) for k in w.shape[2:])
+        p.input[...] = 0
+        p.input[corner] = w.swapaxes(0, 1).reshape((c_in * c_out,) + w.shape[2:])  # rows (C_in, C_out)
+        p.fftw.execute()
+        spec = p.output.reshape(c_in * c_out, -1)
+        np.conjugate(spec, out=spec)
+        spec *= 1.0 / math.prod(fshape)
+        result = np.ascontiguousarray(spec.T).reshape(-1, c_in, c_out)
+    return result
+
+
+def fft_correlate(
+    xp: NDArray[Any],
+    w: NDArray[Any],
+    strides: tuple[int, ...],
+    out_spatial: tuple[int, ...],
+    prepared: MutableMapping[Any, Any] | None,
+    tile: tuple[int, ...] | None = None,
+) -> NDArray[Any]:
+    """Cross-correlate a padded input with ``w`` (groups 1, dilation 1) through FFTs.
+
+    Large inputs are cut into overlapping tiles (overlap-save) when :func:`plan_tiles` finds
+    that cheaper: the tiles become extra batch items, so each frequency's channel product is a
+    ``(N * tiles, C_in) @ (C_in, C_out)`` matrix product and the (smaller) weight spectrum is
+    read once for all of them instead of streaming a large one from memory.
+
+    Parameters
+    ----------
+    xp : ndarray
+        ``(N, C_in, *padded_spatial)``, already padded, finite.
+    w : ndarray
+        ``(C_out, C_in, *kernel)``, same dtype as ``xp``.
+    strides : tuple of int
+        Per spatial dimension.
+    out_spatial : tuple of int
+        The output's spatial shape.
+    prepared : MutableMapping, optional
+        The per-weights store for the weight spectra (key ``("fft", fshape, dtype)``).
+    tile : tuple of int, optional
+        The transform size per dimension (forces tiling; tests use it). Default: the cheapest
+        by :func:`plan_tiles`.
+
+    Returns
+    -------
+    ndarray
+        ``(N, C_out, *out_spatial)``, ``xp``'s dtype.
+    """
+    n, c_in = xp.shape[0], xp.shape[1]
+    c_out = w.shape[0]
+    padded = tuple(int(v) for v in xp.shape[2:])
+    kernel = tuple(int(k) for k in w.shape[2:])
+    nd = len(padded)
+    sizes = tile if tile is not None else plan_tiles(padded, kernel, n, c_in, c_out)[0]
+    if all(t >= fast_length(p) for t, p in zip(sizes, padded)):
+        return _fft_batch(xp, w, strides, out_spatial, prepared)
+    full = tuple(p - k + 1 for p, k in zip(padded, kernel))  # the stride-1 output
+    step = tuple(t - k + 1 for t, k in zip(sizes, kernel))  # output samples per tile
+    counts = tuple(-(-o // st) for o, st in zip(full, step))
+    extent = tuple((m - 1) * st + t for m, st, t in zip(counts, step, sizes))
+    xe = np.zeros((n, c_in) + extent, dtype=xp.dtype)
+    xe[(slice(None), slice(None)) + tuple(slice(0, p) for p in padded)] = xp
+    windows = sliding_window_view(xe, sizes, axis=tuple(range(2, 2 + nd)))
+    windows = windows[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in step)]  # (N, C, *m, *L)
+    perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
+    tiles = np.ascontiguousarray(windows.transpose(perm)).reshape((n * math.prod(counts), c_in) + sizes)
+    del xe, windows
+    y = _fft_batch(tiles, w, (1,) * nd, step, prepared)  # (N * M, C_out, *step)
+    y = y.reshape((n,) + counts + (c_out,) + step)
+    order = (0, 1 + nd) + tuple(v for d in range(nd) for v in (1 + d, 2 + nd + d))
+    y = y.transpose(order).reshape((n, c_out) + tuple(m * st for m, st in zip(counts, step)))
+    crop = (slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
+    return np.ascontiguousarray(y[crop])
+
+
+# Weight spectra up to this many bytes are read from cache, beyond it from memory.
+_CACHED_SPECTRA_BYTES = 4 << 20
+# Tiling is considered only when the whole input's spectrum is larger than this. Measured:
+# tiles ran 1.4x slower than the whole transform with a 21.5 MB spectrum (C16, 15x15 on
+# 142^2: the tile copies and extra transforms cost more than the bandwidth saved), and 2-3x
+# faster with 69-87 MB ones (C64, 7x7 and 11x11 on 56^2).
+_TILE_MIN_SPECTRA_BYTES = 32 << 20
+
+
+def plan_tiles(padded: tuple[int, ...], kernel: tuple[int, ...], n: int, c_in: int, c_out: int) -> tuple[tuple[int, ...], float]:
+    """The cheapest transform size per dimension (whole input or tiles) and its modelled seconds.
+
+    Candidates: 5-smooth sizes from twice the kernel up to the whole padded input (only the
+    whole input when its weight spectrum is at most 32 MB). Cost:
+    transforms (``N * tiles * (C_in + C_out)`` real FFTs) plus the per-frequency products,
+    bound by arithmetic or by reading the weight spectrum (from cache when it is small).
+    """
+    from convserve_server.engine.layers import policy as layer_policy  # its measured constants
+
+    whole = tuple(fast_length(p) for p in padded)
+    best: tuple[tuple[int, ...], float] | None = None
+    whole_half = math.prod(whole) // whole[-1] * (whole[-1] // 2 + 1)
+    candidate = fast_length(2 * max(kernel)) if c_in * c_out * whole_half * 8 > _TILE_MIN_SPECTRA_BYTES else max(whole)
+    while True:
+        sizes = tuple(min(max(candidate, fast_length(2 * k)), f) for k, f in zip(kernel, whole))
+        counts = [1 if t >= f else -(-(p - k + 1) // (t - k + 1)) for t, f, p, k in zip(sizes, whole, padded, kernel)]
+        batch = n * math.prod(counts)
+        points = math.prod(sizes)
+        half = points // sizes[-1] * (sizes[-1] // 2 + 1)
+        transforms = batch * (c_in + c_out) * points * math.log2(max(points, 2)) * layer_policy.FFT_PER_POINT_LOG
+        spectra_bytes = c_in * c_out * half * 8
+        byte_cost = layer_policy.CACHED_BYTE if spectra_bytes <= _CACHED_SPECTRA_BYTES else layer_policy.SPECTRA_BYTE
+        cost = transforms + max(batch * c_in * c_out * half * layer_policy.CMAC, spectra_bytes * byte_cost)
+        if all(t >= f for t, f in zip(sizes, whole)):
+            if spectra_bytes <= _TILE_MIN_SPECTRA_BYTES or best is None or cost < best[1]:
+                return sizes, cost
+            return best
+        if best is None or cost < best[1]:
+            best = (sizes, cost)
+        candidate = fast_length(candidate + 1)
+
+
+def _fft_batch(
+    xp: NDArray[Any],
+    w: NDArray[Any],
+    strides: tuple[int, ...],
+    out_spatial: tuple[int, ...],
+    prepared: MutableMapping[Any, Any] | None,
+) -> NDArray[Any]:
+    """The untiled transform: the whole padded input at ``fast_length`` per dimension.
+
+    Parameters
+    ----------
+    xp : ndarray
+        ``(N, C_in, *padded_spatial)``, already padded, finite.
+    w : ndarray
+        ``(C_out, C_in, *kernel)``, same dtype as ``xp``.
+    strides : tuple of int
+        Per spatial dimension.
+    out_spatial : tuple of int
+        The output's spatial shape.
+    prepared : MutableMapping, optional
+        The per-weights store for the weight spectra (key ``("fft", fshape, dtype)``).
+
+    Returns
+    -------
+    ndarray
+        ``(N, C_out, *out_spatial)``, ``xp``'s dtype.
+    """
+    n, c_in = xp.shape[0], xp.shape[1]
+    c_out = w.shape[0]
+    padded = tuple(int(s) for s in xp.shape[2:])
+    nd = len(padded)
+    fshape = transform_shape(padded)
+    axes = tuple(range(1, 1 + nd))
+    key = ("fft", fshape, xp.dtype.str)
+    spectra = prepared.get(key) if prepared is not None else None
+    if spectra is None:
+        spectra = _spectra(w, fshape)
+        if prepared is not None:
+            prepared[key] = spectra
+    parts = _parts(n * max(c_in, c_out) * math.prod(fshape))
+    points = math.prod(fshape[:-1]) * (fshape[-1] // 2 + 1)
+    xf = np.empty((points, n * c_in), dtype=spectra.dtype)  # (F, N*C_in)
+    rows_in = xp.reshape((n * c_in,) + padded)
+
+    def forward(lo: int, hi: int) -> None:
+        with fftw_plans.plan("r2c", (hi - lo,) + fshape, xp.dtype, axes) as p:
+            corner = (slice(None),) + tuple(slice(0, s) for s in padded)
+            p.input[corner] = rows_in[lo:hi]
+            for axis, size in enumerate(padded, start=1):  # zero the tail of each dimension
+                if size < fshape[axis - 1]:
+                    tail = tuple(slice(0, padded[i - 1]) if i < axis else slice(None) for i in range(1, axis))
+                    p.input[(slice(None),) + tail + (slice(size, None),)] = 0
+            p.fftw.execute()
+            xf[:, lo:hi] = p.output.reshape(hi - lo, points).T  # noqa: F821 (deleted after its last use below)
+
+    _run_split(forward, n * c_in, parts)
+    cancellation.check()
+    yf = np.empty((points, n, c_out), dtype=spectra.dtype)
+    xf3 = xf.reshape(points, n, c_in)
+
+    def products(lo: int, hi: int) -> None:
+        np.matmul(xf3[lo:hi], spectra[lo:hi], out=yf[lo:hi])  # noqa: F821 (deleted after its last use below)
+
+    # Split the products only where each is too small for BLAS to thread it itself: two
+    # threads each calling a multi-threaded OpenBLAS GEMM oversubscribe the cores (measured:
+    # 0.1 s became 2.8 s on N32 C128 28x28 while another process was busy).
+    _run_split(products, points, parts if n * c_in * c_out < _BLAS_THREADED_MIN else 1)
+    del xf, xf3
+    cancellation.check()
+    out = np.empty((n * c_out,) + out_spatial, dtype=xp.dtype)
+    yf2 = yf.reshape(points, n * c_out)
+    crop = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
+
+    def inverse(lo: int, hi: int) -> None:
+        with fftw_plans.plan("c2r", (hi - lo,) + fshape, xp.dtype, axes) as q:
+            q.input.reshape(hi - lo, points)[...] = yf2[:, lo:hi].T
+            q.fftw.execute()
+            out[lo:hi] = q.output[crop]
+
+    _run_split(inverse, n * c_out, parts)
+    return out.reshape((n, c_out) + out_spatial)
+
+
+# Parallel work below this many points (batch x channels x transform size) is not split.
+_PARALLEL_MIN_POINTS = 1 << 17
+# OpenBLAS threads a GEMM of about this many multiply-adds and more.
+_BLAS_THREADED_MIN = 1 << 16
+_CPUS = os.cpu_count() or 1
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _parts(points: int) -> int:
+    """How many threads to split the work into: the request's share of the cores, or 1 when small."""
+    if points < _PARALLEL_MIN_POINTS:
+        return 1
+    return max(1, resources.thread_limit(_CPUS))
+
+
+def _run_split(fn: Callable[[int, int], None], total: int, parts: int) -> None:
+    """Run ``fn(lo, hi)`` over ``parts`` contiguous slices of ``range(total)``, in parallel.
+
+    The first slice runs in the calling thread, the others in a module thread pool (FFTW and
+    numpy release the GIL). Each task runs in a copy of the caller's context, so the request's
+    thread share and cancellation token follow it.
+    """
+    parts = max(1, min(parts, total))
+    bounds = [total * i // parts for i in range(parts + 1)]
+    if parts == 1:
+        fn(0, total)
+        return
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, _CPUS), thread_name_prefix="conv-fft")
+        pool = _POOL
+    futures = [pool.submit(contextvars.copy_context().run, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for future in futures:
+            future.result()

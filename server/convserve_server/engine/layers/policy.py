@@ -1,0 +1,138 @@
+"""Which ConvLayer path runs: a deterministic choice from the layer's shapes, dtype and options.
+
+The paths (each in its own module):
+
+``onnxruntime``
+    ONNX Runtime's MLAS kernels (:mod:`.layer_onnx`); float32 only; any layer.
+``fft``
+    FFTW with cached weight spectra (:mod:`.layer_fft`); ``groups == 1``, dilation 1, stride 1.
+``pointwise``
+    1x1 kernels with ``groups == 1`` as one matrix product per batch item (:mod:`.layer_gemm`).
+``depthwise``
+    ``groups == C_in == C_out``, accumulated tap by tap (:mod:`.layer_depthwise`).
+``im2col_gemm``
+    im2col and one batched matrix product (:mod:`.layer_gemm`); any layer, any float dtype.
+
+The choice depends only on the shapes, the dtype and the options (and on whether ONNX Runtime
+is installed), never on what happens to be cached, so it is the same for every call of a layer.
+The rules, and the measurements behind them, are in ``docs/conv_layer.md``:
+
+1. Tiny problems (fewer than :data:`SMALL_MACS` multiply-adds) stay in numpy, where a call
+   costs tens of microseconds and float32 is accumulated in float64.
+2. Large kernels go to ``fft`` where its estimated cost (transforms plus the per-frequency
+   channel products) is below :data:`FFT_ADVANTAGE` of the direct multiply-adds' cost.
+3. Other float32 layers go to ``onnxruntime`` when it is installed.
+4. Otherwise (float64, or no ONNX Runtime) the numpy path that fits the shape:
+   ``pointwise``, ``depthwise`` or ``im2col_gemm``.
+
+The only data-dependent exception: ``fft`` needs a finite input (a NaN or Inf would spread over
+the whole output), so a non-finite input takes the rule-3/4 path instead; that is the caller's
+job (:func:`fallback`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from convserve_server.engine.layers import onnx as layer_onnx
+
+PATHS: tuple[str, ...] = ("onnxruntime", "fft", "pointwise", "depthwise", "im2col_gemm")
+# Below this many multiply-adds a call stays in numpy (ONNX Runtime's per-call cost and a
+# session per shape don't pay off).
+SMALL_MACS = 1 << 16
+# FFT is chosen when its modelled cost is below this fraction of the direct cost.
+FFT_ADVANTAGE = 0.7
+# Cost model constants (seconds per unit), measured on the 2-core benchmark host with
+# bench/bench_conv_layer.py; only their ratios matter for the choice.
+DIRECT_PER_MAC = 1.0 / 40e9  # ONNX Runtime / MLAS float32 multiply-adds
+FFT_PER_POINT_LOG = 1.0 / 3e9  # one real FFT point times log2(size)
+CMAC = 1.0 / 6e9  # one complex multiply-add of the batched per-frequency matmul
+SPECTRA_BYTE = 1.0 / 6e9  # reading the weight spectra from memory (bound when N is small)
+CACHED_BYTE = 1.0 / 30e9  # reading a spectrum small enough to stay in cache
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The shape of one validated layer call (what the policy may look at).
+
+    Attributes
+    ----------
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    n, c_in, c_out, groups : int
+        Batch, channels and channel groups.
+    kernel, strides, dilations, padded, out_spatial : tuple of int
+        Per spatial dimension; ``padded`` is the padded input's spatial shape.
+    """
+
+    dtype: str
+    n: int
+    c_in: int
+    c_out: int
+    groups: int
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    padded: tuple[int, ...]
+    out_spatial: tuple[int, ...]
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the direct computation."""
+        return self.n * self.c_out * math.prod(self.out_spatial) * (self.c_in // self.groups) * math.prod(self.kernel)
+
+
+def eligible(path: str, p: Problem) -> bool:
+    """Whether ``path`` can compute problem ``p`` at all (``im2col_gemm`` always can)."""
+    if path == "onnxruntime":
+        return p.dtype == "float32" and layer_onnx.available()
+    if path == "fft":
+        return p.groups == 1 and all(d == 1 for d in p.dilations) and all(s == 1 for s in p.strides)
+    if path == "pointwise":
+        return p.groups == 1 and all(k == 1 for k in p.kernel)
+    if path == "depthwise":
+        return p.groups == p.c_in == p.c_out
+    return path == "im2col_gemm"
+
+
+def fft_cost(p: Problem) -> float:
+    """Modelled seconds of the ``fft`` path, whole or tiled (see :func:`.layer_fft.plan_tiles`).
+
+    The channel products read the whole weight spectrum (``C_in * C_out`` complex values per
+    frequency), so with a small batch they are bound by memory bandwidth, not by arithmetic;
+    tiling trades more transform work for a spectrum small enough to stay in cache.
+    """
+    from convserve_server.engine.layers.fft import plan_tiles
+
+    return plan_tiles(p.padded, p.kernel, p.n, p.c_in, p.c_out)[1]
+
+
+def direct_cost(p: Problem) -> float:
+    """Modelled seconds of the direct (GEMM) computation."""
+    return p.macs * DIRECT_PER_MAC
+
+
+def numpy_path(p: Problem) -> str:
+    """The numpy path for ``p``: ``pointwise``, ``depthwise`` or ``im2col_gemm``."""
+    if eligible("pointwise", p):
+        return "pointwise"
+    if eligible("depthwise", p):
+        return "depthwise"
+    return "im2col_gemm"
+
+
+def fallback(p: Problem) -> str:
+    """The path rule 3 or 4 picks (used when ``fft`` meets a non-finite input)."""
+    if p.macs >= SMALL_MACS and eligible("onnxruntime", p):
+        return "onnxruntime"
+    return numpy_path(p)
+
+
+def choose(p: Problem) -> str:
+    """Return the path for problem ``p`` (deterministic; see the module docstring)."""
+    if p.macs < SMALL_MACS:
+        return numpy_path(p)
+    if eligible("fft", p) and math.prod(p.kernel) >= 25 and fft_cost(p) < FFT_ADVANTAGE * direct_cost(p):
+        return "fft"
+    return fallback(p)

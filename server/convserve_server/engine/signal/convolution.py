@@ -1,0 +1,145 @@
+"""Convolve and Correlate: scipy.signal semantics plus axes, boundaries and circular mode.
+
+The planner validates and decides; this module runs the chosen engine and casts the result.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from convserve_server.engine.signal import direct, fft_product as fft, integers, overlap_add
+from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, nonfinite_warnings  # noqa: F401 (re-exported)
+from convserve_server.engine.signal.planner import SignalPlan, plan_signal_call
+
+
+def convolve(
+    in1: npt.ArrayLike,
+    in2: npt.ArrayLike,
+    mode: str = "full",
+    method: str = "auto",
+    axes: Any = None,
+    boundary: str = "fill",
+    fill_value: Any = 0,
+    output_dtype: Any = None,
+    return_info: bool = False,
+) -> Any:
+    """Convolve two N-dimensional arrays, as ``scipy.signal.convolve`` does.
+
+    Parameters
+    ----------
+    in1, in2 : array_like
+        The signal and the kernel (any supported dtype, array-likes accepted).
+    mode : {"full", "same", "valid", "circular"}
+        Output size, as scipy; ``circular`` is cyclic convolution with in1's shape.
+    method : {"auto", "direct", "fft", "overlap_add"}
+        How to compute; ``auto`` picks the fastest by a cost model.
+    axes : int or sequence of int, optional
+        Axes to convolve over (default: all); the others broadcast.
+    boundary : {"fill", "wrap", "symmetric", "reflect", "edge"} or an alias
+        How in1 is extended beyond its edges (``full`` and ``same`` modes).
+    fill_value : scalar
+        The constant for ``boundary="fill"``.
+    output_dtype : dtype, optional
+        Result type; default scipy's (``numpy.result_type`` of the inputs).
+    return_info : bool
+        Also return a :class:`CallInfo`.
+
+    Returns
+    -------
+    numpy.ndarray or (numpy.ndarray, CallInfo)
+        The result, and what ran when ``return_info`` is true.
+
+    Raises
+    ------
+    InvalidArgumentError
+        On a bad argument (a ValueError).
+    OutOfRangeError
+        When an integer result would not fit the output dtype.
+    """
+    plan = plan_signal_call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate=False)
+    return _finish(plan, return_info)
+
+
+def correlate(
+    in1: npt.ArrayLike,
+    in2: npt.ArrayLike,
+    mode: str = "full",
+    method: str = "auto",
+    axes: Any = None,
+    boundary: str = "fill",
+    fill_value: Any = 0,
+    output_dtype: Any = None,
+    return_info: bool = False,
+) -> Any:
+    """Cross-correlate two N-dimensional arrays, as ``scipy.signal.correlate`` does.
+
+    The arguments, result and errors are those of :func:`convolve`; in2 is conjugated for
+    complex data.
+    """
+    plan = plan_signal_call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate=True)
+    return _finish(plan, return_info)
+
+
+def _finish(plan: SignalPlan, return_info: bool) -> Any:
+    """Run a plan, time it, and package the result."""
+    started = time.perf_counter()
+    result = execute(plan)
+    info = CallInfo(method=plan.method, compute_seconds=time.perf_counter() - started, warnings=tuple(plan.warnings))
+    return (result, info) if return_info else result
+
+
+def execute(plan: SignalPlan) -> npt.NDArray[Any]:
+    """Compute a planned call and return the result in its output dtype and shape.
+
+    A float or complex result holding NaN or Inf adds :data:`NONFINITE_WARNING` to
+    ``plan.warnings`` (unless the planner already warned about NaN), on every method.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # reported as a call warning instead
+        result = _compute(plan)
+    if not any("NaN" in note for note in plan.warnings):
+        plan.warnings.extend(nonfinite_warnings(result))
+    return result
+
+
+def _compute(plan: SignalPlan) -> npt.NDArray[Any]:
+    """Run the planned method and cast the result to its output dtype and shape."""
+    exact_fft = plan.exact_integer and plan.method != "direct"
+    work = np.dtype(np.float64) if exact_fft else plan.work_dtype
+    if plan.mode == "circular":
+        if plan.method == "direct":
+            raw = _direct_circular(plan, work)
+        else:
+            raw = fft.circular(plan.x, plan.h, plan.axes, work)
+    elif plan.method == "direct":
+        raw = direct.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
+    elif plan.method == "overlap_add":
+        raw = overlap_add.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
+    else:
+        raw = fft.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
+    return _cast(raw, plan, exact_fft).reshape(plan.output_shape)
+
+
+def _direct_circular(plan: SignalPlan, work: np.dtype[Any]) -> npt.NDArray[Any]:
+    """Cyclic convolution by the direct engine: wrap-extend in1 on the left, then a linear window."""
+    pad = [(0, 0)] * plan.x.ndim
+    for axis in plan.axes:
+        pad[axis] = (plan.h.shape[axis] - 1, 0)
+    wrapped = np.pad(plan.x, pad, mode="wrap")
+    starts = [plan.h.shape[a] - 1 for a in plan.axes]
+    return direct.linear_region(wrapped, plan.h, plan.axes, starts, plan.lengths, work)
+
+
+def _cast(raw: npt.NDArray[Any], plan: SignalPlan, from_fft: bool) -> npt.NDArray[Any]:
+    """Cast to the output dtype; integers are rounded (FFT) and range-checked, never wrapped."""
+    out = plan.out_dtype
+    if not plan.exact_integer:
+        return np.ascontiguousarray(raw, dtype=out)
+    exact = np.rint(raw).astype(np.int64) if from_fft else raw
+    if out.kind == "b":
+        return np.ascontiguousarray(exact != 0)
+    integers.check_range(exact, out)
+    return np.ascontiguousarray(exact, dtype=out)

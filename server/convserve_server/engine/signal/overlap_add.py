@@ -1,0 +1,167 @@
+"""Overlap-add: a long signal cut into blocks, transformed in batched FFTW calls of a group each.
+
+Along the axis where the signal is longest relative to the kernel, the signal is reshaped into
+``nb`` blocks of ``B`` samples, zero-padded to the transform length ``L = B + M - 1``; one
+batched real FFT transforms every block, the product with the kernel's spectrum and one batched
+inverse give every block's convolution, and the tails (``M - 1`` samples) are added onto the
+next block's head. Other convolved axes are transformed whole. ``L`` is chosen by cost
+(:func:`choose_block`): many short transforms run in cache, few long ones waste less overlap.
+
+The blocks go through the transforms in groups of at most :data:`GROUP_BYTES` of spectra (one
+plan shape for every group, the last one zero-padded), with ``cancellation.check`` between
+groups: a cancelled request stops within one group, and memory holds one group's spectra.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from convserve_server.engine import cancellation
+from convserve_server.engine.signal import fft_product as fft
+from convserve_server.engine.fft import plans as fftw_plans
+
+# Transform lengths tried for a block (powers of two and their 3- and 5-multiples).
+_CANDIDATES = sorted({p * f for p in (2**k for k in range(4, 25)) for f in (1, 3, 5)})
+# Per point, a transform costs log2(L) plus this (the multiply, copies and overlap adds).
+_PER_POINT = 6.0
+# Longer transforms fall out of cache: their cost per point and level grows by this factor.
+_CACHE_POINTS = 1 << 16
+_OUT_OF_CACHE = 1.35
+# Most bytes of one group's spectra (x's, and the product's): one block of work between checks.
+GROUP_BYTES = 16 << 20
+
+
+def transform_cost(length: int) -> float:
+    """Relative cost of one length-``length`` transform and its share of the pointwise work."""
+    per_level = _OUT_OF_CACHE if length > _CACHE_POINTS else 1.0
+    return length * (per_level * math.log2(max(length, 2)) + _PER_POINT)
+
+
+@functools.lru_cache(maxsize=4096)
+def choose_block(n: int, m: int) -> int:
+    """Return the transform length ``L`` minimising the cost of convolving ``n`` by ``m`` samples.
+
+    The whole-signal FFT (``fast_length(n + m - 1)``) is a candidate too; the caller runs a plain
+    FFT when it wins.
+    """
+    whole = fft.fast_length(n + m - 1)
+    best, best_cost = whole, 2 * transform_cost(whole)
+    for length in _CANDIDATES:
+        if length < 2 * m or length >= whole:
+            continue
+        blocks = -(-n // (length - m + 1))
+        cost = 2 * blocks * transform_cost(length)
+        if cost < best_cost:
+            best, best_cost = length, cost
+    return best
+
+
+def linear_region(
+    x: npt.NDArray[Any],
+    h: npt.NDArray[Any],
+    axes: Sequence[int],
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    work_dtype: np.dtype[Any],
+) -> npt.NDArray[Any]:
+    """Part of the full linear convolution (see ``direct.linear_region``), blocked along one axis."""
+    if math.prod(h.shape[a] for a in axes) > math.prod(x.shape[a] for a in axes):
+        x, h = h, x
+    position = max(range(len(axes)), key=lambda i: x.shape[axes[i]] / h.shape[axes[i]])
+    axis = axes[position]
+    n, m = x.shape[axis], h.shape[axis]
+    length = choose_block(n, m)
+    if length >= fft.fast_length(n + m - 1):
+        return fft.linear_region(x, h, axes, starts, lengths, work_dtype)
+    block = length - m + 1
+    blocks = -(-n // block)
+    # Move the blocked axis last; the block index becomes a new batch axis just before it.
+    last = x.ndim - 1
+    xm, hm = np.moveaxis(x, axis, -1), np.moveaxis(h, axis, -1)
+    moved = [a - (a > axis) for a in axes if a != axis]
+    others = {a: fft.fast_length(xm.shape[a] + hm.shape[a] - 1) for a in moved}
+    x_shape = [others.get(i, s) for i, s in enumerate(xm.shape[:-1])] + [blocks, length]
+    h_shape = [others.get(i, s) for i, s in enumerate(hm.shape[:-1])] + [1, length]
+    h_blocked = hm.reshape(hm.shape[:-1] + (1, m))
+    transform_axes = tuple(moved) + (last + 1,)
+    # Blocks per group: spectra bytes per block bounded by GROUP_BYTES (all blocks if they fit).
+    real = work_dtype.kind != "c"
+    item = np.dtype(np.complex64 if work_dtype in (np.float32, np.complex64) else np.complex128).itemsize
+    spectrum = math.prod(x_shape[:-2]) * ((length // 2 + 1) if real else length) * item
+    group = max(1, min(blocks, GROUP_BYTES // max(1, spectrum)))
+    x_shape[-2] = group
+    out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
+
+    corner = tuple(slice(0, s) for s in xm.shape[:-1])
+
+    def load_x(buffer: npt.NDArray[Any], first: int) -> int:
+        """Blocks ``first..`` of x into ``buffer`` (zero-padded); returns how many are real."""
+        count = min(group, blocks - first)
+        full = min(count, n // block - first)
+        if full > 0:
+            np.copyto(
+                buffer[corner + (slice(0, full), slice(0, block))],
+                xm[..., first * block : (first + full) * block].reshape(xm.shape[:-1] + (full, block)),
+                casting="unsafe",
+            )
+        full = max(full, 0)
+        if full < count:  # the last, partial block
+            rest = n - (first + full) * block
+            np.copyto(buffer[corner + (full, slice(0, rest))], xm[..., (first + full) * block :], casting="unsafe")
+            buffer[corner + (full, slice(rest, block))] = 0
+        buffer[corner + (slice(count, None), slice(0, block))] = 0
+        if not first:  # the forward transform keeps its input: the rest stays zero between groups
+            fft.zero_outside(buffer, list(xm.shape[:-1]) + [group, block])
+        return count
+
+    crop_others = [slice(None)] * (x.ndim - 1)
+    for a, start, size in zip(axes, starts, lengths):
+        if a != axis:
+            crop_others[a - (a > axis)] = slice(start, start + size)
+    start_axis, size_axis = starts[position], lengths[position]
+    crop = tuple(crop_others)
+
+    scale = 1.0 / math.prod(x_shape[a] for a in transform_axes)
+    forward = "r2c" if real else "c2c"
+    with (
+        fftw_plans.plan(forward, tuple(x_shape), work_dtype, transform_axes) as px,
+        fftw_plans.plan(forward, tuple(h_shape), work_dtype, transform_axes) as ph,
+        fftw_plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, transform_axes) as pi,
+    ):
+        fft.load(ph.input, h_blocked, scale)
+        ph.fftw.execute()
+        cancellation.check()
+        acc: npt.NDArray[Any] | None = None
+        carry = np.zeros(0, dtype=pi.output.dtype)  # the tail a group leaves for the next one
+        for first in range(0, blocks, group):
+            cancellation.check()
+            count = load_x(px.input, first)
+            px.fftw.execute()
+            cancellation.check()  # between transforms too: one group may be the whole signal
+            np.multiply(px.output, ph.output, out=pi.input)
+            pi.fftw.execute()
+            y = pi.output[crop]
+            if acc is None:
+                acc = np.empty(y.shape[:-2] + ((blocks + 1) * block,), dtype=y.dtype)
+                acc[..., blocks * block :] = 0
+            # Heads of this group's blocks, then each block's tail onto the next block's head
+            # (the next group's first head is written before this group's last tail is added).
+            span = acc[..., first * block : (first + count + 1) * block]
+            head = span[..., : count * block].reshape(y.shape[:-2] + (count, block))
+            np.copyto(head, y[..., :count, :block])
+            if first:
+                span[..., : m - 1] += carry
+            tails = span[..., block:].reshape(y.shape[:-2] + (count, block))
+            assert np.shares_memory(tails, acc) and np.shares_memory(head, acc)
+            if first + count < blocks:
+                tails[..., : count - 1, : m - 1] += y[..., : count - 1, block:]
+                carry = np.array(y[..., count - 1, block:])
+            else:
+                tails[..., :count, : m - 1] += y[..., :count, block:]
+    assert acc is not None
+    return np.moveaxis(acc[..., start_axis : start_axis + size_axis], -1, axis)

@@ -1,0 +1,1 @@
+"""Operations: structured logs, Prometheus metrics and the malloc settings. Imports nothing above it."""

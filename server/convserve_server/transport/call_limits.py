@@ -1,0 +1,346 @@
+"""Caps on calls in progress: for the whole server and per authenticated identity.
+
+A call counts from the moment its metadata arrives (``intercept_service``) until its handler
+returns, raises, is cancelled or aborted; a call whose handler never runs (the caller gave up
+while its message was arriving) stops counting when gRPC drops it. Beyond a cap the call is
+refused with RESOURCE_EXHAUSTED and a trailing ``grpc-retry-pushback-ms`` of ``pushback_ms``
+(the default client waits that long and retries), *before its body is read*: the refusing
+handler is request-streaming (see :func:`refusing_handler`).
+
+Identity (``max_calls_per_identity``):
+
+* with mutual TLS, the client certificate's subject (``x509_subject``, else the peer
+  identities): each certificate is its own identity. gRPC Python shows it only to a running
+  handler (``context.auth_context()``); the request-streaming wrapper below checks it before it
+  reads the one message;
+* else, with ``--auth-token``, the SHA-256 of the bearer token: every holder of the one token
+  is one identity, so the identity cap bounds all token holders together;
+* without authentication there is no identity and only the global cap applies (per-address
+  limits mean nothing on loopback or behind a balancer).
+
+Unary-request methods are served through a request-streaming wrapper: a unary handler runs only
+once gRPC has received the whole message, so a caller that sends the metadata and then stalls
+(or trickles its body) would hold its count with nothing on the server able to end it. The
+wrapper runs at once and reads the one message within ``idle_timeout`` (the setting
+``idle_timeout_seconds``), then checks that no second message follows; a call that does not
+deliver its message in time ends with DEADLINE_EXCEEDED and stops counting.
+
+Health checks (``/grpc.health.v1.Health/``) are never counted nor refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+
+from convserve_server.transport.calls import CallRecord
+from convserve_server.engine.errors import InvalidArgumentError
+from convserve_server.transport.status import IdleTimeout
+
+OPEN_METHODS = ("/grpc.health.v1.Health/",)
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+@functools.lru_cache(maxsize=256)
+def response_streaming(method: str) -> bool:
+    """Whether ``/pkg.Service/Method`` streams its responses (False when the method is unknown)."""
+    service, _, name = method.lstrip("/").partition("/")
+    try:
+        return bool(descriptor_pool.Default().FindMethodByName(f"{service}.{name}").server_streaming)
+    except KeyError:
+        return False
+
+
+def refusing_handler(method: str, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
+    """A handler that ends the call with ``code`` without reading one request message.
+
+    It is request-streaming whatever the method is: for a unary-request handler gRPC Python
+    receives and assembles the whole message before calling it, while a request-streaming
+    handler runs as soon as the metadata is in, so the body is never read (what HTTP/2 flow
+    control let in before the refusal is dropped). Its response side has the method's kind.
+    """
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, details, trailing_metadata=trailing_metadata)
+
+    if response_streaming(method):
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def token_identity(token: str) -> str:
+    """The identity of a bearer token: ``token:`` and the first 16 hex digits of its SHA-256."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def certificate_identity(context: grpc.aio.ServicerContext) -> str | None:
+    """The client certificate's subject (or peer identities) of an mTLS call, else None."""
+    auth = context.auth_context() or {}
+    values = auth.get("x509_subject") or context.peer_identities() or ()
+    if not values:
+        return None
+    return "cert:" + b"|".join(bytes(v) for v in values).decode(errors="replace")
+
+
+class Limiter:
+    """Counts of calls in progress, globally and per identity (thread-safe)."""
+
+    def __init__(self, max_calls: int, max_per_identity: int) -> None:
+        self.max_calls = max_calls
+        self.max_per_identity = max_per_identity
+        self.lock = threading.Lock()
+        self.total = 0
+        self.per_identity: dict[str, int] = {}
+
+    def acquire(self, identity: str | None) -> str | None:
+        """Count one call; None when it fits, else why not (the call is then not counted)."""
+        with self.lock:
+            if self.total >= self.max_calls:
+                return f"the server has {self.total} calls in progress (max_concurrent_calls={self.max_calls}): retry later"
+            if identity is not None and self.per_identity.get(identity, 0) >= self.max_per_identity:
+                return f"this identity has {self.per_identity[identity]} calls in progress (max_calls_per_identity={self.max_per_identity}): retry later"
+            self.total += 1
+            if identity is not None:
+                self.per_identity[identity] = self.per_identity.get(identity, 0) + 1
+            return None
+
+    def add_identity(self, identity: str) -> str | None:
+        """Count an already counted call against ``identity`` too; None when it fits, else why not."""
+        with self.lock:
+            held = self.per_identity.get(identity, 0)
+            if held >= self.max_per_identity:
+                return f"this identity has {held} calls in progress (max_calls_per_identity={self.max_per_identity}): retry later"
+            self.per_identity[identity] = held + 1
+            return None
+
+    def release(self, identity: str | None, counted: bool = True) -> None:
+        """Stop counting one call (and its identity's share)."""
+        with self.lock:
+            if counted:
+                self.total -= 1
+            if identity is not None:
+                left = self.per_identity.get(identity, 0) - 1
+                if left > 0:
+                    self.per_identity[identity] = left
+                else:
+                    self.per_identity.pop(identity, None)
+
+
+def _is_async(handler: grpc.RpcMethodHandler) -> bool:
+    """Whether the handler's behaviour is a coroutine or async generator function."""
+    behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
+
+
+class Ticket:
+    """One counted call; released once, by the handler's end or when gRPC drops the handler."""
+
+    def __init__(self, limiter: Limiter, identity: str | None) -> None:
+        self._limiter = limiter
+        self.identity = identity
+        self._released = False
+
+    def bind(self, identity: str) -> str | None:
+        """Count the call against ``identity`` too (mTLS); None when it fits, else why not."""
+        refused = self._limiter.add_identity(identity)
+        if refused is None:
+            with self._limiter.lock:
+                self.identity = identity
+        return refused
+
+    def release(self) -> None:
+        """Stop counting the call (idempotent)."""
+        with self._limiter.lock:
+            if self._released:
+                return
+            self._released = True
+        self._limiter.release(self.identity)
+
+    def __del__(self) -> None:  # the handler never ran: the caller left while its message arrived
+        self.release()
+
+
+Behaviour = Callable[..., Any]
+
+
+class CallLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse calls beyond ``max_calls`` in progress, or beyond ``max_per_identity`` for one identity.
+
+    Parameters
+    ----------
+    max_calls, max_per_identity : int
+        The caps (settings ``max_concurrent_calls`` and ``max_calls_per_identity``).
+    token : str
+        The server's bearer token when auth is on (without mTLS): every call that gets past the
+        token check carries it, so all of them are this one identity (worked out once, here).
+    certificate_identities : bool
+        Identify callers by their client certificate (mTLS).
+    pushback_ms : int
+        The ``grpc-retry-pushback-ms`` sent with a refusal.
+    idle_timeout : float
+        Seconds a unary-request call has to deliver its one message.
+    """
+
+    def __init__(
+        self, max_calls: int, max_per_identity: int, token: str = "", certificate_identities: bool = False, pushback_ms: int = 50, idle_timeout: float = 30.0
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.limiter = Limiter(max_calls, max_per_identity)
+        self._identity = token_identity(token) if token and not certificate_identities else None
+        self._certificates = certificate_identities
+        self._trailers = ((PUSHBACK_KEY, str(max(0, pushback_ms))),)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method or ""
+        if method.startswith(OPEN_METHODS):
+            return await continuation(handler_call_details)
+        identity = self._identity
+        refused = self.limiter.acquire(identity)
+        if refused is not None:
+            return refusing_handler(method, grpc.StatusCode.RESOURCE_EXHAUSTED, refused, self._trailers)
+        ticket = Ticket(self.limiter, identity)
+        try:
+            handler = await continuation(handler_call_details)
+        except BaseException:
+            ticket.release()
+            raise
+        if handler is None:
+            ticket.release()
+            return None
+        return self._wrap(handler, ticket, method.rsplit("/", 1)[-1])
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, ticket: Ticket, rpc: str) -> grpc.RpcMethodHandler:
+        """The same handler, releasing ``ticket`` when it ends (any of the four kinds)."""
+        trailers = self._trailers
+        certificates = self._certificates
+
+        async def admit(context: grpc.aio.ServicerContext) -> None:
+            if not certificates:
+                return
+            identity = certificate_identity(context)
+            if identity is not None:
+                refused = ticket.bind(identity)
+                if refused is not None:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused, trailing_metadata=trailers)
+
+        def wrap(inner: Behaviour | None) -> Behaviour | None:
+            if inner is None:
+                return None
+            if inspect.isasyncgenfunction(inner):
+
+                async def generate(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                    try:
+                        await admit(context)
+                        async for response in inner(request, context):
+                            yield response
+                    finally:
+                        ticket.release()
+
+                return generate
+            if inspect.iscoroutinefunction(inner):
+
+                async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    try:
+                        await admit(context)
+                        return await inner(request, context)
+                    finally:
+                        ticket.release()
+
+                return run
+            if inspect.isgeneratorfunction(inner):
+
+                def generate_sync(request: Any, context: Any) -> Any:
+                    try:
+                        yield from inner(request, context)
+                    finally:
+                        ticket.release()
+
+                return generate_sync
+
+            def run_sync(request: Any, context: Any) -> Any:
+                try:
+                    return inner(request, context)
+                finally:
+                    ticket.release()
+
+            return run_sync
+
+        if not handler.request_streaming and _is_async(handler):
+            return self._as_request_streaming(handler, ticket, admit, self.idle_timeout, rpc)
+        return handler._replace(
+            unary_unary=wrap(handler.unary_unary),
+            unary_stream=wrap(handler.unary_stream),
+            stream_unary=wrap(handler.stream_unary),
+            stream_stream=wrap(handler.stream_stream),
+        )
+
+    @staticmethod
+    def _as_request_streaming(
+        handler: grpc.RpcMethodHandler, ticket: Ticket, admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]], idle_timeout: float, rpc: str
+    ) -> grpc.RpcMethodHandler:
+        """A unary-request handler served as a request-streaming one: the identity (known only from
+        the call's context) is checked before its message is read; the one message must arrive
+        within ``idle_timeout`` and be the only one; then it goes to the unary behaviour."""
+
+        async def first(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            iterator = aiter(requests)
+            request: Any = None
+            failure: Exception | None = None
+            try:
+                async with asyncio.timeout(idle_timeout):  # not wait_for: it can swallow a cancel (3.11)
+                    request = await anext(iterator, None)
+                    extra = None if request is None else await anext(iterator, None)
+            except TimeoutError:
+                failure = IdleTimeout(
+                    f"the request message did not arrive within {idle_timeout:g} s: a unary "
+                    "message must arrive whole within idle_timeout_seconds (raise it on the server "
+                    "for slow links, or send large inputs chunked, which the client does above 4 MiB)"
+                )
+            else:
+                if request is None:
+                    failure = InvalidArgumentError("request", "the call ended before its request message")
+                elif extra is not None:
+                    failure = InvalidArgumentError("request", "a unary method takes exactly one request message")
+            if failure is not None:  # logged, counted and answered with a request id, like any other failure
+                await CallRecord(rpc, context, 0).fail(failure)
+            return request
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    await admit(context)
+                    return await unary(await first(requests, context), context)
+                finally:
+                    ticket.release()
+
+            return grpc.stream_unary_rpc_method_handler(run, handler.request_deserializer, handler.response_serializer)
+
+        streaming = handler.unary_stream
+
+        async def generate(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                await admit(context)
+                request = await first(requests, context)
+                if inspect.isasyncgenfunction(streaming):
+                    async for response in streaming(request, context):
+                        yield response
+                else:
+                    await streaming(request, context)
+            finally:
+                ticket.release()
+
+        return grpc.stream_stream_rpc_method_handler(generate, handler.request_deserializer, handler.response_serializer)

@@ -1,0 +1,140 @@
+"""Chunked transfer: tensors assembled from ordered chunks, and results sent back as chunks.
+
+The header of a chunked request declares every tensor's dtype and shape; the assembler checks
+them, then preallocates one array per streamed tensor and copies each chunk straight into it
+(no list of pieces joined at the end). A chunk for an unknown tensor, out of order, past the
+declared size, or a stream that ends early is refused with INVALID_ARGUMENT, unless it ended
+because the caller cancelled or its deadline passed (then it is recorded as that).
+
+Every message of a chunked or streaming call moves under the idle timeout (:func:`receive`,
+:func:`send`): a caller that sends, or reads, nothing for ``idle_timeout_seconds`` ends its
+call with DEADLINE_EXCEEDED, and what the call holds is freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from convserve import codec
+from convserve.v1 import convserve_pb2 as pb
+
+from convserve_server.engine.errors import InvalidArgumentError
+from convserve_server.transport.status import CallerGone, IdleTimeout
+from convserve_server.transport.wire import as_engine_error, check_limits
+
+CHUNK_BYTES = 1024 * 1024
+# How long a request stream that ended short waits for the cancellation that may have ended it.
+CANCEL_ARRIVAL_SECONDS = 0.05
+Message = TypeVar("Message")
+
+
+async def receive(messages: AsyncIterator[Message], seconds: float, what: str) -> Message | None:
+    """The next request message (None at the end); IdleTimeout when none came within ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):  # not wait_for: in 3.11 it can swallow the call's cancellation
+            return await anext(messages, None)
+    except TimeoutError:
+        raise IdleTimeout(
+            f"{what} sent nothing for {seconds:g} s (idle_timeout_seconds), so the server ended it "
+            "and freed what it held; send the next message sooner, or start a new call"
+        ) from None
+
+
+async def send(context: grpc.aio.ServicerContext, message: Any, seconds: float, what: str) -> None:
+    """Write one response message; IdleTimeout when the caller has not taken it within ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await context.write(message)
+    except TimeoutError:
+        raise IdleTimeout(
+            f"the caller read nothing of {what} for {seconds:g} s (idle_timeout_seconds), so the server ended the call and freed its result"
+        ) from None
+
+
+async def check_caller(context: grpc.aio.ServicerContext) -> None:
+    """Raise CallerGone if a request stream that ended early was ended by its caller's deadline or cancel.
+
+    gRPC ends the request iterator first and cancels the handler a moment later, so a short
+    stream waits briefly for that cancellation before it is called malformed.
+    """
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise CallerGone(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed during the upload")
+    await asyncio.sleep(CANCEL_ARRIVAL_SECONDS)  # a cancel arrives here as asyncio.CancelledError
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise CallerGone(grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed during the upload")
+    if context.cancelled():
+        raise CallerGone(grpc.StatusCode.CANCELLED, "the caller cancelled during the upload")
+
+
+class Assembler:
+    """Collects the chunks of a request's streamed tensors into preallocated arrays."""
+
+    def __init__(self, header: Any, fields: tuple[str, ...], max_elements: int) -> None:
+        self.arrays: dict[str, npt.NDArray[Any]] = {}
+        self._views: dict[str, memoryview] = {}
+        self._received: dict[str, int] = {}
+        for name in fields:
+            if not header.HasField(name):
+                continue
+            tensor = getattr(header, name)
+            try:
+                dtype, shape, nbytes = codec.check_declared(tensor.dtype, tensor.shape, name)
+            except ValueError as exc:
+                raise as_engine_error(exc, name) from None
+            check_limits(shape, name, max_elements)
+            if len(tensor.data) == nbytes:
+                continue  # complete inline (a small kernel); decoded with the header
+            if tensor.data:
+                raise InvalidArgumentError(
+                    f"{name}.data", f"carries {len(tensor.data)} bytes in the header; send all {nbytes} bytes inline or none (then chunks)"
+                )
+            array = np.empty(shape, dtype=dtype)  # the wire's little-endian dtype
+            self.arrays[name] = array
+            self._views[name] = array.reshape(-1).view(np.uint8).data
+            self._received[name] = 0
+
+    def add(self, chunk: pb.TensorChunk) -> None:
+        """Copy one chunk into its tensor, checking its name, order and size."""
+        view = self._views.get(chunk.field)
+        if view is None:
+            raise InvalidArgumentError("chunk.field", f"{chunk.field!r} is not a tensor announced as streamed (expected one of {sorted(self._views)})")
+        start = self._received[chunk.field]
+        if chunk.offset != start:
+            raise InvalidArgumentError("chunk.offset", f"chunk of {chunk.field} at offset {chunk.offset}; expected {start} (chunks come in order)")
+        end = start + len(chunk.data)
+        if end > len(view):
+            raise InvalidArgumentError("chunk.data", f"{chunk.field} would get {end} bytes; its shape declares {len(view)}")
+        view[start:end] = chunk.data
+        self._received[chunk.field] = end
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Bytes the header declares for the streamed tensors (what the upload will make the server hold)."""
+        return sum(len(view) for view in self._views.values())
+
+    @property
+    def complete(self) -> bool:
+        """Whether every streamed tensor has all its bytes."""
+        return all(self._received[name] == len(view) for name, view in self._views.items())
+
+    def finish(self) -> dict[str, npt.NDArray[Any]]:
+        """The assembled arrays, once every streamed tensor is complete."""
+        for name, view in self._views.items():
+            if self._received[name] != len(view):
+                raise InvalidArgumentError(f"{name}.data", f"the stream ended after {self._received[name]} of {len(view)} bytes")
+        return self.arrays
+
+
+def response_parts(array: npt.NDArray[Any], info: pb.ComputeInfo, field: str) -> Iterator[pb.ResponsePart]:
+    """The header, then the result's bytes in ``CHUNK_BYTES`` chunks."""
+    yield pb.ResponsePart(header=pb.ResponseHeader(result=codec.header(array, field), info=info))
+    data = codec.wire_bytes(array)
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield pb.ResponsePart(chunk=pb.TensorChunk(field=field, offset=start, data=data[start : start + CHUNK_BYTES].tobytes()))

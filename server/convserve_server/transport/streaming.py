@@ -1,0 +1,190 @@
+"""The ConvolveStream RPC: a configuration message, then blocks in, output blocks out.
+
+Between blocks a stream holds no compute slot: it holds a ticket of the waiting budget for what
+it keeps meanwhile (its kernel, the convolver's state for the real channel count, the samples it
+carries over and the next block in flight). Each block is computed on the worker pool under a
+short compute reservation of its own (the block's work arrays), taken when the block is ready
+and released as soon as it is done, so idle streams can never lock computing callers out.
+Every message moves under the idle timeout (see :mod:`.chunks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from convserve import codec
+from convserve.v1 import convserve_pb2 as pb
+
+from convserve_server.transport import chunked as chunks, wire
+from convserve_server.transport.calls import CallRecord
+from convserve_server.engine.errors import InvalidArgumentError
+from convserve_server.engine.signal.streaming import StreamConvolver
+from convserve_server.admission.workers import WaitingBudget, WorkerPool
+from convserve_server.settings import Settings
+
+# What a stream may have in flight before its first block says how large its blocks are.
+FIRST_BLOCK_ALLOWANCE = 1 << 20
+F64 = 8
+C128 = 16
+
+
+def state_bytes(taps: int, block: int, channels: int, exact: bool) -> int:
+    """Bytes the convolver keeps between blocks for ``channels`` channels (after its first block).
+
+    UPOLS: the kernel's partition spectra and the frequency delay line, (C, P, B+1) complex each,
+    plus the previous and pending internal blocks. Exact integers: the per-channel kernel and the
+    carried history.
+    """
+    if exact:
+        return 2 * channels * taps * F64
+    partitions = -(-taps // block)
+    return 2 * channels * partitions * (block + 1) * C128 + 2 * channels * block * F64
+
+
+def carried_bytes(samples: int, taps: int, block: int, channels: int, exact: bool) -> int:
+    """Bytes a block of ``samples`` can leave held after its push (the arrays its carried samples view)."""
+    if exact:
+        return channels * (samples + taps) * F64
+    return 2 * channels * (samples + block) * F64
+
+
+def block_work_bytes(samples: int, taps: int, block: int, channels: int, exact: bool, first: bool) -> int:
+    """Working memory of one push of ``samples`` samples of ``channels`` channels (the compute reservation).
+
+    UPOLS: the float64 copy, the grown pending array, the output pieces (each a view of a 2B
+    inverse transform) and their join, one copy of the delay line (``np.roll``), the cast, the
+    channels-last copy and the encoded message. Exact: the extended history, its float64 and
+    accumulator copies, the kernel in the accumulator, the outputs and their casts. The first
+    block also sets the kernel spectra up (padded kernel and its transform).
+    """
+    n, c = samples, channels
+    if exact:
+        return c * F64 * (3 * taps + 10 * n + 64)
+    partitions = -(-taps // block)
+    delay_line = c * partitions * (block + 1) * C128
+    work = delay_line + c * F64 * (7 * n + 13 * block)
+    if first:
+        work += 3 * c * partitions * 2 * block * F64
+    return work
+
+
+def _block_geometry(tensor: pb.Tensor) -> tuple[int, int]:
+    """(samples, channels) a block's header declares (clamped; decoding validates it)."""
+    shape = [max(0, int(d)) for d in tensor.shape]
+    samples = shape[0] if shape else 0
+    channels = shape[1] if len(shape) == 2 else 1
+    return samples, max(1, channels)
+
+
+def _exact_for(convolver: StreamConvolver, block: pb.Tensor) -> bool:
+    """Whether the stream computes exactly in integers (known from its first block's dtype)."""
+    if convolver.dtype is not None:
+        return bool(convolver.exact)
+    kinds = codec.NUMPY_BY_DTYPE.get(block.dtype)
+    return (
+        kinds is not None
+        and kinds.kind in "biu"
+        and convolver.kernel.dtype.kind in "biu"
+        and (convolver.output_dtype_request is None or convolver.output_dtype_request.kind in "biu")
+    )
+
+
+async def convolve_stream(
+    settings: Settings, pool: WorkerPool, waiting: WaitingBudget, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+) -> None:
+    """Serve one streaming convolution, writing its responses (see the module docstring).
+
+    The work runs in :func:`_serve`, a frame of its own that has finished by the time a failure
+    is turned into a status, so the failure's cleared traceback holds none of the stream's
+    blocks. gRPC's request iterator keeps the last message it received until it is closed, and
+    a failed call leaves it in a reference cycle: it is closed here, so a refused block is freed
+    when its call ends, not when the cyclic collector happens to run.
+    """
+    record = CallRecord("ConvolveStream", context, 0)
+    try:
+        async with record.guard():
+            method, sent = await _serve(settings, pool, waiting, requests, context, record)
+    finally:
+        await _close(requests)
+    record.ok(method, sent)
+
+
+async def _close(requests: AsyncIterator[Any]) -> None:
+    """Close gRPC's request iterator (the async generator its receiver hands out), dropping the message it holds."""
+    closer = getattr(aiter(requests), "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
+
+
+async def _serve(
+    settings: Settings,
+    pool: WorkerPool,
+    waiting: WaitingBudget,
+    requests: AsyncIterator[pb.StreamRequest],
+    context: grpc.aio.ServicerContext,
+    record: CallRecord,
+) -> tuple[str, int]:
+    """The stream's work; returns the method that ran and the bytes sent."""
+    idle = settings.idle_timeout_seconds
+    sent = 0
+    messages = aiter(requests)
+    first = await chunks.receive(messages, idle, "the stream")
+    if first is None or first.WhichOneof("part") != "config":
+        raise InvalidArgumentError("config", "the first message of a stream must be its config")
+    config = first.config
+    wire.check_headers(config, settings, only=["kernel"])
+    record.add_received(len(config.kernel.data))
+    kernel_bytes = 2 * len(config.kernel.data)  # the message and the decoded kernel
+    ticket = waiting.admit(kernel_bytes + FIRST_BLOCK_ALLOWANCE, "this stream")
+    record.undo_on_failure(ticket.release)
+    kernel = wire.decode_field(config, "kernel", settings)
+    output_dtype = None
+    if config.output_dtype != pb.DTYPE_UNSPECIFIED:
+        if config.output_dtype not in codec.NUMPY_BY_DTYPE:
+            raise InvalidArgumentError("output_dtype", f"unknown value {config.output_dtype}")
+        output_dtype = codec.NUMPY_BY_DTYPE[config.output_dtype].newbyteorder("=")
+    convolver = StreamConvolver(kernel, output_dtype)
+    largest = 0
+    warnings: list[str] = []
+
+    async def deliver(output: Any) -> None:
+        nonlocal sent
+        warnings.extend(w for w in convolver.take_warnings() if w not in warnings)
+        if output.size:
+            tensor = codec.encode(output, "block")
+            sent += len(tensor.data)
+            await chunks.send(context, pb.StreamResponse(block=tensor, warnings=warnings), idle, "the stream's output")
+            warnings.clear()
+
+    while (message := await chunks.receive(messages, idle, "the stream")) is not None:
+        if message.WhichOneof("part") != "block":
+            raise InvalidArgumentError("block", "only blocks may follow the config")
+        block = wire.decode_tensor(message.block, "block", settings)  # a malformed block: INVALID_ARGUMENT first
+        samples, channels = _block_geometry(message.block)
+        exact = _exact_for(convolver, message.block)
+        first_block = convolver.dtype is None
+        if samples > largest or first_block:
+            largest = max(largest, samples)
+            incoming = largest * channels * F64  # the next block in flight, as large as the largest yet
+            ticket.resize(
+                kernel_bytes
+                + state_bytes(convolver.taps, convolver.block, channels, exact)
+                + carried_bytes(largest, convolver.taps, convolver.block, channels, exact)
+                + incoming
+            )
+        record.add_received(len(message.block.data))
+        work = block_work_bytes(samples, convolver.taps, convolver.block, channels, exact, first_block)
+        reservation = await pool.reserve_within(work, idle)
+        await deliver(await pool.run(convolver.push, block, reservation=reservation))
+    if convolver.dtype is not None:
+        channels = convolver.channels or 1
+        work = block_work_bytes(convolver.taps + convolver.block, convolver.taps, convolver.block, channels, bool(convolver.exact), False)
+        reservation = await pool.reserve_within(work, idle)
+        await deliver(await pool.run(convolver.close, reservation=reservation))
+    ticket.release()
+    return ("upols" if not convolver.exact else "direct"), sent
