@@ -71,6 +71,17 @@ class Settings:
     fftw_max_planned_shapes: int = field(
         default=512, metadata={"help": "transform shapes FFTW plans and wisdom are kept for; past it new shapes get uncached ESTIMATE plans"}
     )
+    fftw_planner_effort: str = field(
+        default="FFTW_ESTIMATE", metadata={"help": "FFTW planner flag on the request path: FFTW_ESTIMATE, FFTW_MEASURE, FFTW_PATIENT or FFTW_EXHAUSTIVE"}
+    )
+    fftw_planning_timelimit: float = field(default=0.0, metadata={"help": "seconds FFTW may spend planning one transform (0: no limit)"})
+    fftw_cache_bytes: int = field(default=512 * MIB, metadata={"help": "bytes of idle FFTW plan buffers kept for reuse"})
+    layer_cache_weights: int = field(
+        default=16, metadata={"help": "inline ConvLayer weights whose prepared forms (packed matrices, spectra, sessions) are kept (0: off)"}
+    )
+    layer_cache_bytes: int = field(default=256 * MIB, metadata={"help": "bytes the prepared forms of inline ConvLayer weights may hold together"})
+    layer_onnxruntime: bool = field(default=True, metadata={"help": "float32 ConvLayer calls may run on ONNX Runtime (off: the numpy paths only)"})
+    layer_ort_spin: bool = field(default=True, metadata={"help": "ONNX Runtime's threads spin between runs (faster calls, busier cores)"})
 
     def __post_init__(self) -> None:
         positive = (
@@ -104,6 +115,11 @@ class Settings:
             raise SettingsError(f"fftw_background_planning_seconds must be >= 0, got {self.fftw_background_planning_seconds}")
         if self.idle_timeout_seconds <= 0:
             raise SettingsError(f"idle_timeout_seconds must be > 0, got {self.idle_timeout_seconds}")
+        for name in ("fftw_planning_timelimit", "fftw_cache_bytes", "layer_cache_weights", "layer_cache_bytes"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.fftw_planner_effort.upper() not in ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE"):
+            raise SettingsError(f"fftw_planner_effort must be FFTW_ESTIMATE, FFTW_MEASURE, FFTW_PATIENT or FFTW_EXHAUSTIVE, got {self.fftw_planner_effort!r}")
         if self.grace_seconds < 0:
             raise SettingsError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -139,8 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for item in dataclasses.fields(Settings):
         flag = "--" + item.name.replace("_", "-")
         help_text = f"{item.metadata['help']} (env {env_name(item.name)}, default {item.default})"
-        if str(item.type) == "bool":
-            parser.add_argument(flag, dest=item.name, action="store_const", const=True, default=None, help=help_text)
+        if str(item.type) == "bool":  # --flag / --no-flag
+            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         kind = {"int": int, "float": float, "str": str}[str(item.type)]
         parser.add_argument(flag, dest=item.name, type=kind, default=None, help=help_text)
