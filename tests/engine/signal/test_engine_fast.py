@@ -13,7 +13,7 @@ import scipy.signal as ss
 from convserve_server.engine import convolve, correlate
 from convserve_server.engine.signal import direct_fast
 from convserve_server.engine.fft import plans as fftw_plans
-from convserve_server.engine.signal.fft_product import fast_length
+from convserve_server.engine.fft.sizes import fast_length
 
 RNG = np.random.default_rng(7)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from convserve_server.engine import InvalidArgumentError, convolve, correlate
-from convserve_server.engine.signal.fft_product import fast_length
+from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.signal.options import SUPPORTED_DTYPES
 from convserve_server.engine.signal.overlap_add import choose_block
 

@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from convserve_server.engine import cancellation, resources
 from convserve_server.engine.fft import plans as fftw_plans
-from convserve_server.engine.signal.fft_product import fast_length
+from convserve_server.engine.fft.sizes import fast_length
 
 
 def transform_shape(padded: tuple[int, ...]) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve_server.engine.signal import direct_fast
-from convserve_server.engine.signal.fft_product import fast_length
+from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.signal.overlap_add import choose_block
 
 CALIBRATION_VERSION = 2

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve_server.engine.signal import cost_model as costs, direct_fast, integers
-from convserve_server.engine.signal.fft_product import fast_length
+from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.errors import InvalidArgumentError
 from convserve_server.engine.signal.options import (
     BOUNDARIES,
