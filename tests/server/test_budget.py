@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -94,48 +95,60 @@ def _parts(data: bytes) -> Iterator[pb.SignalRequestPart]:
         yield pb.SignalRequestPart(chunk=pb.TensorChunk(field="in1", offset=start, data=data[start : start + MIB]))
 
 
+@dataclass
+class _SlowReaders:
+    """Readers of one chunked call each, on channels with a small HTTP/2 window: each holds its
+    computed result unread until ``stop`` is set. What they hold, their refusals and their results."""
+
+    target: str
+    data: bytes
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    holding: set[int] = field(default_factory=set)
+    refused: list[int] = field(default_factory=lambda: [0] * READERS)
+    results: dict[int, object] = field(default_factory=dict)
+
+    def read(self, i: int) -> None:
+        """Reader ``i``: call until admitted (waiting out each pushback), then hold the result until told."""
+        # No BDP probing: the reader's HTTP/2 window stays small, so what it does not read stays on the server.
+        with grpc.insecure_channel(self.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+            stub = pb_grpc.ConvolutionServiceStub(channel)
+            while not self.stop.is_set():
+                call = stub.ConvolveChunked(_parts(self.data), timeout=120)
+                try:
+                    first = next(call)  # the result's header: the compute is done
+                except grpc.RpcError as error:
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and pushback(error) >= 0:
+                        with self.lock:
+                            self.refused[i] += 1
+                        time.sleep(pushback(error) / 1000)
+                        continue
+                    self.results[i] = error
+                    return
+                with self.lock:
+                    self.holding.add(i)
+                self.stop.wait(120)  # read nothing until told
+                try:
+                    rest = list(call)
+                except grpc.RpcError as error:
+                    self.results[i] = error
+                    return
+                chunks = b"".join(part.chunk.data for part in rest)
+                assert first.header.result.shape == [ELEMENTS]
+                self.results[i] = np.frombuffer(chunks, np.float64)
+                return
+
+
 def test_slow_readers_keep_their_reservation_until_the_last_chunk(budget_server: tuple[RunningServer, str, int]) -> None:
     server, url, baseline = budget_server
     x = np.random.default_rng(1).standard_normal(ELEMENTS)
     data = x.tobytes()
     fits = BUDGET // cost.estimate(_header())  # results the budget can hold at once
     assert fits == 2
-    stop = threading.Event()
-    lock = threading.Lock()
-    holding: set[int] = set()
-    refused = [0] * READERS
-    results: dict[int, object] = {}
+    readers = _SlowReaders(server.target, data)
+    stop, lock, holding, refused, results = readers.stop, readers.lock, readers.holding, readers.refused, readers.results
 
-    def slow_reader(i: int) -> None:
-        # No BDP probing: the reader's HTTP/2 window stays small, so what it does not read stays on the server.
-        with grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)]) as channel:
-            stub = pb_grpc.ConvolutionServiceStub(channel)
-            while not stop.is_set():
-                call = stub.ConvolveChunked(_parts(data), timeout=120)
-                try:
-                    first = next(call)  # the result's header: the compute is done
-                except grpc.RpcError as error:
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and pushback(error) >= 0:
-                        with lock:
-                            refused[i] += 1
-                        time.sleep(pushback(error) / 1000)
-                        continue
-                    results[i] = error
-                    return
-                with lock:
-                    holding.add(i)
-                stop.wait(120)  # read nothing until told
-                try:
-                    rest = list(call)
-                except grpc.RpcError as error:
-                    results[i] = error
-                    return
-                chunks = b"".join(part.chunk.data for part in rest)
-                assert first.header.result.shape == [ELEMENTS]
-                results[i] = np.frombuffer(chunks, np.float64)
-                return
-
-    threads = [threading.Thread(target=slow_reader, args=(i,), daemon=True) for i in range(READERS)]
+    threads = [threading.Thread(target=readers.read, args=(i,), daemon=True) for i in range(READERS)]
     for thread in threads:
         thread.start()
     peak_kib = 0
