@@ -16,6 +16,7 @@ Peers are optional (the ``bench`` extra): scipy, opencv-python-headless, pyfftw.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -30,8 +31,10 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "server"))
-from convserve_server.engine import convolve
-from convserve_server.engine.fft import background as fftw_background, plans as fftw_plans  # noqa: E402
+from convserve_server import engine  # noqa: E402
+from convserve_server.calibrate import engine_config  # noqa: E402
+from convserve_server.engine import convolve  # noqa: E402
+from convserve_server.engine.fft import background, plans  # noqa: E402
 
 try:
     import scipy.ndimage as ndi
@@ -203,7 +206,7 @@ def run(case: Case, plain: PlainFFTW, budget: float, skip_seconds: float) -> Non
     )
     tol = 1e-5 if np.result_type(case.x.dtype, case.h.dtype) in (np.float32, np.complex64) else 1e-12
     x, h, mode = case.x, case.h, case.mode
-    first, (result, info) = first_call(lambda: convolve(x, h, mode, return_info=True), fftw_background.wait_idle)
+    first, (result, info) = first_call(lambda: convolve(x, h, mode, return_info=True), background.wait_idle)
     case.rows["engine auto"] = dict(first=first, error=error(result, ref), method=info.method, tol=tol)
     fns: dict[str, Fn] = {"engine auto": lambda: convolve(x, h, mode)}
     macs = float(x.size) * float(h.size)
@@ -213,7 +216,7 @@ def run(case: Case, plain: PlainFFTW, budget: float, skip_seconds: float) -> Non
             case.rows[name] = dict(skipped="est. > few s")
             continue
         fns[name] = lambda method=method: convolve(x, h, mode, method)  # type: ignore[misc]
-        first, result = first_call(fns[name], fftw_background.wait_idle)
+        first, result = first_call(fns[name], background.wait_idle)
         case.rows[name] = dict(first=first, error=error(result, ref))
     for name, (fn, note) in peers(case, plain, skip_seconds).items():
         if fn is None:
@@ -290,13 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-seconds", type=float, default=3.0, help="skip a peer whose estimated run exceeds this")
     parser.add_argument("--planning-timelimit", type=float, default=2.0, help="FFTW MEASURE time limit for the plain pyFFTW peer")
     parser.add_argument(
-        "--background-planning", type=float, default=2.0, help="the engine's CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS (0: off); counted in its first call"
+        "--background-planning", type=float, default=2.0, help="the engine's fftw_background_planning_seconds (0: off); counted in its first call"
     )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--details", action="store_true", help="print every run's timing too")
     args = parser.parse_args(argv)
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.3)
-    os.environ["CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS"] = str(args.background_planning)
+    # The engine settings of the CONVSERVE_* variables (as the server reads them), with this background planning.
+    engine.configure(dataclasses.replace(engine_config(), fftw_background_planning_seconds=args.background_planning))
     plain = PlainFFTW(args.planning_timelimit)
     cases = make_cases(args.quick)
     started = time.perf_counter()
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {case.label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     print(
         f"convserve engine benchmark, {datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores, "
-        f"{platform.machine()}), numpy {np.__version__}, FFTW effort {fftw_plans.planner_effort()}, "
+        f"{platform.machine()}), numpy {np.__version__}, FFTW effort {plans.planner_effort()}, "
         f"background planning {args.background_planning} s per shape (in the first call), "
         f"{'quick' if args.quick else 'full'} run in {time.perf_counter() - started:.0f} s\n"
     )

@@ -2,7 +2,7 @@
 
 Each group of constants of :mod:`convserve_server.engine.signal.cost_model` is scaled by the ratio of the
 measured median time of a representative problem to the time the built-in defaults predict for
-it. The result is a JSON file (``--output``, else ``CONVSERVE_CALIBRATION``, else
+it. The result is a JSON file (``--output``, else the ``calibration`` setting, ``CONVSERVE_CALIBRATION``, else
 ``~/.cache/convserve/calibration.json``) that the server loads at start; ``auto`` is then
 deterministic for a given host calibration. With ``--measure-wisdom`` the problems' FFTW plans
 are also made with FFTW_MEASURE (bounded by ``--planning-timelimit``) and saved as wisdom.
@@ -11,6 +11,7 @@ are also made with FFTW_MEASURE (bounded by ``--planning-timelimit``) and saved 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -21,10 +22,12 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+import pyfftw
 
-from convserve_server.engine import convolve
-from convserve_server.engine.signal import cost_model as costs
-from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server import engine, settings
+from convserve_server.engine import config, convolve
+from convserve_server.engine.fft import plans, wisdom
+from convserve_server.engine.signal import cost_model
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -71,13 +74,13 @@ def _predicted(x: np.ndarray, h: np.ndarray, mode: str, method: str, c: dict[str
     lengths = [n if mode == "same" else n + m - 1 for n, m in sizes]
     work = np.dtype(np.float32 if x.dtype == np.float32 else np.float64)
     if method == "fft":
-        return costs.fft_cost(1, sizes, work, c)
-    return costs.direct_cost(x.shape, h, axes, lengths, 1, work, True, c)
+        return cost_model.fft_cost(1, sizes, work, c)
+    return cost_model.direct_cost(x.shape, h, axes, lengths, 1, work, True, c)
 
 
 def calibrate(repeats: int = 7, log: Callable[[str], None] = print) -> dict[str, float]:
     """Measure this host and return the fitted constants (defaults scaled per group)."""
-    defaults = dict(costs.DEFAULTS)
+    defaults = dict(cost_model.DEFAULTS)
     fitted = dict(defaults)
     problems = _problems()
     for group, names in _GROUPS.items():
@@ -99,9 +102,7 @@ def calibrate(repeats: int = 7, log: Callable[[str], None] = print) -> dict[str,
 
 def parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> float:
     """Points from which FFTW's threads pay off here (1e18: never), timing 2^18 and 2^20 points."""
-    import pyfftw
-
-    threads = fftw_plans.max_threads()
+    threads = plans.max_threads()
     if threads == 1:
         return 1e18
     for points in (1 << 18, 1 << 20):
@@ -116,6 +117,12 @@ def parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> floa
     return 1e18
 
 
+def engine_config() -> config.EngineConfig:
+    """The engine configuration of this host's server settings (``CONVSERVE_*`` variables, as the server reads them)."""
+    values = settings.load()
+    return config.EngineConfig(**{name: getattr(values, name) for name in config.FIELDS})
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``convserve calibrate``; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="convserve calibrate", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -125,20 +132,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--wisdom", help="wisdom file (default: CONVSERVE_FFTW_WISDOM)")
     parser.add_argument("--planning-timelimit", type=float, default=10.0, help="seconds per FFTW_MEASURE plan")
     args = parser.parse_args(argv)
-    path = args.output or costs.calibration_path()
+    try:
+        engine.configure(engine_config())
+    except settings.SettingsError as exc:
+        print(f"convserve calibrate: {exc}", file=sys.stderr)
+        return 2
+    path = args.output or cost_model.calibration_path()
     if args.measure_wisdom:
-        os.environ["CONVSERVE_FFTW_PLANNER_EFFORT"] = "FFTW_MEASURE"
-        os.environ["CONVSERVE_FFTW_PLANNING_TIMELIMIT"] = str(args.planning_timelimit)
-        fftw_plans.CACHE.clear()
+        engine.configure(dataclasses.replace(config.current(), fftw_planner_effort="FFTW_MEASURE", fftw_planning_timelimit=args.planning_timelimit))
+        plans.CACHE.clear()
     print(f"calibrating {platform.node()} ({os.cpu_count()} cores); this takes about a minute")
     threshold = parallel_threshold(args.repeats)
-    os.environ.pop("CONVSERVE_CALIBRATION", None)
-    costs.DEFAULTS["fftw_parallel_min_points"] = threshold
-    costs.load("/nonexistent")  # the built-in constants with this host's thread threshold while measuring
+    engine.configure(dataclasses.replace(config.current(), calibration=""))
+    cost_model.DEFAULTS["fftw_parallel_min_points"] = threshold
+    cost_model.load("/nonexistent")  # the built-in constants with this host's thread threshold while measuring
     fitted = calibrate(args.repeats)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = {
-        "version": costs.CALIBRATION_VERSION,
+        "version": cost_model.CALIBRATION_VERSION,
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
@@ -151,9 +162,9 @@ def main(argv: list[str]) -> int:
     os.replace(temporary, path)
     print(f"saved {path}")
     if args.measure_wisdom:
-        saved = fftw_plans.save_wisdom(args.wisdom)
+        saved = wisdom.save_wisdom(args.wisdom)
         print(f"saved FFTW wisdom to {saved}" if saved else "no wisdom file given (--wisdom or CONVSERVE_FFTW_WISDOM)")
-    costs.load(path)
+    cost_model.load(path)
     return 0
 
 

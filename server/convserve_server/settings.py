@@ -118,7 +118,8 @@ class Settings:
         for name in ("fftw_planning_timelimit", "fftw_cache_bytes", "layer_cache_weights", "layer_cache_bytes"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.fftw_planner_effort.upper() not in ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE"):
+        effort = self.fftw_planner_effort.strip().upper().removeprefix("FFTW_")
+        if effort not in ("ESTIMATE", "MEASURE", "PATIENT", "EXHAUSTIVE"):
             raise SettingsError(f"fftw_planner_effort must be FFTW_ESTIMATE, FFTW_MEASURE, FFTW_PATIENT or FFTW_EXHAUSTIVE, got {self.fftw_planner_effort!r}")
         if self.grace_seconds < 0:
             raise SettingsError(f"grace_seconds must be >= 0, got {self.grace_seconds}")

@@ -67,15 +67,22 @@ class EngineConfig:
     layer_ort_spin: bool = True
 
     def __post_init__(self) -> None:
-        if self.fftw_planner_effort.upper() not in FFTW_EFFORTS:
-            raise ValueError(f"fftw_planner_effort must be one of {', '.join(FFTW_EFFORTS)}, got {self.fftw_planner_effort!r}")
-        object.__setattr__(self, "fftw_planner_effort", self.fftw_planner_effort.upper())
+        object.__setattr__(self, "fftw_planner_effort", planner_effort(self.fftw_planner_effort))
         for name in ("fftw_threads", "fftw_max_planned_shapes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("fftw_planning_timelimit", "fftw_cache_bytes", "fftw_background_planning_seconds", "layer_cache_weights", "layer_cache_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def planner_effort(text: str) -> str:
+    """The FFTW flag of an effort name, with or without its prefix in any case (``measure``: ``FFTW_MEASURE``)."""
+    value = text.strip().upper()
+    value = value if value.startswith("FFTW_") else "FFTW_" + value
+    if value not in FFTW_EFFORTS:
+        raise ValueError(f"fftw_planner_effort must be one of {', '.join(FFTW_EFFORTS)}, got {text!r}")
+    return value
 
 
 FIELDS: tuple[str, ...] = tuple(item.name for item in dataclasses.fields(EngineConfig))

@@ -1,7 +1,7 @@
 """Per-request share of the cores: how many threads one request's transforms may use.
 
 The server's pool sets the share for each request (the cores divided among the requests running
-at once); the FFT engine asks :func:`thread_limit`. Outside the server there is no limit.
+at once); the FFT plumbing (``engine/fft/plans.py``) asks :func:`thread_limit`. Outside the server there is no limit.
 """
 
 from __future__ import annotations

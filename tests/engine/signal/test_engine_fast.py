@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import scipy.signal as ss
 
 from convserve_server.engine import convolve, correlate
 from convserve_server.engine.signal import direct_fast
-from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server.engine.fft import plans, wisdom
 from convserve_server.engine.fft.sizes import fast_length
 
 RNG = np.random.default_rng(7)
@@ -120,29 +121,29 @@ def test_fast_lengths_are_5_smooth() -> None:
 def test_plans_are_reused_and_results_are_not_views_of_buffers() -> None:
     x, h = RNG.standard_normal(4096), RNG.standard_normal(300)
     first = convolve(x, h, method="fft")
-    created = fftw_plans.stats()["plans_created"]
+    created = plans.stats()["plans_created"]
     second = convolve(x, h, method="fft")
-    assert fftw_plans.stats()["plans_created"] == created
+    assert plans.stats()["plans_created"] == created
     np.testing.assert_array_equal(first, second)
     convolve(x[::-1].copy(), h, method="fft")
     np.testing.assert_array_equal(first, second)  # the first result is not overwritten
 
 
 def test_plan_cache_is_bounded() -> None:
-    cache = fftw_plans.PlanCache(max_bytes=1 << 20)
-    with fftw_plans.plan("r2c", (4096,), np.dtype(np.float64), (0,)) as plan:
+    cache = plans.PlanCache(max_bytes=1 << 20)
+    with plans.plan("r2c", (4096,), np.dtype(np.float64), (0,)) as plan:
         pass
     for _ in range(100):
         cache.give_back(plan)
     assert cache.nbytes <= 1 << 20
 
 
-def test_planner_effort_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONVSERVE_FFTW_PLANNER_EFFORT", "measure")
-    assert fftw_plans.planner_effort() == "FFTW_MEASURE"
-    monkeypatch.setenv("CONVSERVE_FFTW_PLANNER_EFFORT", "bogus")
+def test_planner_effort_setting(engine_config: Callable[..., None]) -> None:
+    engine_config(fftw_planner_effort="fftw_measure")
+    assert plans.planner_effort() == "FFTW_MEASURE"
     with pytest.raises(ValueError):
-        fftw_plans.planner_effort()
+        engine_config(fftw_planner_effort="bogus")
+    assert plans.planner_effort() == "FFTW_MEASURE"
 
 
 def test_wisdom_round_trip_means_no_planning_after_restart(tmp_path) -> None:
@@ -150,15 +151,15 @@ def test_wisdom_round_trip_means_no_planning_after_restart(tmp_path) -> None:
     path = str(tmp_path / "wisdom")
     script = (
         "import sys, numpy as np, pyfftw\n"
-        "from convserve_server.engine.fft import plans as fftw_plans\n"
-        "print(fftw_plans.load_wisdom(sys.argv[1]))\n"
+        "from convserve_server.engine.fft import wisdom\n"
+        "print(wisdom.load_wisdom(sys.argv[1]))\n"
         "a = pyfftw.empty_aligned(1000, 'float64'); b = pyfftw.empty_aligned(501, 'complex128')\n"
         "try:\n"
         "    pyfftw.FFTW(a, b, flags=('FFTW_WISDOM_ONLY', 'FFTW_MEASURE')); print('WISDOM-HIT')\n"
         "except RuntimeError:\n"
         "    print('WISDOM-MISS')\n"
         "    pyfftw.FFTW(a, b, flags=('FFTW_MEASURE',))\n"
-        "    fftw_plans.save_wisdom(sys.argv[1])\n"
+        "    wisdom.save_wisdom(sys.argv[1])\n"
     )
     env = dict(os.environ, CONVSERVE_FFTW_WISDOM="")
     first = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, env=env, check=True)
@@ -170,10 +171,10 @@ def test_wisdom_round_trip_means_no_planning_after_restart(tmp_path) -> None:
 def test_bad_wisdom_file_is_reported_not_raised(tmp_path) -> None:
     path = tmp_path / "wisdom"
     path.write_bytes(b"garbage")
-    assert fftw_plans.load_wisdom(str(path)).startswith("rejected")
+    assert wisdom.load_wisdom(str(path)).startswith("rejected")
     path.write_bytes(b"x\n--convserve-wisdom--\ny\n--convserve-wisdom--\nz")
-    assert "rejected" in fftw_plans.load_wisdom(str(path))
-    assert "effort=" in fftw_plans.wisdom_state()
+    assert "rejected" in wisdom.load_wisdom(str(path))
+    assert "effort=" in plans.wisdom_state()
 
 
 @pytest.mark.parametrize("n,m,mode", [(5000, 7, "full"), (5000, 40, "same"), (5000, 300, "valid"), (9000, 2, "full")])

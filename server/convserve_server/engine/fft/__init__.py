@@ -1,2 +1,3 @@
-"""FFT plumbing: cached FFTW plans and wisdom, the bound on planned shapes, background planning and
-fast transform lengths. Imports nothing else of the engine except its errors and resources."""
+"""FFT plumbing: cached FFTW plans (plans), FFTW wisdom and the planner lock (wisdom), the bound on
+planned shapes (budget), background planning (background) and fast transform lengths (sizes).
+Imports nothing of the engine but its root modules (config, resources); never signal or layers."""

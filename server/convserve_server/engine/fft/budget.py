@@ -1,8 +1,8 @@
 """The bound on caller-chosen FFT shapes, and what runs a transform past it.
 
 FFTW keeps wisdom for every plan it makes, ESTIMATE ones too (about 1-2 KB per shape), and cannot
-forget one entry. So at most ``max_shapes`` distinct transforms (kind, shape, dtype, axes) are
-planned by FFTW in one process; wisdom loaded from a file counts as ``bytes /
+forget one entry. So at most ``fftw_max_planned_shapes`` (an engine setting) distinct transforms
+(kind, shape, dtype, axes) are planned by FFTW in one process; wisdom loaded from a file counts as ``bytes /
 WISDOM_BYTES_PER_SHAPE`` of them. Past the bound a transform runs on numpy's pocketfft
 (:class:`NumpyTransform`) between a plan's buffers: same results, one thread, nothing cached.
 """
@@ -15,22 +15,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-DEFAULT_MAX_SHAPES = 512
+from convserve_server.engine import config
+
+DEFAULT_MAX_SHAPES = config.EngineConfig.fftw_max_planned_shapes
 # What one shape's wisdom takes, roughly (measured 0.9 to 2.4 KB for ESTIMATE plans of 1-D shapes).
 WISDOM_BYTES_PER_SHAPE = 2048
 
 _LOCK = threading.Lock()
-# Transforms (kind, shape, dtype, axes) FFTW has planned in this process, and the budget.
+# Transforms (kind, shape, dtype, axes) FFTW has planned in this process, and the shapes a loaded
+# wisdom file counts for.
 _SHAPES: set[tuple[Any, ...]] = set()
-_BUDGET = {"max_shapes": DEFAULT_MAX_SHAPES, "from_file": 0}
-
-
-def set_max_shapes(max_shapes: int) -> None:
-    """Set the most distinct transforms FFTW may plan in this process."""
-    if max_shapes < 0:
-        raise ValueError(f"max_shapes must be non-negative, got {max_shapes}")
-    with _LOCK:
-        _BUDGET["max_shapes"] = max_shapes
+_BUDGET = {"from_file": 0}
 
 
 def count_wisdom_file(nbytes: int) -> None:
@@ -44,14 +39,14 @@ def admit(shape_key: tuple[Any, ...]) -> bool:
     with _LOCK:
         if shape_key in _SHAPES:
             return True
-        if len(_SHAPES) + _BUDGET["from_file"] >= _BUDGET["max_shapes"]:
+        if len(_SHAPES) + _BUDGET["from_file"] >= config.current().fftw_max_planned_shapes:
             return False
         _SHAPES.add(shape_key)
         return True
 
 
 def planned_shapes() -> int:
-    """Distinct transforms FFTW planned in this process (at most the configured ``max_shapes``)."""
+    """Distinct transforms FFTW planned in this process (at most ``fftw_max_planned_shapes``)."""
     return len(_SHAPES)
 
 

@@ -1,43 +1,47 @@
-"""Cached pyFFTW plans with their aligned buffers, and FFTW wisdom kept across restarts.
+"""Cached pyFFTW plans with their aligned buffers: the plan cache and the checkout of one plan.
 
 A plan is a ``pyfftw.FFTW`` object together with the aligned input and output arrays it was
 planned for. Plans are cached per (kind, shape, dtype, axes, threads) in an LRU bounded by the
 bytes of their buffers, so that a repeated shape neither plans nor faults fresh pages again
-(DESIGN section 5). A caller *checks out* a plan for the duration of one transform and gives
-it back; two concurrent calls of one shape get two plans, so execution runs in parallel (pyFFTW
-releases the GIL) while plan creation is serialized by one lock (FFTW's planner is not thread
-safe).
+(reusing the buffers avoids the page first-touch cost; see docs/engine.md). A caller *checks out*
+a plan for the duration of one transform and gives it back; two concurrent calls of one shape get
+two plans, so execution runs in parallel (pyFFTW releases the GIL) while plan creation is
+serialized by one lock (FFTW's planner is not thread safe: :data:`wisdom.PLANNER_LOCK`).
 
-Settings (environment variables):
+Engine settings (:mod:`convserve_server.engine.config`), read where they are used:
 
-``CONVSERVE_FFTW_PLANNER_EFFORT``
+``fftw_planner_effort``
     ``FFTW_ESTIMATE`` (default) or ``FFTW_MEASURE``/``FFTW_PATIENT``/``FFTW_EXHAUSTIVE``. An
     ESTIMATE plan still uses any wisdom a more patient planning left, so the request path never
     waits for MEASURE planning of a new shape, yet profits from wisdom made off that path.
-``CONVSERVE_FFTW_PLANNING_TIMELIMIT``
-    Seconds FFTW may spend planning one transform (default: no limit).
-``CONVSERVE_FFTW_CACHE_BYTES``
-    Bytes of idle plan buffers kept (default 512 MiB).
-``CONVSERVE_FFTW_THREADS``
+``fftw_planning_timelimit``
+    Seconds FFTW may spend planning one transform (0: no limit).
+``fftw_cache_bytes``
+    Bytes of idle plan buffers kept (default 512 MiB); the cache follows a new configuration.
+``fftw_threads``
     Most threads one transform uses (default: every core).
-``CONVSERVE_FFTW_WISDOM``
-    A wisdom file the server loads at start and saves at stop (see :func:`load_wisdom`).
-``CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS``
-    MEASURE planning of new large shapes off the request path (see :mod:`.fftw_background`).
+``fftw_wisdom``
+    A wisdom file the server loads at start and saves at stop (:mod:`.wisdom`).
+``fftw_background_planning_seconds``
+    MEASURE planning of new large shapes off the request path (:mod:`.background`).
 
-Bound on caller-chosen shapes (:func:`configure`; :mod:`.fftw_budget` holds the rule): at most
-``max_shapes`` distinct transforms are planned by FFTW in one process. Past the bound, a new
+Bound on caller-chosen shapes (``fftw_max_planned_shapes``; :mod:`.budget` holds the rule): at
+most that many distinct transforms are planned by FFTW in one process. Past the bound, a new
 transform uses a plan made from existing wisdom if there is one (``FFTW_WISDOM_ONLY``, which adds
 nothing), else numpy's pocketfft. The idle plan cache is bounded by bytes and by count
-(:data:`DEFAULT_MAX_IDLE_PLANS`).
+(:data:`DEFAULT_MAX_IDLE_PLANS`, :func:`set_max_idle_plans`).
+
+The points from which a transform uses more than one thread are a calibrated constant of the
+signal cost model, which registers where to read it with :func:`set_parallel_threshold` (this
+module imports nothing of the signal code).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -46,58 +50,56 @@ import numpy as np
 import numpy.typing as npt
 import pyfftw
 
-from convserve_server.engine.fft import budget as fftw_budget
-from convserve_server.engine import resources
-from convserve_server.engine.fft.budget import _BUDGET, DEFAULT_MAX_SHAPES, WISDOM_BYTES_PER_SHAPE, NumpyTransform, planned_shapes  # noqa: F401 (re-exported)
+from convserve_server.engine import config, resources
+from convserve_server.engine.fft import background, budget, wisdom
+from convserve_server.engine.fft.budget import _BUDGET, WISDOM_BYTES_PER_SHAPE, NumpyTransform, planned_shapes  # noqa: F401 (re-exported)
+from convserve_server.engine.fft.wisdom import PLANNER_LOCK, load_wisdom, save_wisdom, wisdom_path  # noqa: F401 (re-exported)
 
-EFFORTS = ("FFTW_ESTIMATE", "FFTW_MEASURE", "FFTW_PATIENT", "FFTW_EXHAUSTIVE")
-DEFAULT_CACHE_BYTES = 512 << 20
+EFFORTS = config.FFTW_EFFORTS
+DEFAULT_CACHE_BYTES = config.EngineConfig.fftw_cache_bytes
 DEFAULT_MAX_IDLE_PLANS = 1024
 
-PLANNER_LOCK = threading.Lock()
-_STATS = {"plans_created": 0, "plans_reused": 0, "wisdom_loaded": 0, "unplanned_transforms": 0}
+_STATS = {"plans_created": 0, "plans_reused": 0, "unplanned_transforms": 0}
+# Where :func:`threads_for` reads the points from which threads pay off (1 thread until registered).
+_PARALLEL_MIN_POINTS: list[Callable[[], float]] = [lambda: math.inf]
 
 
-def configure(max_shapes: int = DEFAULT_MAX_SHAPES, max_idle_plans: int = DEFAULT_MAX_IDLE_PLANS) -> None:
-    """Set the most distinct transforms FFTW plans (setting ``fftw_max_planned_shapes``) and the most idle plans cached.
-
-    The server calls it once at start; the engine never reads settings itself.
-    """
+def set_max_idle_plans(max_idle_plans: int) -> None:
+    """Set the most idle plans the cache keeps (default :data:`DEFAULT_MAX_IDLE_PLANS`)."""
     if max_idle_plans < 0:
         raise ValueError(f"max_idle_plans must be non-negative, got {max_idle_plans}")
-    fftw_budget.set_max_shapes(max_shapes)
     CACHE.max_plans = max_idle_plans
 
 
+def set_parallel_threshold(source: Callable[[], float]) -> None:
+    """Read the points from which a transform uses more than one thread from ``source()``.
+
+    The signal cost model registers its calibrated ``fftw_parallel_min_points`` here when it is
+    imported; until then every transform uses one thread.
+    """
+    _PARALLEL_MIN_POINTS[0] = source
+
+
 def planner_effort() -> str:
-    """Return the planner effort from ``CONVSERVE_FFTW_PLANNER_EFFORT`` (default FFTW_ESTIMATE)."""
-    value = os.environ.get("CONVSERVE_FFTW_PLANNER_EFFORT", "FFTW_ESTIMATE").strip().upper()
-    if not value.startswith("FFTW_"):
-        value = "FFTW_" + value
-    if value not in EFFORTS:
-        raise ValueError(f"CONVSERVE_FFTW_PLANNER_EFFORT: expected one of {', '.join(EFFORTS)}; got {value!r}")
-    return value
+    """The planner effort of the request path: the setting ``fftw_planner_effort`` (default FFTW_ESTIMATE)."""
+    return config.current().fftw_planner_effort
 
 
 def planning_timelimit() -> float | None:
-    """Return the planning time limit in seconds from ``CONVSERVE_FFTW_PLANNING_TIMELIMIT``."""
-    value = os.environ.get("CONVSERVE_FFTW_PLANNING_TIMELIMIT")
-    return float(value) if value else None
+    """The planning time limit in seconds (setting ``fftw_planning_timelimit``), None for no limit."""
+    limit = config.current().fftw_planning_timelimit
+    return limit if limit > 0 else None
 
 
 def max_threads() -> int:
-    """Most FFTW threads per transform: ``CONVSERVE_FFTW_THREADS`` (default every core), capped
+    """Most FFTW threads per transform: the setting ``fftw_threads`` (default every core), capped
     by the current request's share of the cores (``resources.thread_share``)."""
-    value = os.environ.get("CONVSERVE_FFTW_THREADS")
-    configured = max(1, int(value)) if value else (os.cpu_count() or 1)
-    return resources.thread_limit(configured)
+    return resources.thread_limit(config.current().fftw_threads)
 
 
 def threads_for(points: int) -> int:
     """Threads for a transform of ``points`` points: one for small transforms, else all."""
-    from convserve_server.engine.signal import cost_model as costs  # the calibrated threshold (costs imports this module's users)
-
-    return max_threads() if points >= costs.constants()["fftw_parallel_min_points"] else 1
+    return max_threads() if points >= _PARALLEL_MIN_POINTS[0]() else 1
 
 
 @dataclass
@@ -117,7 +119,7 @@ class Plan:
     """
 
     key: tuple[Any, ...]
-    fftw: Any  # pyfftw.FFTW, or a fftw_budget.NumpyTransform past the shape budget
+    fftw: Any  # pyfftw.FFTW, or a budget.NumpyTransform past the shape budget
     input: npt.NDArray[Any]
     output: npt.NDArray[Any]
     nbytes: int
@@ -164,7 +166,7 @@ def build(
         flags.append("FFTW_WISDOM_ONLY")
     if kind == "c2r":
         flags.append("FFTW_DESTROY_INPUT")
-    with PLANNER_LOCK:
+    with wisdom.PLANNER_LOCK:
         plan = pyfftw.FFTW(
             inp,
             out,
@@ -261,12 +263,22 @@ class PlanCache:
             self._idle.move_to_end(plan.key)
             self._bytes += plan.nbytes
             self._count += 1
-            while (self._bytes > self.max_bytes or self._count > self.max_plans) and self._idle:
-                key, plans = next(iter(self._idle.items()))
-                self._bytes -= plans.pop(0).nbytes
-                self._count -= 1
-                if not plans:
-                    del self._idle[key]
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used idle plans beyond the bounds (the lock held)."""
+        while (self._bytes > self.max_bytes or self._count > self.max_plans) and self._idle:
+            key, plans = next(iter(self._idle.items()))
+            self._bytes -= plans.pop(0).nbytes
+            self._count -= 1
+            if not plans:
+                del self._idle[key]
+
+    def resize(self, max_bytes: int) -> None:
+        """Bound the idle plans by ``max_bytes`` from now on, dropping the least recently used beyond it."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._evict()
 
     def discard(self, key: tuple[Any, ...]) -> None:
         """Drop the idle plans of ``key``."""
@@ -283,7 +295,8 @@ class PlanCache:
             self._count = 0
 
 
-CACHE = PlanCache(int(os.environ.get("CONVSERVE_FFTW_CACHE_BYTES", DEFAULT_CACHE_BYTES)))
+CACHE = PlanCache(config.current().fftw_cache_bytes)
+config.on_change(lambda new: CACHE.resize(new.fftw_cache_bytes))
 
 
 @contextmanager
@@ -310,11 +323,9 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
     key = (kind, tuple(shape), np.dtype(dtype).str, tuple(axes), threads)
     current = CACHE.take(key)
     if current is None:
-        if fftw_budget.admit(key[:4]):
+        if budget.admit(key[:4]):
             current = build(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
-            from convserve_server.engine.fft import background as fftw_background  # imports this module
-
-            fftw_background.submit(key)
+            background.submit(key, _plan_patiently)
         else:
             current = _unplanned(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
     try:
@@ -323,93 +334,35 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
         CACHE.give_back(current)
 
 
+def _plan_patiently(key: tuple[Any, ...]) -> None:
+    """Plan ``key`` with FFTW_MEASURE (leaving wisdom), then retire its ESTIMATE plans (background thread)."""
+    kind, shape, dtype, axes, threads = key
+    build(kind, shape, dtype, axes, threads, effort="FFTW_MEASURE", timelimit=background.seconds() or None)
+    retire(key)
+
+
 def stats() -> dict[str, int]:
     """Counters: plans created, plans reused from the cache, wisdom files loaded, transforms run by
     numpy past the shape budget; idle plans cached (bytes, count); shapes planned."""
-    return dict(_STATS, cache_bytes=CACHE.nbytes, cache_plans=len(CACHE), planned_shapes=planned_shapes())
-
-
-def wisdom_path() -> str | None:
-    """The wisdom file named by ``CONVSERVE_FFTW_WISDOM``, or None."""
-    return os.environ.get("CONVSERVE_FFTW_WISDOM") or None
-
-
-def load_wisdom(path: str | None = None) -> str:
-    """Load FFTW wisdom from ``path`` (default ``CONVSERVE_FFTW_WISDOM``) and say what happened.
-
-    ``pyfftw.import_wisdom`` does not raise on bad wisdom: it returns one boolean per precision
-    (double, single, long double), which are checked here.
-
-    Returns
-    -------
-    str
-        A one-line description for the server's log ("loaded ...", "no wisdom file ...", or
-        "rejected ...").
-    """
-    path = path or wisdom_path()
-    if not path:
-        return "no wisdom file configured (CONVSERVE_FFTW_WISDOM)"
-    if not os.path.exists(path):
-        return f"no wisdom file at {path} yet"
-    try:
-        with open(path, "rb") as handle:
-            parts = [bytes(p) for p in handle.read().split(b"\n--convserve-wisdom--\n")]
-        if len(parts) != 3:
-            return f"rejected {path}: not a convserve wisdom file"
-        with PLANNER_LOCK:
-            accepted = pyfftw.import_wisdom(tuple(parts))
-        fftw_budget.count_wisdom_file(sum(len(p) for p, ok in zip(parts, accepted) if ok))  # counts against the budget
-    except OSError as exc:
-        return f"rejected {path}: {exc}"
-    names = ("double", "single", "long double")
-    ok = [name for name, flag in zip(names, accepted) if flag]
-    bad = [name for name, flag, part in zip(names, accepted, parts) if not flag and part]
-    _STATS["wisdom_loaded"] += 1
-    if bad:
-        return f"loaded {path} partially: accepted {', '.join(ok) or 'none'}; rejected {', '.join(bad)}"
-    return f"loaded {path}: {', '.join(ok) or 'empty'}"
-
-
-def save_wisdom(path: str | None = None, timeout: float = -1) -> str | None:
-    """Save FFTW's accumulated wisdom to ``path`` (default ``CONVSERVE_FFTW_WISDOM``) atomically.
-
-    ``timeout`` bounds the wait for the planner (a background MEASURE planning holds it for up to
-    its time limit); a negative value waits as long as it takes.
-
-    Returns
-    -------
-    str or None
-        The path written, or None when no path is configured or the planner stayed busy.
-    """
-    path = path or wisdom_path()
-    if not path:
-        return None
-    if not PLANNER_LOCK.acquire(timeout=timeout):
-        return None
-    try:
-        parts = pyfftw.export_wisdom()
-    finally:
-        PLANNER_LOCK.release()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "wb") as handle:
-        handle.write(b"\n--convserve-wisdom--\n".join(parts))
-    os.replace(temporary, path)
-    return path
+    return {
+        "plans_created": _STATS["plans_created"],
+        "plans_reused": _STATS["plans_reused"],
+        "wisdom_loaded": wisdom.loaded(),
+        "unplanned_transforms": _STATS["unplanned_transforms"],
+        "cache_bytes": CACHE.nbytes,
+        "cache_plans": len(CACHE),
+        "planned_shapes": planned_shapes(),
+    }
 
 
 def wisdom_state() -> str:
     """A one-line summary of FFTW's wisdom and the plan cache, for server-info and logs."""
-    with PLANNER_LOCK:
-        sizes = [len(p) for p in pyfftw.export_wisdom()]
+    sizes = wisdom.sizes()
     s = stats()
-    from convserve_server.engine.fft import background as fftw_background
-
-    background = fftw_background.stats()
+    queue = background.stats()
     return (
         f"effort={planner_effort()} wisdom_bytes(double,single)={sizes[0]},{sizes[1]} "
         f"plans_created={s['plans_created']} plans_reused={s['plans_reused']} "
-        f"cache_bytes={s['cache_bytes']} background_plans={background['background_plans']} "
-        f"background_queued={background['background_queued']} file={wisdom_path() or '-'}"
+        f"cache_bytes={s['cache_bytes']} background_plans={queue['background_plans']} "
+        f"background_queued={queue['background_queued']} file={wisdom_path() or '-'}"
     )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.signal import direct, fft_product as fft, integers, overlap_add
+from convserve_server.engine.signal import direct, fft_product, integers, overlap_add
 from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, nonfinite_warnings  # noqa: F401 (re-exported)
 from convserve_server.engine.signal.planner import SignalPlan, plan_signal_call
 
@@ -113,13 +113,13 @@ def _compute(plan: SignalPlan) -> npt.NDArray[Any]:
         if plan.method == "direct":
             raw = _direct_circular(plan, work)
         else:
-            raw = fft.circular(plan.x, plan.h, plan.axes, work)
+            raw = fft_product.circular(plan.x, plan.h, plan.axes, work)
     elif plan.method == "direct":
         raw = direct.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
     elif plan.method == "overlap_add":
         raw = overlap_add.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
     else:
-        raw = fft.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
+        raw = fft_product.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
     return _cast(raw, plan, exact_fft).reshape(plan.output_shape)
 
 

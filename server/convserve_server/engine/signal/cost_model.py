@@ -4,7 +4,10 @@ Every prediction is a pure function of shapes, dtypes, the kernel's values (sepa
 the constants, so ``auto`` is deterministic for a request on a given host calibration; it never
 looks at which FFT plans happen to be cached. The constants are built-in defaults measured on
 the project's 2-core machines, replaced by those ``convserve calibrate`` measured on this host
-(a JSON file: ``CONVSERVE_CALIBRATION``, default ``~/.cache/convserve/calibration.json``).
+(a JSON file: the engine setting ``calibration``, default ``~/.cache/convserve/calibration.json``).
+The FFT plumbing reads the calibrated ``fftw_parallel_min_points`` (the points from which a
+transform uses threads) through :func:`convserve_server.engine.fft.plans.set_parallel_threshold`,
+registered when this module is imported.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.signal import direct_fast
+from convserve_server.engine import config
+from convserve_server.engine.fft import plans
 from convserve_server.engine.fft.sizes import fast_length
+from convserve_server.engine.signal import direct_fast
 from convserve_server.engine.signal.overlap_add import choose_block
 
 CALIBRATION_VERSION = 2
@@ -41,11 +46,11 @@ DEFAULTS: dict[str, float] = {
     "loop_per_mac": 1.5e-9,  # the numpy tap loop
     "loop_per_tap": 6.0e-6,
     "direct_call": 1.5e-5,
-    "single": 0.6,
+    "single": 0.6,  # float32 / complex64 relative to double
     # FFTW threads only from this many points (all transforms of a batch together). Measured here
     # 2 threads were slower than 1 at every size from 2^17 to 2^22 on a busy day (2^20: 14.3 ms
     # against 9.6) and erratic (2-24 ms for 1e5 points), so one thread unless calibrated otherwise.
-    "fftw_parallel_min_points": 1e18,  # float32 / complex64 relative to double
+    "fftw_parallel_min_points": 1e18,
 }
 _LOCK = threading.Lock()
 _LOADED: dict[str, float] | None = None
@@ -53,8 +58,8 @@ _SOURCE = "built-in defaults"
 
 
 def calibration_path() -> str:
-    """The calibration file: ``CONVSERVE_CALIBRATION`` or ``~/.cache/convserve/calibration.json``."""
-    return os.environ.get("CONVSERVE_CALIBRATION") or os.path.join(os.path.expanduser("~"), ".cache", "convserve", "calibration.json")
+    """The calibration file: the setting ``calibration``, or ``~/.cache/convserve/calibration.json`` when it is ""."""
+    return config.current().calibration or os.path.join(os.path.expanduser("~"), ".cache", "convserve", "calibration.json")
 
 
 def load(path: str | None = None) -> str:
@@ -86,6 +91,14 @@ def constants() -> dict[str, float]:
         load()
     assert _LOADED is not None
     return _LOADED
+
+
+def parallel_min_points() -> float:
+    """Points (all transforms of a batch together) from which FFTW threads pay off on this host."""
+    return constants()["fftw_parallel_min_points"]
+
+
+plans.set_parallel_threshold(parallel_min_points)
 
 
 def source() -> str:

@@ -41,7 +41,7 @@ CV_DIRECT_MAX_SIDE = 11
 # numpy.convolve beats a one-row OpenCV filter below this kernel length (measured here).
 NUMPY_1D_MAX_TAPS = 8
 SEPARABLE_MIN_SIDE = 5
-# One block of work between cancellation checks (DESIGN issue 5): about this many multiply-adds,
+# One block of work between cancellation checks (a cancelled call stops within one): about this many multiply-adds,
 # 10-20 ms here for numpy.convolve (~5 GMAC/s) and OpenCV. Jobs below twice this run whole.
 CHUNK_MACS = 1 << 26
 # The same for OpenCV's 2-D filter, which runs SIMD on every core (15-20 GMAC/s here): a band of

@@ -1,7 +1,7 @@
-"""The FFT engine: products of cached FFTW transforms, real-to-complex for real data.
+"""The FFT product: products of cached FFTW transforms, real-to-complex for real data.
 
 Single precision stays single precision; transform lengths are FFTW's fast sizes. Plans and
-their aligned buffers come from :mod:`.fftw_plans` (cached, so a repeated shape neither plans
+their aligned buffers come from :mod:`convserve_server.engine.fft.plans` (cached, so a repeated shape neither plans
 nor faults fresh pages); the inputs are copied into the plan's buffer once, zero-padded in
 place, and the 1/L normalisation is folded into the copy of the smaller operand.
 """
@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server.engine.fft import plans
 from convserve_server.engine.fft.sizes import fast_length
 
 Loader = Callable[[npt.NDArray[Any]], None]
@@ -22,8 +22,8 @@ Finisher = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
 
 
 def threads() -> int:
-    """Most FFTW threads per transform (``CONVSERVE_FFTW_THREADS``, default: every core)."""
-    return fftw_plans.max_threads()
+    """Most FFTW threads per transform (the engine setting ``fftw_threads``, default: every core)."""
+    return plans.max_threads()
 
 
 def load(buffer: npt.NDArray[Any], a: npt.NDArray[Any], scale: float = 1.0) -> None:
@@ -81,13 +81,13 @@ def periodic_product(
     scale = 1.0 / math.prod(x_shape[a] for a in axes)
     forward = "r2c" if real else "c2c"
     out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
-    with fftw_plans.plan(forward, tuple(x_shape), work_dtype, axes) as px:
+    with plans.plan(forward, tuple(x_shape), work_dtype, axes) as px:
         load_x(px.input)
         px.fftw.execute()
-        with fftw_plans.plan(forward, tuple(h_shape), work_dtype, axes) as ph:
+        with plans.plan(forward, tuple(h_shape), work_dtype, axes) as ph:
             load(ph.input, h, scale)
             ph.fftw.execute()
-            with fftw_plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, axes) as pi:
+            with plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, axes) as pi:
                 np.multiply(px.output, ph.output, out=pi.input)
                 pi.fftw.execute()
                 return finish(pi.output)

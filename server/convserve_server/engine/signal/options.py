@@ -16,7 +16,7 @@ from convserve_server.engine.errors import InvalidArgumentError
 MODES = ("full", "same", "valid", "circular")
 METHODS = ("auto", "direct", "fft", "overlap_add")
 BOUNDARIES = ("fill", "wrap", "symmetric", "reflect", "edge")
-# Aliases that mean one thing only (DESIGN section 2): numpy, scipy.signal and scipy.ndimage names.
+# Aliases that mean one thing only: numpy, scipy.signal and scipy.ndimage names.
 BOUNDARY_ALIASES = {
     "constant": "fill",
     "circular": "wrap",
@@ -121,7 +121,7 @@ def normalize_output_dtype(output_dtype: Any, natural: np.dtype[Any]) -> np.dtyp
 
 
 def widens(natural: np.dtype[Any], requested: np.dtype[Any]) -> bool:
-    """Whether ``requested`` is ``natural`` or wider ("same kind or wider", DESIGN section 2).
+    """Whether ``requested`` is ``natural`` or wider (an output dtype is accepted if of the same kind or wider).
 
     Floats and complex need a safe cast (float64 -> float16 is refused, never an overflow to
     inf). Integer results may change signedness at the same width or more (their range is

@@ -3,7 +3,7 @@
 ``plan_signal_call`` reads the inputs' shapes and dtypes (and, for exactness and NaN checks,
 their values) and returns a :class:`SignalPlan`; nothing is computed yet. Every bad argument is
 found here, before any work starts. ``auto`` is a pure function of shapes, dtypes and options
-(and the kernel's separability): the method of least predicted time by :mod:`.costs`.
+(and the kernel's separability): the method of least predicted time by :mod:`convserve_server.engine.signal.cost_model`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.signal import cost_model as costs, direct_fast, integers
+from convserve_server.engine.signal import cost_model, direct_fast, integers
 from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.errors import InvalidArgumentError
 from convserve_server.engine.signal.options import (
@@ -118,7 +118,11 @@ def plan_signal_call(
 
 
 def _align_kernel(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: tuple[int, ...], axes_given: bool) -> npt.NDArray[Any]:
-    """Give ``h`` x's number of dimensions (DESIGN section 2's shape rule) and check broadcasting."""
+    """Give ``h`` x's number of dimensions and check broadcasting on the axes not convolved.
+
+    ``h`` has x's number of dimensions, or (with ``axes`` given) one per axis, laid on those axes
+    with size 1 on the others.
+    """
     if h.ndim != x.ndim:
         if axes_given and h.ndim == len(axes):
             shape = [1] * x.ndim
@@ -237,14 +241,14 @@ def fastest(
     h_shape = tuple(h.shape) if isinstance(h, np.ndarray) else tuple(h)
     sizes = [(x_shape[a], h_shape[a]) for a in axes]
     batch = math.prod(max(x_shape[a], h_shape[a]) for a in range(len(x_shape)) if a not in axes)
-    c = costs.constants()
+    c = cost_model.constants()
     fft_work = np.dtype(np.float64) if exact else work
     predicted = {
-        "direct": costs.direct_cost(x_shape, h, axes, lengths, batch, fft_work, integer_ok, c),
-        "fft": costs.fft_cost(batch, sizes, fft_work, c),
+        "direct": cost_model.direct_cost(x_shape, h, axes, lengths, batch, fft_work, integer_ok, c),
+        "fft": cost_model.fft_cost(batch, sizes, fft_work, c),
     }
     if mode != "circular" and len(sizes) == 1:  # measured: blocking one axis of an image loses to a whole FFT
-        predicted["overlap_add"] = costs.overlap_add_cost(batch, sizes, fft_work, c)
+        predicted["overlap_add"] = cost_model.overlap_add_cost(batch, sizes, fft_work, c)
     return min(predicted, key=lambda name: predicted[name])
 
 
