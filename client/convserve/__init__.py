@@ -4,7 +4,9 @@ Depends only on grpcio, protobuf and numpy. ``convserve.Client`` computes
 ``scipy.signal.convolve``/``correlate`` and ``torch.nn.ConvNd`` layers on a server.
 """
 
-from convserve._base import BaseClient, ComputeInfo, RetryPolicy, ServerInfo, Weights
+from convserve._base import BaseClient
+from convserve._retry import RetryPolicy
+from convserve._types import ComputeInfo, ServerInfo, Weights
 from convserve.aio import AsyncClient
 from convserve.client import Client
 from convserve.errors import (

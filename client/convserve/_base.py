@@ -1,101 +1,34 @@
-"""What every client does without I/O: channel configuration, the retry rule, request building
+"""What every client does without I/O: channel configuration, request building, the weights flow
 and response decoding (the httpx pattern: ``Client`` and ``AsyncClient`` add only the I/O)."""
 
 from __future__ import annotations
 
 import json
-import random
 import warnings
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from collections.abc import Callable, Generator
+from typing import Any, Mapping, Sequence, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
 from convserve import _options, codec
+from convserve._retry import RETRY_BUFFER_BYTES, RetryPolicy
 from convserve._shared_memory import RegionPair, SharedRegions
-from convserve.errors import ConvserveError
+from convserve._types import ComputeInfo, ServerInfo, Weights
+from convserve.errors import ConvserveError, NotFoundError
 from convserve.v1 import convserve_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 60.0
 # Large enough for a 64 MiB image (plus its kernel) in one message; the server's limit is its own.
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
-# gRPC retries transparently only requests that fit its per-call retry buffer (256 KiB by default);
-# larger ones are retried by the client itself under the same rule.
-RETRY_BUFFER_BYTES = 256 * 1024
-SERVICE = "convserve.v1.ConvolutionService"
-# gRPC's own retries (the service config's retryPolicy) apply to these unary methods only: on the
-# client-streaming methods they have aborted the caller's process (promise_based_filter.cc ILLEGAL
-# STATE: FORWARDED_BATCH, seen with grpcio 1.85). The client retries its streams itself (fresh stream).
-UNARY_METHODS = ("Convolve", "Correlate", "ConvLayer", "ConvTranspose", "RegisterWeights", "ConvolveShared", "CorrelateShared", "GetServerInfo")
-STREAMING_METHODS = ("ConvolveChunked", "CorrelateChunked", "ConvLayerChunked", "ConvolveStream")
 # Above this many input bytes a call streams its tensors in 1 MiB chunks (see the README).
 DEFAULT_CHUNK_THRESHOLD = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries on UNAVAILABLE and on RESOURCE_EXHAUSTED with a non-negative pushback.
-
-    Attributes
-    ----------
-    max_attempts : int
-        Attempts in all, the first included (gRPC caps this at 5).
-    initial_backoff, max_backoff : float
-        Seconds; the n-th wait is random in [0, min(max_backoff, initial * multiplier**n)].
-    multiplier : float
-        Growth of the backoff.
-    """
-
-    max_attempts: int = 5
-    initial_backoff: float = 0.05
-    max_backoff: float = 2.0
-    multiplier: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.initial_backoff <= 0 or self.max_backoff <= 0 or self.multiplier < 1:
-            raise ValueError(f"invalid retry policy {self}: max_attempts >= 1, positive backoffs, multiplier >= 1")
-
-    def service_config(self) -> str:
-        """The gRPC service config that makes gRPC apply this policy itself to the unary methods.
-
-        Streaming methods get no ``retryPolicy`` (the client retries them itself); a single attempt
-        gets none at all.
-        """
-        if self.max_attempts == 1:
-            return json.dumps({"methodConfig": [{"name": [{"service": SERVICE}]}]})
-        return json.dumps(
-            {
-                "methodConfig": [
-                    {
-                        "name": [{"service": SERVICE, "method": method} for method in UNARY_METHODS],
-                        "retryPolicy": {
-                            "maxAttempts": self.max_attempts,
-                            "initialBackoff": f"{self.initial_backoff}s",
-                            "maxBackoff": f"{self.max_backoff}s",
-                            "backoffMultiplier": self.multiplier,
-                            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-                        },
-                    }
-                ]
-            }
-        )
-
-    def delay(self, attempt: int, error: ConvserveError) -> float | None:
-        """Seconds to wait before attempt ``attempt + 1``, or None when ``error`` must not be retried."""
-        if attempt + 1 >= self.max_attempts:
-            return None
-        if error.code == grpc.StatusCode.UNAVAILABLE:
-            pass
-        elif error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_pushback_ms is not None and error.retry_pushback_ms >= 0:
-            return error.retry_pushback_ms / 1000.0
-        else:
-            return None
-        return random.uniform(0, min(self.max_backoff, self.initial_backoff * self.multiplier**attempt))
+DEFAULT_RETRY = RetryPolicy()  # frozen: one shared default
 
 
 @dataclass(frozen=True)
@@ -108,46 +41,40 @@ class Prepared:
     regions: RegionPair | None = None  # the shared-memory regions the call owns until it ends
 
 
-@dataclass(frozen=True)
-class Weights:
-    """Weights stored on the server by ``register_weights``; pass it in place of ``weight``.
+Request = TypeVar("Request")
 
-    Attributes
-    ----------
-    id : str
-        The server's content id (hex SHA-256 of dtype, shape and bytes; the same on every replica).
-    weight, bias : numpy.ndarray
-        Kept so the client can register them again if the server evicted them.
+
+@dataclass(frozen=True)
+class Register:
+    """A step of :func:`weights_flow`: register these weights again and send the new :class:`Weights` into the flow."""
+
+    weight: npt.NDArray[Any]
+    bias: npt.NDArray[Any] | None
+
+
+def weights_flow(
+    weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None, build: Callable[[npt.ArrayLike | Weights, npt.ArrayLike | None], Request]
+) -> Generator[Request | Register, Any, Any]:
+    """One call that may name registered weights, as a flow without I/O (the pattern of httpx's auth flows).
+
+    The flow yields what the client sends next: a request ``build(weight, bias)``, or a :class:`Register`.
+    The client sends back the outcome (``flow.send``) or throws in the ConvserveError it got
+    (``flow.throw``); the flow returns the call's outcome. Registered weights that the server evicted
+    (NotFound) are registered again, once, and the call resent; if that answer is NotFound too (another
+    replica under round robin), the weights travel with the call.
     """
-
-    id: str
-    weight: npt.NDArray[Any] = field(repr=False)
-    bias: npt.NDArray[Any] | None = field(repr=False, default=None)
-
-
-@dataclass(frozen=True)
-class ComputeInfo:
-    """What the server did: the method that ran, its compute time and any warnings."""
-
-    method: str
-    compute_seconds: float
-    warnings: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """The server's version, limits and capabilities."""
-
-    version: str
-    max_elements: int
-    max_request_bytes: int
-    max_output_bytes: int
-    max_concurrent_requests: int
-    dtypes: tuple[str, ...]
-    methods: tuple[str, ...]
-    fftw_threads: int
-    wisdom: str
-    workers: int
+    if not isinstance(weight, Weights):
+        return (yield build(weight, bias))
+    try:
+        return (yield build(weight, bias))
+    except NotFoundError:
+        pass
+    fresh = yield Register(weight.weight, weight.bias)  # evicted: register again, once
+    try:
+        return (yield build(fresh, None))
+    except NotFoundError:  # another replica answered (round robin): send the weights with the call
+        pass
+    return (yield build(weight.weight, weight.bias))
 
 
 def _read(value: str | bytes | Path | None) -> bytes | None:
@@ -200,7 +127,7 @@ class BaseClient:
         client_certificate: str | bytes | Path | None = None,
         client_key: str | bytes | Path | None = None,
         tls: bool = False,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         load_balancing: str = "round_robin",
         chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
@@ -227,6 +154,10 @@ class BaseClient:
             if (client_certificate is None) != (client_key is None):
                 raise ValueError("client_certificate and client_key must be given together")
             self.credentials = grpc.ssl_channel_credentials(_read(root_certificates), _read(client_key), _read(client_certificate))
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the channel (the twins' I/O; the base client opens none)."""
 
     def _timeout(self, timeout: float | None | object) -> float | None:
         """The call's deadline: the per-call value, or the client's default."""
@@ -327,6 +258,36 @@ class BaseClient:
             return request
         return _options.conv_transpose_request(input, weight, bias, stride, padding, output_padding, groups, dilation)
 
+    def _layer_flow(
+        self,
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None,
+        stride: Any,
+        padding: Any,
+        dilation: Any,
+        groups: int,
+        padding_mode: str,
+        activation: str | None,
+        pool: Mapping[str, Any] | None,
+    ) -> Generator[Prepared | Register, Any, Any]:
+        """The flow of a ConvLayer call (see :func:`weights_flow`)."""
+        return weights_flow(weight, bias, lambda w, b: self._layer_request(input, w, b, stride, padding, dilation, groups, padding_mode, activation, pool))
+
+    def _transpose_flow(
+        self,
+        input: npt.ArrayLike,
+        weight: npt.ArrayLike | Weights,
+        bias: npt.ArrayLike | None,
+        stride: Any,
+        padding: Any,
+        output_padding: Any,
+        groups: int,
+        dilation: Any,
+    ) -> Generator[pb.ConvTransposeRequest | Register, Any, Any]:
+        """The flow of a ConvTranspose call (see :func:`weights_flow`)."""
+        return weights_flow(weight, bias, lambda w, b: self._transpose_request(input, w, b, stride, padding, output_padding, groups, dilation))
+
     @staticmethod
     def _weights_request(weight: npt.ArrayLike, bias: npt.ArrayLike | None) -> tuple[pb.RegisterWeightsRequest, npt.NDArray[Any], npt.NDArray[Any] | None]:
         w = _options.as_array(weight, "weight")
@@ -376,7 +337,7 @@ class BaseClient:
         return np.array(codec.decode(tensor, "result")), response.info  # a writable array the caller owns
 
     @staticmethod
-    def _finish(result: tuple[npt.NDArray[Any], pb.ComputeInfo], return_info: bool) -> Any:
+    def _finish(result: tuple[npt.NDArray[Any], pb.ComputeInfo], return_info: bool) -> npt.NDArray[Any] | tuple[npt.NDArray[Any], ComputeInfo]:
         array, info = result
         if not return_info:
             return array
@@ -407,3 +368,5 @@ class _Default:
 
 _DEFAULT: Any = _Default()
 Axes = int | Sequence[int] | None
+Ints = int | Sequence[int]
+WithInfo = tuple[npt.NDArray[Any], ComputeInfo]  # a result with its ComputeInfo (return_info=True)

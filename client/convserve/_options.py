@@ -24,7 +24,7 @@ BOUNDARIES: dict[str, Any] = {
     "symmetric": pb.BOUNDARY_SYMMETRIC,
     "reflect": pb.BOUNDARY_REFLECT,
     "edge": pb.BOUNDARY_EDGE,
-    # aliases that mean one thing only (DESIGN section 2)
+    # aliases (names of numpy.pad, torch, scipy.signal.convolve2d, scipy.ndimage), each with one meaning only; the README maps them all
     "constant": pb.BOUNDARY_FILL,
     "circular": pb.BOUNDARY_WRAP,
     "symm": pb.BOUNDARY_SYMMETRIC,

@@ -5,23 +5,24 @@ from __future__ import annotations
 import time
 from types import TracebackType
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, overload
 
 import grpc
 import numpy.typing as npt
 
-from convserve import _blocks, _chunked as _chunking
-from convserve._base import _DEFAULT, Axes, BaseClient, Prepared, ServerInfo, Weights
-from convserve.errors import NotFoundError, from_rpc_error
+from convserve import _blocks
+from convserve._transport import SyncTransport
+from convserve._base import _DEFAULT, Axes, Ints, WithInfo
+from convserve._types import ServerInfo, Weights
+from convserve.errors import from_rpc_error
 from convserve.v1 import convserve_pb2 as pb
-from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
 
-class Client(BaseClient):
+class Client(SyncTransport):
     """A blocking convserve client; use it as a context manager.
 
-    Takes the arguments of :class:`convserve.BaseClient` (target, timeout, token, TLS files,
-    retry policy, message limit).
+    Takes the keyword arguments of :class:`convserve.BaseClient` (target, timeout, token, TLS files,
+    retry policy, message limit, chunk and shared-memory thresholds), each typed there.
 
     Examples
     --------
@@ -30,14 +31,6 @@ class Client(BaseClient):
     >>> with convserve.Client("127.0.0.1:50051") as client:   # doctest: +SKIP
     ...     two_dice = client.convolve(die, die)                # P(sum = 2..12)
     """
-
-    def __init__(self, target: str = "127.0.0.1:50051", **options: Any) -> None:
-        super().__init__(target, **options)
-        if self.credentials is None:
-            self._channel = grpc.insecure_channel(target, options=self.channel_options)
-        else:
-            self._channel = grpc.secure_channel(target, self.credentials, options=self.channel_options)
-        self._stub = pb_grpc.ConvolutionServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -50,56 +43,21 @@ class Client(BaseClient):
         self._close_shared()
         self._channel.close()
 
-    def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
-        """One RPC with the deadline, credentials and the retry rule; errors become ConvserveError."""
-        ends = self._deadline(timeout)
-        attempt = 0
-        while True:
-            try:
-                return method(request, timeout=self._left(ends), metadata=self.metadata)
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error, self.target)
-            wait = self._retry_wait(attempt, error, ends) if self._client_retries(request) else None
-            if wait is None:
-                raise error
-            time.sleep(wait)
-            attempt += 1
-
-    def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any, timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
-        """A chunked call, retried by the client (gRPC must not: see ``RetryPolicy.service_config``).
-
-        Each attempt is a fresh stream from the arrays the client still holds.
-        """
-        assert prepared.streamed is not None
-        ends = self._deadline(timeout)
-        attempt = 0
-        while True:
-            parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
-            try:
-                return _chunking.assemble(method(parts, timeout=self._left(ends), metadata=self.metadata))
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error, self.target)
-            wait = self._retry_wait(attempt, error, ends)
-            if wait is None:
-                raise error
-            time.sleep(wait)
-            attempt += 1
-
-    def _run(
-        self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any, timeout: Any, shared: Callable[..., Any] | None = None
-    ) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
-        """Send a prepared request unary or as a chunked stream; return the result and its info."""
-        if prepared.shared is not None and shared is not None and prepared.regions is not None:
-            ok = False
-            try:
-                result = self._from_shared(self._call(shared, prepared.shared, timeout), prepared.regions)
-                ok = True
-                return result
-            finally:
-                self._end_shared(prepared.regions, ok)
-        if prepared.streamed is None:
-            return self._from_unary(self._call(unary, prepared.request, timeout))
-        return self._chunked_call(prepared, chunked, part_type, timeout)
+    # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
+    # fmt: off
+    @overload
+    def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
+                 fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: Literal[False] = ..., *,
+                 timeout: float | None = ...) -> npt.NDArray[Any]: ...
+    @overload
+    def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
+                 fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., *, return_info: Literal[True],
+                 timeout: float | None = ...) -> WithInfo: ...
+    @overload
+    def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
+                 fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: bool = ..., *,
+                 timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+    # fmt: on
 
     def convolve(
         self,
@@ -113,8 +71,8 @@ class Client(BaseClient):
         output_dtype: npt.DTypeLike | None = None,
         return_info: bool = False,
         *,
-        timeout: Any = _DEFAULT,
-    ) -> Any:
+        timeout: float | None = _DEFAULT,
+    ) -> npt.NDArray[Any] | WithInfo:
         """Convolve two N-dimensional arrays on the server, as ``scipy.signal.convolve``.
 
         Parameters
@@ -156,6 +114,22 @@ class Client(BaseClient):
         result = self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared)
         return self._finish(result, return_info)
 
+    # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
+    # fmt: off
+    @overload
+    def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
+                  fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: Literal[False] = ..., *,
+                  timeout: float | None = ...) -> npt.NDArray[Any]: ...
+    @overload
+    def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
+                  fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., *, return_info: Literal[True],
+                  timeout: float | None = ...) -> WithInfo: ...
+    @overload
+    def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
+                  fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: bool = ..., *,
+                  timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+    # fmt: on
+
     def correlate(
         self,
         in1: npt.ArrayLike,
@@ -168,8 +142,8 @@ class Client(BaseClient):
         output_dtype: npt.DTypeLike | None = None,
         return_info: bool = False,
         *,
-        timeout: Any = _DEFAULT,
-    ) -> Any:
+        timeout: float | None = _DEFAULT,
+    ) -> npt.NDArray[Any] | WithInfo:
         """Cross-correlate two N-dimensional arrays on the server, as ``scipy.signal.correlate``.
 
         The arguments, result and errors are those of :meth:`convolve`; in2 is conjugated for complex data.
@@ -178,6 +152,22 @@ class Client(BaseClient):
         stub = self._stub
         result = self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared)
         return self._finish(result, return_info)
+
+    # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
+    # fmt: off
+    @overload
+    def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = ..., stride: Ints = ..., padding: Ints | str = ...,
+                   dilation: Ints = ..., groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Mapping[str, Any] | None = ...,
+                   return_info: Literal[False] = ..., *, timeout: float | None = ...) -> npt.NDArray[Any]: ...
+    @overload
+    def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = ..., stride: Ints = ..., padding: Ints | str = ...,
+                   dilation: Ints = ..., groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Mapping[str, Any] | None = ..., *,
+                   return_info: Literal[True], timeout: float | None = ...) -> WithInfo: ...
+    @overload
+    def conv_layer(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = ..., stride: Ints = ..., padding: Ints | str = ...,
+                   dilation: Ints = ..., groups: int = ..., padding_mode: str = ..., activation: str | None = ..., pool: Mapping[str, Any] | None = ...,
+                   return_info: bool = ..., *, timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+    # fmt: on
 
     def conv_layer(
         self,
@@ -193,8 +183,8 @@ class Client(BaseClient):
         pool: Mapping[str, Any] | None = None,
         return_info: bool = False,
         *,
-        timeout: Any = _DEFAULT,
-    ) -> Any:
+        timeout: float | None = _DEFAULT,
+    ) -> npt.NDArray[Any] | WithInfo:
         """A CNN convolution layer, as ``torch.nn.Conv1d/2d/3d``, then optional ReLU and pooling.
 
         Parameters
@@ -227,22 +217,12 @@ class Client(BaseClient):
         numpy.ndarray or (numpy.ndarray, ComputeInfo)
             ``(N, C_out, *spatial_out)`` (unbatched input: no N axis).
         """
-        prepared = self._layer_request(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
-        try:
-            result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
-        except NotFoundError:
-            if not isinstance(weight, Weights):
-                raise
-            fresh = self.register_weights(weight.weight, weight.bias, timeout=timeout)  # evicted: register again, once
-            prepared = self._layer_request(input, fresh, None, stride, padding, dilation, groups, padding_mode, activation, pool)
-            try:
-                result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
-            except NotFoundError:  # another replica answered (round robin): send the weights with the call
-                prepared = self._layer_request(input, weight.weight, weight.bias, stride, padding, dilation, groups, padding_mode, activation, pool)
-                result = self._run(prepared, self._stub.ConvLayer, self._stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout)
+        flow = self._layer_flow(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
+        stub = self._stub
+        result = self._drive(flow, lambda prepared: self._run(prepared, stub.ConvLayer, stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), timeout)
         return self._finish(result, return_info)
 
-    def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, timeout: Any = _DEFAULT) -> Weights:
+    def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, timeout: float | None = _DEFAULT) -> Weights:
         """Store a layer's weights (and bias) on the server, so later calls send only activations.
 
         Parameters
@@ -262,9 +242,23 @@ class Client(BaseClient):
             tensors, the same on every replica; if a server evicted the weights, the client
             registers them again by itself.
         """
-        request, w, b = self._weights_request(weight, bias)
-        response = self._call(self._stub.RegisterWeights, request, timeout)
-        return Weights(response.weights_id, w, b)
+        return self._register(weight, bias, timeout)
+
+    # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
+    # fmt: off
+    @overload
+    def conv_transpose(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = ..., stride: Ints = ..., padding: Ints = ...,
+                       output_padding: Ints = ..., groups: int = ..., dilation: Ints = ..., return_info: Literal[False] = ..., *,
+                       timeout: float | None = ...) -> npt.NDArray[Any]: ...
+    @overload
+    def conv_transpose(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = ..., stride: Ints = ..., padding: Ints = ...,
+                       output_padding: Ints = ..., groups: int = ..., dilation: Ints = ..., *, return_info: Literal[True],
+                       timeout: float | None = ...) -> WithInfo: ...
+    @overload
+    def conv_transpose(self, input: npt.ArrayLike, weight: npt.ArrayLike | Weights, bias: npt.ArrayLike | None = ..., stride: Ints = ..., padding: Ints = ...,
+                       output_padding: Ints = ..., groups: int = ..., dilation: Ints = ..., return_info: bool = ..., *,
+                       timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+    # fmt: on
 
     def conv_transpose(
         self,
@@ -278,8 +272,8 @@ class Client(BaseClient):
         dilation: int | Sequence[int] = 1,
         return_info: bool = False,
         *,
-        timeout: Any = _DEFAULT,
-    ) -> Any:
+        timeout: float | None = _DEFAULT,
+    ) -> npt.NDArray[Any] | WithInfo:
         """A transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose1d/2d/3d``.
 
         Parameters
@@ -303,20 +297,9 @@ class Client(BaseClient):
         -------
         numpy.ndarray or (numpy.ndarray, ComputeInfo)
         """
-        request = self._transpose_request(input, weight, bias, stride, padding, output_padding, groups, dilation)
-        try:
-            response = self._call(self._stub.ConvTranspose, request, timeout)
-        except NotFoundError:
-            if not isinstance(weight, Weights):
-                raise
-            fresh = self.register_weights(weight.weight, weight.bias, timeout=timeout)  # evicted: register again, once
-            request = self._transpose_request(input, fresh, None, stride, padding, output_padding, groups, dilation)
-            try:
-                response = self._call(self._stub.ConvTranspose, request, timeout)
-            except NotFoundError:  # another replica answered (round robin): send the weights with the call
-                request = self._transpose_request(input, weight.weight, weight.bias, stride, padding, output_padding, groups, dilation)
-                response = self._call(self._stub.ConvTranspose, request, timeout)
-        return self._finish(self._from_unary(response), return_info)
+        flow = self._transpose_flow(input, weight, bias, stride, padding, output_padding, groups, dilation)
+        result = self._drive(flow, lambda request: self._from_unary(self._call(self._stub.ConvTranspose, request, timeout)), timeout)
+        return self._finish(result, return_info)
 
     def convolve_stream(
         self, blocks: Iterable[npt.ArrayLike], kernel: npt.ArrayLike, output_dtype: npt.DTypeLike | None = None, *, timeout: float | None = None
@@ -368,6 +351,6 @@ class Client(BaseClient):
             time.sleep(wait)
             attempt += 1
 
-    def server_info(self, *, timeout: Any = _DEFAULT) -> ServerInfo:
+    def server_info(self, *, timeout: float | None = _DEFAULT) -> ServerInfo:
         """Return the server's version, limits and capabilities."""
         return self._server_info(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout))

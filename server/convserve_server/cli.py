@@ -1,4 +1,9 @@
-"""The ``convserve`` command: ``serve`` runs the server; ``health`` checks one."""
+"""The ``convserve`` command: ``serve`` runs the server; ``health`` checks one; ``calibrate`` measures the host.
+
+``main`` is ``python -m convserve_server``. The client's ``convserve`` script finds the three commands
+through the entry points this package registers (group ``convserve.commands`` in pyproject.toml):
+``serve_command``, ``health_command`` and ``calibrate_command``.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from convserve_server.app import run
 
     return run(settings)
+
+
+def serve_command(argv: Sequence[str]) -> int:
+    """Run the server (default 127.0.0.1:50051); every flag is also a CONVSERVE_* variable."""
+    return main(["serve", *argv])
+
+
+def health_command(argv: Sequence[str]) -> int:
+    """Exit 0 if the server at --target is SERVING (grpc.health.v1)."""
+    return main(["health", *argv])
+
+
+def calibrate_command(argv: Sequence[str]) -> int:
+    """Measure this host and save the cost model of `auto`."""
+    return main(["calibrate", *argv])
 
 
 def _health(target: str, timeout: float) -> int:

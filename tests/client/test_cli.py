@@ -74,3 +74,35 @@ def test_client_only_install_says_which_extra(tmp_path) -> None:  # type: ignore
     code = "import sys; from convserve.cli import main; sys.exit(main(['serve']))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=30)
     assert result.returncode == 2 and "convserve[server]" in result.stderr
+
+
+def test_server_commands_are_entry_points() -> None:
+    from convserve import cli
+
+    found = cli.commands()
+    assert {name: found[name].value for name in ("serve", "health", "calibrate")} == {
+        "serve": "convserve_server.cli:serve_command",
+        "health": "convserve_server.cli:health_command",
+        "calibrate": "convserve_server.cli:calibrate_command",
+    }
+
+
+def test_help_lists_the_commands_found(capsys: pytest.CaptureFixture[str]) -> None:
+    from convserve import cli
+
+    assert cli.main(["--help"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == sorted(cli.commands())
+    assert {"serve", "health", "calibrate"} <= set(listed)
+
+
+def test_without_the_server_its_commands_say_which_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from convserve import cli
+
+    monkeypatch.setattr(cli, "commands", dict)
+    for command in ("serve", "health", "calibrate"):
+        assert cli.main([command]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "pip install 'convserve[server]'" in lines[0]
+    assert cli.main(["--help"]) == 0
+    assert "convserve[server]" in capsys.readouterr().out

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import convserve
-from convserve import _base, codec
+from convserve import _retry, codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
@@ -86,9 +86,9 @@ print(json.dumps(dict(tally)))
 def test_only_unary_methods_carry_a_retry_policy() -> None:
     config = json.loads(convserve.RetryPolicy().service_config())
     retried = [name for entry in config["methodConfig"] if "retryPolicy" in entry for name in entry["name"]]
-    assert all(name.get("method") in _base.UNARY_METHODS for name in retried), retried  # never the whole service
-    assert {name["method"] for name in retried} == set(_base.UNARY_METHODS)
-    assert not set(_base.STREAMING_METHODS) & {name.get("method") for name in retried}
+    assert all(name.get("method") in _retry.UNARY_METHODS for name in retried), retried  # never the whole service
+    assert {name["method"] for name in retried} == set(_retry.UNARY_METHODS)
+    assert not set(_retry.STREAMING_METHODS) & {name.get("method") for name in retried}
 
 
 @pytest.mark.parametrize("kind", ["sync", "asyncio"])
