@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
-from convserve_server.engine.layers import policy as layer_policy
+from convserve_server.engine.layers import onnx_model, policy
 from convserve_server.engine.layers.conv_layer import conv_layer
 
 torch.set_num_threads(2)
@@ -188,7 +188,7 @@ def random_grid(count: int, seed: int = 0) -> list[dict[str, Any]]:
 def check_correctness(grid: int) -> tuple[float, int, dict[str, int]]:
     """Check the benchmark layers and a random grid against torch; return (worst, checks, per path)."""
     rng = np.random.default_rng(1)
-    worst, checks, per_path = 0.0, 0, {p: 0 for p in layer_policy.PATHS}
+    worst, checks, per_path = 0.0, 0, {p: 0 for p in policy.PATHS}
     configs = [
         dict(x=xs, w=ws, bias=True, opts=dict(stride=s, padding=p, dilation=1, groups=g, padding_mode="zeros", activation=None, pool=None))
         for _, xs, ws, s, p, g in LAYERS
@@ -198,7 +198,7 @@ def check_correctness(grid: int) -> tuple[float, int, dict[str, int]]:
         w = rng.standard_normal(cfg["w"]).astype(np.float32)
         b = rng.standard_normal(cfg["w"][0]).astype(np.float32) if cfg["bias"] else None
         want = _torch_layer(x, w, b, cfg["opts"])
-        for path in ("auto",) + layer_policy.PATHS:
+        for path in ("auto",) + policy.PATHS:
             try:
                 got, info = conv_layer(x, w, b, return_info=True, path=path, **cfg["opts"])
             except Exception as exc:  # an ineligible forced path
@@ -238,7 +238,7 @@ def bench(repeat: int, paths: bool, gap: float) -> list[dict[str, Any]]:
             "warm": lambda: conv_layer(x, w, b, prepared=store, **opts),
         }
         if paths:
-            for path in layer_policy.PATHS:
+            for path in policy.PATHS:
                 try:
                     conv_layer(x, w, b, path=path, **opts)
                 except Exception:
@@ -277,10 +277,8 @@ def _openvino_peer(x: np.ndarray, w: np.ndarray, b: np.ndarray, s: int, p: int, 
         return None
     import tempfile
 
-    from convserve_server.engine.layers import onnx as layer_onnx
-
     nd = w.ndim - 2
-    model = layer_onnx.conv_model_bytes(x.shape, w, b, (s,) * nd, [(p, p)] * nd, (1,) * nd, g, False)
+    model = onnx_model.conv_model_bytes(x.shape, w, b, (s,) * nd, [(p, p)] * nd, (1,) * nd, g, False)
     with tempfile.NamedTemporaryFile(suffix=".onnx") as fh:
         fh.write(model)
         fh.flush()

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 from convserve_server.engine import cancellation, conv_layer
-from convserve_server.engine.layers import onnx as layer_onnx
+from convserve_server.engine.layers import onnx
 from convserve_server.engine.cancellation import Cancelled
 
-pytestmark = pytest.mark.skipif(not layer_onnx.available(), reason="onnxruntime is not installed")
+pytestmark = pytest.mark.skipif(not onnx.available(), reason="onnxruntime is not installed")
 RNG = np.random.default_rng(0)
 
 
@@ -43,14 +43,14 @@ def test_pieces_give_the_whole_layer(monkeypatch: pytest.MonkeyPatch, groups: in
     b = RNG.standard_normal(12).astype(np.float32)
     arguments = {**geometry, "groups": groups, "pool": pool, "activation": "relu" if relu else None, "path": "onnxruntime"}
     whole = conv_layer(x, w, b, **arguments)
-    monkeypatch.setattr(layer_onnx, "CHUNK_MACS", 10_000, raising=False)  # forces batch and channel/group pieces
+    monkeypatch.setattr(onnx, "CHUNK_MACS", 10_000, raising=False)  # forces batch and channel/group pieces
     pieces = _served(lambda: conv_layer(x, w, b, **arguments), threading.Event())
     np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_a_cancelled_onnxruntime_layer_stops_far_before_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
     w = RNG.standard_normal((64, 64, 3, 3)).astype(np.float32)
-    monkeypatch.setattr(layer_onnx, "CHUNK_MACS", 64 * 128 * 128 * 64 * 9, raising=False)  # one sample per piece, whatever the speed
+    monkeypatch.setattr(onnx, "CHUNK_MACS", 64 * 128 * 128 * 64 * 9, raising=False)  # one sample per piece, whatever the speed
     sample = RNG.standard_normal((1, 64, 128, 128)).astype(np.float32)
     _, info = conv_layer(sample, w, padding=1, return_info=True)
     assert info.method == "onnxruntime"
@@ -86,5 +86,5 @@ def test_a_layer_with_one_output_row_is_cut_by_channels(monkeypatch: pytest.Monk
     x = RNG.standard_normal((2, 6, 3, 30)).astype(np.float32)
     w = RNG.standard_normal((10, 3, 3, 5)).astype(np.float32)
     whole = conv_layer(x, w, groups=2, path="onnxruntime")
-    monkeypatch.setattr(layer_onnx, "CHUNK_MACS", 1_000, raising=False)
+    monkeypatch.setattr(onnx, "CHUNK_MACS", 1_000, raising=False)
     np.testing.assert_allclose(_served(lambda: conv_layer(x, w, groups=2, path="onnxruntime"), threading.Event()), whole, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,6 @@
-"""Argument checks shared by the convolution layer and the transposed convolution (torch's rules).
+"""Argument checks shared by the convolution layer, the transposed convolution and the pooling (torch's rules).
 
-Each check raises :class:`~.errors.InvalidArgumentError` naming the argument, before any work.
+Each check raises :class:`~convserve_server.engine.errors.InvalidArgumentError` naming the argument, before any work.
 """
 
 from __future__ import annotations
@@ -11,9 +11,52 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convserve_server.engine.errors import InvalidArgumentError
-from convserve_server.engine.layers.pooling import is_int
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_int(value: object) -> bool:
+    """Return True for a Python or numpy integer (bool excluded)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def int_tuple(value: object, nd: int, field: str, name: str, minimum: int) -> tuple[int, ...]:
+    """Normalise an int, or a sequence of ``nd`` ints, to a tuple of ``nd`` ints.
+
+    Parameters
+    ----------
+    value : object
+        The argument as given.
+    nd : int
+        Number of spatial dimensions.
+    field : str
+        Field named in the error.
+    name : str
+        How the argument is called in the message.
+    minimum : int
+        Smallest allowed value (1: positive, 0: non-negative).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Not an int / sequence of ints, wrong length or a value below ``minimum``.
+    """
+    expected = f"an int or a tuple of {nd} ints (one per spatial dimension)"
+    if is_int(value):
+        items: tuple[int, ...] = (int(value),) * nd  # type: ignore[call-overload]
+    elif isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        seq = list(value)
+        if len(seq) != nd:
+            raise InvalidArgumentError(field, f"{name} must be {expected}, got {len(seq)} values: {value!r}")
+        if not all(is_int(v) for v in seq):
+            raise InvalidArgumentError(field, f"{name} must be {expected}, got {value!r}")
+        items = tuple(int(v) for v in seq)
+    else:
+        raise InvalidArgumentError(field, f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    if any(v < minimum for v in items):
+        what = "positive" if minimum == 1 else f">= {minimum}"
+        raise InvalidArgumentError(field, f"{name} must be {what}, got {value!r}")
+    return items
 
 
 def float_array(value: object, field: str) -> NDArray[Any]:

@@ -1,13 +1,18 @@
 """The convolution layer of a CNN, numerically the same as ``torch.nn.Conv1d/2d/3d``.
 
-Every argument is checked before any work, with torch's rules; a bad one raises
-:class:`~.errors.InvalidArgumentError` naming the argument. Then :mod:`.layer_policy` picks a
-path by the layer's shapes (deterministically): ONNX Runtime's MLAS kernels for float32
-(:mod:`.layer_onnx`), FFTW with cached weight spectra for large kernels (:mod:`.layer_fft`),
-a plain matrix product for 1x1 kernels, a tap-by-tap depthwise path, or im2col and one batched
-``np.matmul`` (:mod:`.layer_gemm`, :mod:`.layer_depthwise`). It computes cross-correlation, as
-deep-learning frameworks do, adds the bias and applies the optional ReLU (fused into the
-kernel where the path can) and max/avg pooling (see :mod:`.pooling`).
+A call runs in two named steps. :func:`~convserve_server.engine.layers.planner.plan_layer`
+checks every argument before any work, with torch's rules (a bad one raises
+:class:`~convserve_server.engine.errors.InvalidArgumentError` naming the argument), and the path
+policy (:mod:`convserve_server.engine.layers.policy`) picks a path by the layer's shapes
+(deterministically): the result is a :class:`~convserve_server.engine.layers.planner.LayerPlan`.
+:func:`execute` then runs it: ONNX Runtime's MLAS kernels for float32
+(:mod:`convserve_server.engine.layers.onnx`), FFTW with cached weight spectra for large kernels
+(:mod:`convserve_server.engine.layers.fft`), a plain matrix product for 1x1 kernels, a
+tap-by-tap depthwise path, or im2col and one batched ``np.matmul``
+(:mod:`convserve_server.engine.layers.gemm`, :mod:`convserve_server.engine.layers.depthwise`).
+It computes cross-correlation, as deep-learning frameworks do, adds the bias and applies the
+optional ReLU (fused into the kernel where the path can) and max/avg pooling (see
+:mod:`convserve_server.engine.layers.pooling`).
 
 The weight's prepared forms (packed matrices, spectra, ONNX Runtime sessions) are memoized in
 the caller's ``prepared`` store, keyed by what they depend on. See ``docs/conv_layer.md``.
@@ -22,83 +27,14 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.typing import NDArray
 
-from convserve_server.engine.errors import InvalidArgumentError
 from convserve_server.engine.info import CallInfo, nonfinite_warnings
-from convserve_server.engine.layers import (
-    args as layer_args,
-    prepared as layer_cache,
-    depthwise as layer_depthwise,
-    fft as layer_fft,
-    gemm as layer_gemm,
-    onnx as layer_onnx,
-    policy as layer_policy,
-    pooling_taps as layer_pool,
-)
-from convserve_server.engine.layers.pooling import int_tuple, validate_pool
+from convserve_server.engine.layers import depthwise, fft, gemm, onnx, policy, pooling_taps
+from convserve_server.engine.layers.planner import ACTIVATIONS, PADDING_MODES, LayerPlan, plan_layer
+from convserve_server.engine.layers.prepared import store_for
 
-PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
-ACTIVATIONS: tuple[str, ...] = ("relu",)
+__all__ = ["ACTIVATIONS", "PADDING_MODES", "LayerPlan", "conv_layer", "execute", "plan_layer"]
+
 _NUMPY_PAD_MODE: dict[str, str] = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
-
-def _resolve_padding(padding: object, nd: int, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Return (before, after) padding per spatial dim, with torch's ``same`` split."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return [(0, 0)] * nd
-        if padding == "same":
-            if any(s != 1 for s in stride):
-                raise InvalidArgumentError("padding", f"padding='same' is not supported for strided convolutions, got stride {stride}")
-            pads = []
-            for k, d in zip(kernel, dilation):
-                total = d * (k - 1)
-                pads.append((total // 2, total - total // 2))
-            return pads
-        raise InvalidArgumentError("padding", f"expected an int, a tuple of {nd} ints, 'same' or 'valid', got {padding!r}")
-    return [(p, p) for p in int_tuple(padding, nd, "padding", "padding", 0)]
-
-
-def _pad(x: NDArray[Any], pads: list[tuple[int, int]], padding_mode: str) -> NDArray[Any]:
-    """Pad the spatial axes of ``(N, C, *spatial)`` as torch's ``padding_mode`` does."""
-    if not any(b or a for b, a in pads):
-        return x
-    pad_width = [(0, 0), (0, 0)] + pads
-    result: NDArray[Any] = np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
-    return result
-
-
-def _run_path(
-    chosen: str,
-    xb: NDArray[Any],
-    w: NDArray[Any],
-    b: NDArray[Any] | None,
-    strides: tuple[int, ...],
-    pads: list[tuple[int, int]],
-    padding_mode: str,
-    dilations: tuple[int, ...],
-    groups: int,
-    out_spatial: tuple[int, ...],
-    relu: bool,
-    prepared: MutableMapping[Any, Any],
-) -> NDArray[Any]:
-    """Run numpy path ``chosen``, then add the bias and apply the ReLU in place."""
-    nd = len(strides)
-    xp = _pad(xb, pads, padding_mode)
-    if chosen == "fft":
-        out = layer_fft.fft_correlate(xp, w, strides, out_spatial, prepared)
-    elif chosen == "pointwise":
-        out = layer_gemm.pointwise(xp, w, strides, prepared)
-    elif chosen == "depthwise":
-        out = layer_depthwise.depthwise(xp, w, strides, dilations, out_spatial, prepared)
-    else:
-        out = layer_gemm.im2col_gemm(xp, w, strides, dilations, groups, out_spatial, prepared)
-    if b is not None:
-        out += b.astype(out.dtype).reshape((1, -1) + (1,) * nd)
-    if out.dtype != xb.dtype:
-        out = out.astype(xb.dtype)
-    if relu:
-        np.maximum(out, 0, out=out)  # NaN propagates, as torch.relu
-    return out
 
 
 @overload
@@ -193,16 +129,17 @@ def conv_layer(
         ``{"kind": "max" | "avg", "kernel_size": k, "stride": k, "padding": 0}`` with
         ``torch.nn.functional.max_poolNd`` / ``avg_poolNd`` default semantics.
     return_info : bool
-        Also return a :class:`~.info.CallInfo`.
+        Also return a :class:`~convserve_server.engine.info.CallInfo`.
     prepared : MutableMapping, optional
         A per-weights store that lives as long as the weights (the server's registered-weights
         cache): paths keep the weight's prepared forms (packed matrices, spectra) in it, keyed
         by what they depend on, so repeated calls with the same weights skip that work.
         Without one, a small LRU of stores keyed by a digest of the weights serves
-        (:mod:`.layer_cache`).
+        (:mod:`convserve_server.engine.layers.prepared`).
     path : str
-        ``"auto"`` (the policy of :mod:`.layer_policy` chooses) or one of
-        :data:`.layer_policy.PATHS` to force a path (an error if it cannot compute the layer).
+        ``"auto"`` (the policy of :mod:`convserve_server.engine.layers.policy` chooses) or one of
+        :data:`convserve_server.engine.layers.policy.PATHS` to force a path (an error if it
+        cannot compute the layer).
 
     Returns
     -------
@@ -214,93 +151,78 @@ def conv_layer(
     InvalidArgumentError
         Any malformed or inconsistent argument (``.field`` names it), before any work.
     """
-    x, w, nd, batched = layer_args.input_and_weight(input, weight, "(C_out, C_in/groups, *kernel)", "convolution")
-    xb = x if batched else x[np.newaxis]
-    n, c_in = xb.shape[0], xb.shape[1]
-    spatial = tuple(int(s) for s in xb.shape[2:])
-    c_out = w.shape[0]
-    kernel = tuple(int(k) for k in w.shape[2:])
+    plan = plan_layer(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool, path)
+    return execute(plan, prepared, return_info)
 
-    groups = layer_args.groups_count(groups, c_in)
-    if c_out % groups:
-        raise InvalidArgumentError("groups", f"C_out ({c_out}) must be divisible by groups ({groups})")
-    if w.shape[1] * groups != c_in:
-        raise InvalidArgumentError(
-            "weight",
-            f"expected weight.shape[1] == C_in / groups = {c_in} / {groups} = {c_in // groups}, got weight of shape {w.shape} for input of shape {x.shape}",
-        )
-    b = layer_args.bias_vector(bias, x.dtype, c_out)
 
-    strides = int_tuple(stride, nd, "stride", "stride", 1)
-    dilations = int_tuple(dilation, nd, "dilation", "dilation", 1)
-    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-        raise InvalidArgumentError("padding_mode", f"expected one of {list(PADDING_MODES)}, got {padding_mode!r}")
-    pads = _resolve_padding(padding, nd, kernel, strides, dilations)
-    for size, (before, after) in zip(spatial, pads):
-        if padding_mode == "reflect" and max(before, after) >= size:
-            raise InvalidArgumentError("padding", f"reflect padding must be less than the input size, got padding {pads} for spatial shape {spatial}")
-        if padding_mode == "circular" and max(before, after) > size:
-            raise InvalidArgumentError("padding", f"circular padding must be at most the input size, got padding {pads} for spatial shape {spatial}")
-    effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations))
-    padded = tuple(size + bfr + aft for size, (bfr, aft) in zip(spatial, pads))
-    if any(e > p for e, p in zip(effective, padded)):
-        raise InvalidArgumentError(
-            "weight",
-            f"kernel size can't be greater than the padded input size: padded input {padded}, (dilated) kernel {effective}",
-        )
-    out_spatial = tuple((p - e) // s + 1 for p, e, s in zip(padded, effective, strides))
+def execute(plan: LayerPlan, prepared: MutableMapping[Any, Any] | None = None, return_info: bool = False) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]:
+    """Run a :class:`~convserve_server.engine.layers.planner.LayerPlan` (the work of :func:`conv_layer`).
 
-    if activation in ("", "none"):
-        activation = None
-    if activation is not None and activation not in ACTIVATIONS:
-        raise InvalidArgumentError("activation", f"expected None or 'relu', got {activation!r}")
-    pool_spec = validate_pool(pool, out_spatial)
-
-    if path not in ("auto",) + layer_policy.PATHS:
-        raise InvalidArgumentError("path", f"expected 'auto' or one of {list(layer_policy.PATHS)}, got {path!r}")
-    problem = layer_policy.Problem(
-        dtype=x.dtype.name,
-        n=int(n),
-        c_in=int(c_in),
-        c_out=int(c_out),
-        groups=groups,
-        kernel=kernel,
-        strides=strides,
-        dilations=dilations,
-        padded=padded,
-        out_spatial=out_spatial,
-    )
-    if path == "auto":
-        chosen = layer_policy.choose(problem)
-    elif layer_policy.eligible(path, problem):
-        chosen = path
-    else:
-        raise InvalidArgumentError("path", f"path {path!r} cannot compute this layer ({problem})")
-
+    An ``fft`` plan meeting a non-finite input or weight runs on :func:`.policy.fallback`'s path
+    instead (an FFT would smear NaN/Inf over the output); an ONNX Runtime failure falls back to
+    the numpy path, with a warning. Without a ``prepared`` store the inline-weights LRU of
+    :mod:`convserve_server.engine.layers.prepared` serves one.
+    """
     started = time.perf_counter()
-    if chosen == "fft" and not (np.isfinite(xb).all() and np.isfinite(w).all()):
-        chosen = layer_policy.fallback(problem)  # an FFT would smear NaN/Inf over the output
-    relu = activation == "relu"
+    chosen = plan.path
+    if chosen == "fft" and not (np.isfinite(plan.x).all() and np.isfinite(plan.w).all()):
+        chosen = policy.fallback(plan.problem)  # an FFT would smear NaN/Inf over the output
     if prepared is None:
-        prepared = layer_cache.store_for(w)
+        prepared = store_for(plan.w)
     warnings: tuple[str, ...] = ()
     out: NDArray[Any] | None = None
     if chosen == "onnxruntime":  # bias, ReLU and pooling all run inside ONNX Runtime
-        xo = xb if padding_mode == "zeros" else _pad(xb, pads, padding_mode)
-        ort_pads = pads if padding_mode == "zeros" else [(0, 0)] * nd
+        xo, ort_pads = _onnx_input(plan)
         try:
-            out = layer_onnx.run(xo, w, b, strides, ort_pads, dilations, groups, relu, prepared, pool_spec)
-        except layer_onnx.RUNTIME_ERRORS as exc:  # never fail a call ONNX Runtime cannot run
-            chosen = layer_policy.numpy_path(problem)
+            out = onnx.run(xo, plan.w, plan.bias, plan.strides, ort_pads, plan.dilations, plan.groups, plan.relu, prepared, plan.pool)
+        except onnx.RUNTIME_ERRORS as exc:  # never fail a call ONNX Runtime cannot run
+            chosen = policy.numpy_path(plan.problem)
             warnings = (f"onnxruntime failed ({type(exc).__name__}: {str(exc)[:200]}); computed by {chosen}",)
     if out is None:
-        out = _run_path(chosen, xb, w, b, strides, pads, padding_mode, dilations, groups, out_spatial, relu, prepared)
-        if pool_spec is not None:
-            out = layer_pool.pool(out, pool_spec)
-    if not batched:
+        out = _run_numpy(plan, chosen, prepared)
+        if plan.pool is not None:
+            out = pooling_taps.pool(out, plan.pool)
+    if not plan.batched:
         out = out[0]
     elapsed = time.perf_counter() - started
     if return_info:
         warnings += tuple(nonfinite_warnings(out))
         return out, CallInfo(method=chosen, compute_seconds=elapsed, warnings=warnings)
+    return out
+
+
+def _pad(x: NDArray[Any], pads: list[tuple[int, int]], padding_mode: str) -> NDArray[Any]:
+    """Pad the spatial axes of ``(N, C, *spatial)`` as torch's ``padding_mode`` does."""
+    if not any(b or a for b, a in pads):
+        return x
+    pad_width = [(0, 0), (0, 0)] + pads
+    result: NDArray[Any] = np.pad(x, pad_width, mode=_NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
+    return result
+
+
+def _onnx_input(plan: LayerPlan) -> tuple[NDArray[Any], list[tuple[int, int]]]:
+    """The ``onnxruntime`` path's input and pads: zero padding runs inside the model, other modes are padded here."""
+    pads = list(plan.pads)
+    if plan.padding_mode == "zeros":
+        return plan.x, pads
+    return _pad(plan.x, pads, plan.padding_mode), [(0, 0)] * plan.nd
+
+
+def _run_numpy(plan: LayerPlan, chosen: str, prepared: MutableMapping[Any, Any]) -> NDArray[Any]:
+    """Run numpy path ``chosen``, then add the bias and apply the ReLU in place (no pooling)."""
+    xp = _pad(plan.x, list(plan.pads), plan.padding_mode)
+    if chosen == "fft":
+        out = fft.fft_correlate(xp, plan.w, plan.strides, plan.out_spatial, prepared)
+    elif chosen == "pointwise":
+        out = gemm.pointwise(xp, plan.w, plan.strides, prepared)
+    elif chosen == "depthwise":
+        out = depthwise.depthwise(xp, plan.w, plan.strides, plan.dilations, plan.out_spatial, prepared)
+    else:
+        out = gemm.im2col_gemm(xp, plan.w, plan.strides, plan.dilations, plan.groups, plan.out_spatial, prepared)
+    if plan.bias is not None:
+        out += plan.bias.astype(out.dtype).reshape((1, -1) + (1,) * plan.nd)
+    if out.dtype != plan.x.dtype:
+        out = out.astype(plan.x.dtype)
+    if plan.relu:
+        np.maximum(out, 0, out=out)  # NaN propagates, as torch.relu
     return out

@@ -9,7 +9,7 @@ is one contiguous slice of the flattened padded planes (the output is accumulate
 row pitch and the extra columns dropped), so numpy runs long inner loops; other strides use
 strided views. Any number of spatial dimensions and any dilation.
 
-Small float32 problems accumulate in float64 (see :func:`.layer_gemm.working_dtype`).
+Small float32 problems accumulate in float64 (see :func:`.gemm.working_dtype`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A cross-correlation of the padded input (spatial size ``P``) with a kernel of size ``k`` is the
 leading ``P - k + 1`` samples of a *circular* correlation of any length ``L >= P``: no output
 sample there wraps around. So each dimension is transformed at ``L = fast_length(P)`` only
-(not ``P + k - 1``), by real-to-complex FFTW plans from :mod:`.fftw_plans` (cached, with their
-aligned buffers). Per frequency the channel contraction is a small matrix product,
+(not ``P + k - 1``), by real-to-complex FFTW plans from :mod:`convserve_server.engine.fft.plans`
+(cached, with their aligned buffers). Per frequency the channel contraction is a small matrix product,
 ``Y[f] (N, C_out) = X[f] (N, C_in) @ conj(W[f]) (C_in, C_out)``, done for all frequencies by
 one batched ``np.matmul``. Each of the three stages is split over the request's share of the
 cores (transforms by rows, products by frequencies) in a small thread pool: FFTW's own
@@ -13,8 +13,8 @@ threads do not pay at these sizes here, but independent batches do. The weight s
 memoized in the caller's ``prepared`` store.
 
 When the whole input's spectrum would be large (the channel products then stream it from
-memory), :func:`plan_tiles` cuts the input into overlap-save tiles that become extra batch
-items, so one smaller spectrum serves every tile.
+memory), :func:`~convserve_server.engine.layers.tiling.plan_tiles` may cut the input into
+overlap-save tiles that become extra batch items, so one smaller spectrum serves every tile.
 
 It serves ``groups == 1``, dilation 1 and any stride (the strided output is a subsample of the
 stride-1 one; the policy only picks it where that is cheap). NaN or Inf in the input would
@@ -38,13 +38,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from convserve_server.engine import cancellation, resources
-from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server.engine.fft import plans
 from convserve_server.engine.fft.sizes import fast_length
-
-
-def transform_shape(padded: tuple[int, ...]) -> tuple[int, ...]:
-    """The FFT size per spatial dimension for a padded input of spatial shape ``padded``."""
-    return tuple(fast_length(p) for p in padded)
+from convserve_server.engine.layers.tiling import plan_tiles, transform_shape
 
 
 def _spectra(w: NDArray[Any], fshape: tuple[int, ...]) -> NDArray[Any]:
@@ -52,7 +48,7 @@ def _spectra(w: NDArray[Any], fshape: tuple[int, ...]) -> NDArray[Any]:
     nd = len(fshape)
     c_out, c_in = w.shape[0], w.shape[1]
     axes = tuple(range(1, 1 + nd))
-    with fftw_plans.plan("r2c", (c_in * c_out,) + fshape, w.dtype, axes) as p:
+    with plans.plan("r2c", (c_in * c_out,) + fshape, w.dtype, axes) as p:
         corner = (slice(None),) + tuple(slice(0, k) for k in w.shape[2:])
         p.input[...] = 0
         p.input[corner] = w.swapaxes(0, 1).reshape((c_in * c_out,) + w.shape[2:])  # rows (C_in, C_out)
@@ -127,48 +123,6 @@ def fft_correlate(
     return np.ascontiguousarray(y[crop])
 
 
-# Weight spectra up to this many bytes are read from cache, beyond it from memory.
-_CACHED_SPECTRA_BYTES = 4 << 20
-# Tiling is considered only when the whole input's spectrum is larger than this. Measured:
-# tiles ran 1.4x slower than the whole transform with a 21.5 MB spectrum (C16, 15x15 on
-# 142^2: the tile copies and extra transforms cost more than the bandwidth saved), and 2-3x
-# faster with 69-87 MB ones (C64, 7x7 and 11x11 on 56^2).
-_TILE_MIN_SPECTRA_BYTES = 32 << 20
-
-
-def plan_tiles(padded: tuple[int, ...], kernel: tuple[int, ...], n: int, c_in: int, c_out: int) -> tuple[tuple[int, ...], float]:
-    """The cheapest transform size per dimension (whole input or tiles) and its modelled seconds.
-
-    Candidates: 5-smooth sizes from twice the kernel up to the whole padded input (only the
-    whole input when its weight spectrum is at most 32 MB). Cost:
-    transforms (``N * tiles * (C_in + C_out)`` real FFTs) plus the per-frequency products,
-    bound by arithmetic or by reading the weight spectrum (from cache when it is small).
-    """
-    from convserve_server.engine.layers import policy as layer_policy  # its measured constants
-
-    whole = tuple(fast_length(p) for p in padded)
-    best: tuple[tuple[int, ...], float] | None = None
-    whole_half = math.prod(whole) // whole[-1] * (whole[-1] // 2 + 1)
-    candidate = fast_length(2 * max(kernel)) if c_in * c_out * whole_half * 8 > _TILE_MIN_SPECTRA_BYTES else max(whole)
-    while True:
-        sizes = tuple(min(max(candidate, fast_length(2 * k)), f) for k, f in zip(kernel, whole))
-        counts = [1 if t >= f else -(-(p - k + 1) // (t - k + 1)) for t, f, p, k in zip(sizes, whole, padded, kernel)]
-        batch = n * math.prod(counts)
-        points = math.prod(sizes)
-        half = points // sizes[-1] * (sizes[-1] // 2 + 1)
-        transforms = batch * (c_in + c_out) * points * math.log2(max(points, 2)) * layer_policy.FFT_PER_POINT_LOG
-        spectra_bytes = c_in * c_out * half * 8
-        byte_cost = layer_policy.CACHED_BYTE if spectra_bytes <= _CACHED_SPECTRA_BYTES else layer_policy.SPECTRA_BYTE
-        cost = transforms + max(batch * c_in * c_out * half * layer_policy.CMAC, spectra_bytes * byte_cost)
-        if all(t >= f for t, f in zip(sizes, whole)):
-            if spectra_bytes <= _TILE_MIN_SPECTRA_BYTES or best is None or cost < best[1]:
-                return sizes, cost
-            return best
-        if best is None or cost < best[1]:
-            best = (sizes, cost)
-        candidate = fast_length(candidate + 1)
-
-
 def _fft_batch(
     xp: NDArray[Any],
     w: NDArray[Any],
@@ -177,6 +131,10 @@ def _fft_batch(
     prepared: MutableMapping[Any, Any] | None,
 ) -> NDArray[Any]:
     """The untiled transform: the whole padded input at ``fast_length`` per dimension.
+
+    Three stages, each split over the request's share of the cores: the forward transforms
+    (:func:`_forward`), the per-frequency channel products (:func:`_products`) and the inverse
+    transforms (:func:`_inverse`), with a cancellation check between them.
 
     Parameters
     ----------
@@ -198,23 +156,40 @@ def _fft_batch(
     """
     n, c_in = xp.shape[0], xp.shape[1]
     c_out = w.shape[0]
-    padded = tuple(int(s) for s in xp.shape[2:])
-    nd = len(padded)
-    fshape = transform_shape(padded)
-    axes = tuple(range(1, 1 + nd))
-    key = ("fft", fshape, xp.dtype.str)
+    fshape = transform_shape(tuple(int(s) for s in xp.shape[2:]))
+    spectra = _weight_spectra(w, fshape, xp.dtype, prepared)
+    parts = _parts(n * max(c_in, c_out) * math.prod(fshape))
+    xf = _forward(xp, fshape, spectra.dtype, parts)
+    cancellation.check()
+    yf = _products(xf.reshape(-1, n, c_in), spectra, parts if n * c_in * c_out < _BLAS_THREADED_MIN else 1)
+    del xf
+    cancellation.check()
+    out = _inverse(yf.reshape(-1, n * c_out), fshape, xp.dtype, strides, out_spatial, parts)
+    return out.reshape((n, c_out) + out_spatial)
+
+
+def _weight_spectra(w: NDArray[Any], fshape: tuple[int, ...], dtype: np.dtype[Any], prepared: MutableMapping[Any, Any] | None) -> NDArray[Any]:
+    """The weight spectra for transform size ``fshape``, memoized in ``prepared`` under ``("fft", fshape, dtype)``."""
+    key = ("fft", fshape, dtype.str)
     spectra = prepared.get(key) if prepared is not None else None
     if spectra is None:
         spectra = _spectra(w, fshape)
         if prepared is not None:
             prepared[key] = spectra
-    parts = _parts(n * max(c_in, c_out) * math.prod(fshape))
+    return spectra
+
+
+def _forward(xp: NDArray[Any], fshape: tuple[int, ...], spectrum_dtype: np.dtype[Any], parts: int) -> NDArray[Any]:
+    """The forward transforms of every ``(N * C_in)`` row of ``xp`` at ``fshape``, as ``(F, N * C_in)``."""
+    rows = xp.shape[0] * xp.shape[1]
+    padded = tuple(int(s) for s in xp.shape[2:])
+    axes = tuple(range(1, 1 + len(padded)))
     points = math.prod(fshape[:-1]) * (fshape[-1] // 2 + 1)
-    xf = np.empty((points, n * c_in), dtype=spectra.dtype)  # (F, N*C_in)
-    rows_in = xp.reshape((n * c_in,) + padded)
+    xf = np.empty((points, rows), dtype=spectrum_dtype)  # (F, N*C_in)
+    rows_in = xp.reshape((rows,) + padded)
 
     def forward(lo: int, hi: int) -> None:
-        with fftw_plans.plan("r2c", (hi - lo,) + fshape, xp.dtype, axes) as p:
+        with plans.plan("r2c", (hi - lo,) + fshape, xp.dtype, axes) as p:
             corner = (slice(None),) + tuple(slice(0, s) for s in padded)
             p.input[corner] = rows_in[lo:hi]
             for axis, size in enumerate(padded, start=1):  # zero the tail of each dimension
@@ -222,34 +197,46 @@ def _fft_batch(
                     tail = tuple(slice(0, padded[i - 1]) if i < axis else slice(None) for i in range(1, axis))
                     p.input[(slice(None),) + tail + (slice(size, None),)] = 0
             p.fftw.execute()
-            xf[:, lo:hi] = p.output.reshape(hi - lo, points).T  # noqa: F821 (deleted after its last use below)
+            xf[:, lo:hi] = p.output.reshape(hi - lo, points).T
 
-    _run_split(forward, n * c_in, parts)
-    cancellation.check()
-    yf = np.empty((points, n, c_out), dtype=spectra.dtype)
-    xf3 = xf.reshape(points, n, c_in)
+    _run_split(forward, rows, parts)
+    return xf
+
+
+def _products(xf3: NDArray[Any], spectra: NDArray[Any], parts: int) -> NDArray[Any]:
+    """Per frequency ``Y[f] (N, C_out) = X[f] (N, C_in) @ spectra[f] (C_in, C_out)``, split by frequencies.
+
+    The caller splits the products only where each is too small for BLAS to thread it itself:
+    two threads each calling a multi-threaded OpenBLAS GEMM oversubscribe the cores (measured:
+    0.1 s became 2.8 s on N32 C128 28x28 while another process was busy).
+    """
+    points, n = xf3.shape[0], xf3.shape[1]
+    yf = np.empty((points, n, spectra.shape[2]), dtype=spectra.dtype)
 
     def products(lo: int, hi: int) -> None:
-        np.matmul(xf3[lo:hi], spectra[lo:hi], out=yf[lo:hi])  # noqa: F821 (deleted after its last use below)
+        np.matmul(xf3[lo:hi], spectra[lo:hi], out=yf[lo:hi])
 
-    # Split the products only where each is too small for BLAS to thread it itself: two
-    # threads each calling a multi-threaded OpenBLAS GEMM oversubscribe the cores (measured:
-    # 0.1 s became 2.8 s on N32 C128 28x28 while another process was busy).
-    _run_split(products, points, parts if n * c_in * c_out < _BLAS_THREADED_MIN else 1)
-    del xf, xf3
-    cancellation.check()
-    out = np.empty((n * c_out,) + out_spatial, dtype=xp.dtype)
-    yf2 = yf.reshape(points, n * c_out)
+    _run_split(products, points, parts)
+    return yf
+
+
+def _inverse(
+    yf2: NDArray[Any], fshape: tuple[int, ...], dtype: np.dtype[Any], strides: tuple[int, ...], out_spatial: tuple[int, ...], parts: int
+) -> NDArray[Any]:
+    """The inverse transforms of the ``(F, N * C_out)`` spectra, cropped and subsampled to ``(N * C_out, *out_spatial)``."""
+    points, rows = yf2.shape
+    axes = tuple(range(1, 1 + len(fshape)))
+    out = np.empty((rows,) + out_spatial, dtype=dtype)
     crop = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
 
     def inverse(lo: int, hi: int) -> None:
-        with fftw_plans.plan("c2r", (hi - lo,) + fshape, xp.dtype, axes) as q:
+        with plans.plan("c2r", (hi - lo,) + fshape, dtype, axes) as q:
             q.input.reshape(hi - lo, points)[...] = yf2[:, lo:hi].T
             q.fftw.execute()
             out[lo:hi] = q.output[crop]
 
-    _run_split(inverse, n * c_out, parts)
-    return out.reshape((n, c_out) + out_spatial)
+    _run_split(inverse, rows, parts)
+    return out
 
 
 # Parallel work below this many points (batch x channels x transform size) is not split.

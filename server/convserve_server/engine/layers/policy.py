@@ -3,15 +3,18 @@
 The paths (each in its own module):
 
 ``onnxruntime``
-    ONNX Runtime's MLAS kernels (:mod:`.layer_onnx`); float32 only; any layer.
+    ONNX Runtime's MLAS kernels (:mod:`.onnx`); float32 only; any layer.
 ``fft``
-    FFTW with cached weight spectra (:mod:`.layer_fft`); ``groups == 1``, dilation 1, stride 1.
+    FFTW with cached weight spectra (:mod:`.fft`, sized by :mod:`.tiling`); ``groups == 1``,
+    dilation 1, stride 1.
 ``pointwise``
-    1x1 kernels with ``groups == 1`` as one matrix product per batch item (:mod:`.layer_gemm`).
+    1x1 kernels with ``groups == 1`` as one matrix product per batch item (:mod:`.gemm`).
 ``depthwise``
-    ``groups == C_in == C_out``, accumulated tap by tap (:mod:`.layer_depthwise`).
+    ``groups == C_in == C_out``, accumulated tap by tap (:mod:`.depthwise`).
 ``im2col_gemm``
-    im2col and one batched matrix product (:mod:`.layer_gemm`); any layer, any float dtype.
+    im2col and one batched matrix product (:mod:`.gemm`); any layer, any float dtype.
+
+(Module references here are relative to :mod:`convserve_server.engine.layers`.)
 
 The choice depends only on the shapes, the dtype and the options (and on whether ONNX Runtime
 is installed), never on what happens to be cached, so it is the same for every call of a layer.
@@ -35,7 +38,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from convserve_server.engine.layers import onnx as layer_onnx
+from convserve_server.engine.layers import onnx
+from convserve_server.engine.layers.tiling import plan_tiles
 
 PATHS: tuple[str, ...] = ("onnxruntime", "fft", "pointwise", "depthwise", "im2col_gemm")
 # Below this many multiply-adds a call stays in numpy (ONNX Runtime's per-call cost and a
@@ -43,13 +47,10 @@ PATHS: tuple[str, ...] = ("onnxruntime", "fft", "pointwise", "depthwise", "im2co
 SMALL_MACS = 1 << 16
 # FFT is chosen when its modelled cost is below this fraction of the direct cost.
 FFT_ADVANTAGE = 0.7
-# Cost model constants (seconds per unit), measured on the 2-core benchmark host with
-# bench/bench_conv_layer.py; only their ratios matter for the choice.
-DIRECT_PER_MAC = 1.0 / 40e9  # ONNX Runtime / MLAS float32 multiply-adds
-FFT_PER_POINT_LOG = 1.0 / 3e9  # one real FFT point times log2(size)
-CMAC = 1.0 / 6e9  # one complex multiply-add of the batched per-frequency matmul
-SPECTRA_BYTE = 1.0 / 6e9  # reading the weight spectra from memory (bound when N is small)
-CACHED_BYTE = 1.0 / 30e9  # reading a spectrum small enough to stay in cache
+# Seconds per multiply-add of the direct computation (ONNX Runtime / MLAS float32), measured on
+# the 2-core benchmark host with bench/bench_conv_layer.py; only its ratio to the FFT model's
+# constants (in :mod:`.tiling`) matters for the choice.
+DIRECT_PER_MAC = 1.0 / 40e9
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Problem:
 def eligible(path: str, p: Problem) -> bool:
     """Whether ``path`` can compute problem ``p`` at all (``im2col_gemm`` always can)."""
     if path == "onnxruntime":
-        return p.dtype == "float32" and layer_onnx.available()
+        return p.dtype == "float32" and onnx.available()
     if path == "fft":
         return p.groups == 1 and all(d == 1 for d in p.dilations) and all(s == 1 for s in p.strides)
     if path == "pointwise":
@@ -97,14 +98,12 @@ def eligible(path: str, p: Problem) -> bool:
 
 
 def fft_cost(p: Problem) -> float:
-    """Modelled seconds of the ``fft`` path, whole or tiled (see :func:`.layer_fft.plan_tiles`).
+    """Modelled seconds of the ``fft`` path, whole or tiled (see :func:`.tiling.plan_tiles`).
 
     The channel products read the whole weight spectrum (``C_in * C_out`` complex values per
     frequency), so with a small batch they are bound by memory bandwidth, not by arithmetic;
     tiling trades more transform work for a spectrum small enough to stay in cache.
     """
-    from convserve_server.engine.layers.fft import plan_tiles
-
     return plan_tiles(p.padded, p.kernel, p.n, p.c_in, p.c_out)[1]
 
 

@@ -1,16 +1,18 @@
-"""Max and average pooling with ``torch.nn.functional.max_poolNd`` / ``avg_poolNd`` semantics.
+"""Max and average pooling of a CNN layer's output (not a thread pool): the spec and a reference.
 
-Used by :func:`convserve_server.engine.layers.conv_layer.conv_layer` after the
-convolution (and the optional activation). Pure numpy: windows come from
+``torch.nn.functional.max_poolNd`` / ``avg_poolNd`` semantics. :func:`validate_pool` checks a
+``pool`` argument into a :class:`PoolSpec`; :func:`apply_pool` is the plain reference that
+:mod:`convserve_server.engine.layers.pooling_taps` (the fast version the numpy paths run) is
+tested against.
+
+The pooling runs after the convolution (and the optional activation) of
+:func:`convserve_server.engine.layers.conv_layer.conv_layer`. Pure numpy: windows come from
 ``sliding_window_view``; no copy is made for max pooling without padding.
 
 Semantics (the torch defaults): ``stride`` defaults to ``kernel_size``,
 ``ceil_mode=False``, ``dilation=1``; max pooling pads with ``-inf``; average
 pooling pads with zeros and divides by the full kernel volume
 (``count_include_pad=True``); padding may be at most half the kernel size.
-
-Also holds :func:`int_tuple`, the normaliser of "an int or one int per
-spatial dimension" arguments shared with the convolution layer.
 """
 
 from __future__ import annotations
@@ -25,53 +27,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from convserve_server.engine.errors import InvalidArgumentError
+from convserve_server.engine.layers.args import int_tuple
 
 POOL_KINDS: tuple[str, ...] = ("max", "avg")
 _POOL_KEYS: frozenset[str] = frozenset({"kind", "kernel_size", "stride", "padding"})
-
-
-def is_int(value: object) -> bool:
-    """Return True for a Python or numpy integer (bool excluded)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def int_tuple(value: object, nd: int, field: str, name: str, minimum: int) -> tuple[int, ...]:
-    """Normalise an int, or a sequence of ``nd`` ints, to a tuple of ``nd`` ints.
-
-    Parameters
-    ----------
-    value : object
-        The argument as given.
-    nd : int
-        Number of spatial dimensions.
-    field : str
-        Field named in the error.
-    name : str
-        How the argument is called in the message.
-    minimum : int
-        Smallest allowed value (1: positive, 0: non-negative).
-
-    Raises
-    ------
-    InvalidArgumentError
-        Not an int / sequence of ints, wrong length or a value below ``minimum``.
-    """
-    expected = f"an int or a tuple of {nd} ints (one per spatial dimension)"
-    if is_int(value):
-        items: tuple[int, ...] = (int(value),) * nd  # type: ignore[call-overload]
-    elif isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1):
-        seq = list(value)
-        if len(seq) != nd:
-            raise InvalidArgumentError(field, f"{name} must be {expected}, got {len(seq)} values: {value!r}")
-        if not all(is_int(v) for v in seq):
-            raise InvalidArgumentError(field, f"{name} must be {expected}, got {value!r}")
-        items = tuple(int(v) for v in seq)
-    else:
-        raise InvalidArgumentError(field, f"{name} must be {expected}, got {type(value).__name__} {value!r}")
-    if any(v < minimum for v in items):
-        what = "positive" if minimum == 1 else f">= {minimum}"
-        raise InvalidArgumentError(field, f"{name} must be {what}, got {value!r}")
-    return items
 
 
 @dataclass(frozen=True)

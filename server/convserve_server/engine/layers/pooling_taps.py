@@ -1,4 +1,4 @@
-"""Max and average pooling for the numpy ConvLayer paths, window tap by window tap.
+"""Max and average pooling (of a CNN layer's output, not a thread pool) for the numpy ConvLayer paths, tap by tap.
 
 Same semantics as :func:`.pooling.apply_pool` (torch's ``max_poolNd`` / ``avg_poolNd`` with
 their defaults: max ignores the padding, average counts it as zeros, floor mode), but instead

@@ -1,23 +1,24 @@
 """Prepared-weights stores for ConvLayer calls that bring no ``prepared`` store of their own.
 
-The server hands registered weights' store to :func:`.conv_layer.conv_layer`; a call with
+The server hands registered weights' store to
+:func:`convserve_server.engine.layers.conv_layer.conv_layer`; a call with
 inline weights has none. For those, this module keeps a small LRU of stores keyed by a digest
 of the weight bytes (with their shape and dtype), so a client that sends the same weights with
 every call still gets the packed matrices, FFT spectra and ONNX Runtime sessions made once.
 The digest (SHA-256, hardware-accelerated here) reads the weights once: about 0.13 ms for
 0.23 MB, small next to the convolution those weights feed.
 
-``CONVSERVE_LAYER_CACHE_WEIGHTS`` sets how many weights' stores are kept (default 16; 0
-disables the cache, and then nothing is memoized across calls), and
-``CONVSERVE_LAYER_CACHE_BYTES`` how many bytes of prepared forms they may hold together
-(default 256 MiB; an object that is not an array, such as an ONNX Runtime session, counts as
-much as the weights it was made from).
+The engine configuration's ``layer_cache_weights`` sets how many weights' stores are kept
+(default 16; 0 disables the cache, and then nothing is memoized across calls), and
+``layer_cache_bytes`` how many bytes of prepared forms they may hold together (default 256 MiB;
+an object that is not an array, such as an ONNX Runtime session, counts as much as the weights
+it was made from). Both are read on every use (:func:`convserve_server.engine.config.current`),
+so a new configuration applies from the next call on.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import MutableMapping
@@ -26,19 +27,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from convserve_server.engine import config
+
 _STORES: OrderedDict[bytes, dict[Any, Any]] = OrderedDict()
 _WEIGHT_BYTES: dict[bytes, int] = {}
 _LOCK = threading.Lock()
 
 
 def capacity() -> int:
-    """How many weights' stores are kept (``CONVSERVE_LAYER_CACHE_WEIGHTS``, default 16)."""
-    return max(0, int(os.environ.get("CONVSERVE_LAYER_CACHE_WEIGHTS", "16")))
+    """How many weights' stores are kept (the configuration's ``layer_cache_weights``, default 16)."""
+    return max(0, config.current().layer_cache_weights)
 
 
 def capacity_bytes() -> int:
-    """Bytes the stores may hold together (``CONVSERVE_LAYER_CACHE_BYTES``, default 256 MiB)."""
-    return max(0, int(os.environ.get("CONVSERVE_LAYER_CACHE_BYTES", str(256 << 20))))
+    """Bytes the stores may hold together (the configuration's ``layer_cache_bytes``, default 256 MiB)."""
+    return max(0, config.current().layer_cache_bytes)
 
 
 def _held(store: dict[Any, Any], weight_bytes: int) -> int:

@@ -1,6 +1,7 @@
 """The transposed convolution ("deconvolution"), numerically ``torch.nn.functional.conv_transposeNd``.
 
-It runs as ordinary convolution layers (:func:`.conv_layer.conv_layer`, and so at its speed).
+It runs as ordinary convolution layers
+(:func:`convserve_server.engine.layers.conv_layer.conv_layer`, and so at its speed).
 By definition, input sample ``i`` times tap ``k`` lands on output ``stride * i + dilation * k -
 padding``. The textbook route inserts ``stride - 1`` zeros between input samples and correlates
 with the flipped kernel, which wastes all but ``1 / stride**nd`` of the multiplications on those
@@ -28,11 +29,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from convserve_server.engine import cancellation
-from convserve_server.engine.layers import args as layer_args
-from convserve_server.engine.layers.conv_layer import conv_layer
 from convserve_server.engine.errors import InvalidArgumentError
 from convserve_server.engine.info import CallInfo, nonfinite_warnings
-from convserve_server.engine.layers.pooling import int_tuple
+from convserve_server.engine.layers import args
+from convserve_server.engine.layers.conv_layer import conv_layer
+from convserve_server.engine.layers.args import int_tuple
 
 # Keys of this module in a ``prepared`` store: (PREFIX, groups, taps) holds a phase's weight and
 # (PREFIX, groups, taps, key) the convolution layer's forms of it (never those of the weight itself).
@@ -208,7 +209,7 @@ def conv_transpose(
     groups : int
         Divides ``C_in``; ``C_out = weight.shape[1] * groups``.
     return_info : bool
-        Also return a :class:`~.info.CallInfo`.
+        Also return a :class:`~convserve_server.engine.info.CallInfo`.
     prepared : MutableMapping, optional
         A per-weights store that lives as long as the weights: the flipped weight is kept there
         under ``("conv_transpose", groups)``, so repeated calls skip making it.
@@ -224,21 +225,78 @@ def conv_transpose(
     InvalidArgumentError
         Any malformed or inconsistent argument (``.field`` names it), before any work.
     """
-    x, w, nd, batched = layer_args.input_and_weight(input, weight, "(C_in, C_out/groups, *kernel)", "transposed convolution")
+    plan = plan_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    return execute(plan, prepared, return_info)
+
+
+@dataclass(frozen=True, eq=False)
+class TransposePlan:
+    """Everything needed to compute one transposed convolution, decided before any work.
+
+    Attributes
+    ----------
+    x : ndarray
+        The input with a batch axis, ``(N, C_in, *spatial)``.
+    w : ndarray
+        The weight, ``(C_in, C_out / groups, *kernel)``, ``x``'s dtype.
+    bias : ndarray or None
+        ``(C_out,)`` in ``x``'s dtype.
+    batched : bool
+        Whether the caller's input had the batch axis.
+    groups, c_out : int
+        Channel groups and output channels.
+    strides : tuple of int
+        One value per spatial dimension.
+    out_spatial : tuple of int
+        The output's spatial shape.
+    phases : tuple of tuple of _Phase
+        Per spatial dimension, its phases (those with at least one output).
+    """
+
+    x: NDArray[Any]
+    w: NDArray[Any]
+    bias: NDArray[Any] | None
+    batched: bool
+    groups: int
+    c_out: int
+    strides: tuple[int, ...]
+    out_spatial: tuple[int, ...]
+    phases: tuple[tuple[_Phase, ...], ...]
+
+
+def plan_transpose(
+    input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, output_padding: Any = 0, groups: Any = 1, dilation: Any = 1
+) -> TransposePlan:
+    """Check a transposed convolution's arguments (those of :func:`conv_transpose`) and split it into phases.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Any malformed or inconsistent argument (``.field`` names it), in argument order.
+    """
+    x, w, _, batched = args.input_and_weight(input, weight, "(C_in, C_out/groups, *kernel)", "transposed convolution")
     xb = x if batched else x[np.newaxis]
     c_in = xb.shape[1]
-    spatial = tuple(int(s) for s in xb.shape[2:])
-    kernel = tuple(int(k) for k in w.shape[2:])
-
-    groups = layer_args.groups_count(groups, c_in)
+    groups = args.groups_count(groups, c_in)
     if w.shape[0] != c_in:
         raise InvalidArgumentError(
             "weight",
             f"expected weight.shape[0] == C_in = {c_in} (weight is (C_in, C_out/groups, *kernel)), got weight of shape {w.shape} for input of shape {x.shape}",
         )
     c_out = w.shape[1] * groups
-    b = layer_args.bias_vector(bias, x.dtype, c_out)
+    b = args.bias_vector(bias, x.dtype, c_out)
+    spatial = tuple(int(s) for s in xb.shape[2:])
+    kernel = tuple(int(k) for k in w.shape[2:])
+    strides, dilations, pads, out_spatial = _geometry(spatial, kernel, stride, padding, output_padding, dilation)
+    phases = tuple(tuple(_phases(*a)) for a in zip(spatial, kernel, strides, pads, dilations, out_spatial))
+    return TransposePlan(xb, w, b, batched, groups, c_out, strides, out_spatial, phases)
 
+
+def _geometry(
+    spatial: tuple[int, ...], kernel: tuple[int, ...], stride: Any, padding: Any, output_padding: Any, dilation: Any
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Strides, dilations, pads and the output's spatial shape, checked (torch's rules)."""
+    nd = len(kernel)
     strides = int_tuple(stride, nd, "stride", "stride", 1)
     dilations = int_tuple(dilation, nd, "dilation", "dilation", 1)
     pads = int_tuple(padding, nd, "padding", "padding", 0)
@@ -256,38 +314,47 @@ def conv_transpose(
             f"the output would be empty: input {spatial}, kernel {kernel}, stride {strides}, padding {pads}, "
             f"output_padding {extras}, dilation {dilations} give output size {out_spatial}",
         )
+    return strides, dilations, pads, out_spatial
 
+
+def execute(plan: TransposePlan, prepared: MutableMapping[Any, Any] | None = None, return_info: bool = False) -> NDArray[Any] | tuple[NDArray[Any], CallInfo]:
+    """Run a :class:`TransposePlan`: one convolution layer per phase, interleaved into the output."""
     started = time.perf_counter()
-    swapped = swapped_weight(w, groups)
-    axes = [_phases(*a) for a in zip(spatial, kernel, strides, pads, dilations, out_spatial)]
-    out = np.empty((xb.shape[0], c_out) + out_spatial, dtype=x.dtype)
+    swapped = swapped_weight(plan.w, plan.groups)
+    nd = len(plan.strides)
+    out = np.empty((plan.x.shape[0], plan.c_out) + plan.out_spatial, dtype=plan.x.dtype)
     method = ""
-    for phase in itertools.product(*axes):
+    for phase in itertools.product(*plan.phases):
         cancellation.check()
-        target = (slice(None), slice(None)) + tuple(slice(ph.residue, None, s) for ph, s in zip(phase, strides))
+        target = (slice(None), slice(None)) + tuple(slice(ph.residue, None, s) for ph, s in zip(phase, plan.strides))
         if not all(ph.taps for ph in phase):  # no tap reaches these outputs: only the bias
-            out[target] = 0 if b is None else b.reshape((c_out,) + (1,) * nd)
+            out[target] = 0 if plan.bias is None else plan.bias.reshape((plan.c_out,) + (1,) * nd)
             continue
-        taps = tuple(ph.taps for ph in phase)
-        key = (PREFIX, groups, taps)
-        stored: Any = None if prepared is None else prepared.get(key)
-        if isinstance(stored, np.ndarray) and stored.dtype == w.dtype and stored.shape[:2] == swapped.shape[:2]:
-            sub = stored
-        else:
-            sub = np.ascontiguousarray(swapped[(slice(None), slice(None)) + np.ix_(*taps)])
-            if prepared is not None:
-                prepared[key] = sub
-        store = None if prepared is None else _Prefixed(prepared, key)
-        out[target], info = conv_layer(
-            _window(xb, phase), sub, b, stride=1, padding=0, groups=groups, dilation=tuple(ph.step for ph in phase), return_info=True, prepared=store
-        )
-        method = method or info.method
-    if not batched:
+        out[target], phase_method = _run_phase(plan, phase, swapped, prepared)
+        method = method or phase_method
+    if not plan.batched:
         out = out[0]
     elapsed = time.perf_counter() - started
     if return_info:
         return out, CallInfo(method=method or "bias_only", compute_seconds=elapsed, warnings=tuple(nonfinite_warnings(out)))
     return out
+
+
+def _run_phase(plan: TransposePlan, phase: tuple[_Phase, ...], swapped: NDArray[Any], prepared: MutableMapping[Any, Any] | None) -> tuple[NDArray[Any], str]:
+    """One phase's outputs by :func:`conv_layer` (its weight kept in ``prepared``) and the path that ran."""
+    taps = tuple(ph.taps for ph in phase)
+    key = (PREFIX, plan.groups, taps)
+    stored: Any = None if prepared is None else prepared.get(key)
+    if isinstance(stored, np.ndarray) and stored.dtype == plan.w.dtype and stored.shape[:2] == swapped.shape[:2]:
+        sub = stored
+    else:
+        sub = np.ascontiguousarray(swapped[(slice(None), slice(None)) + np.ix_(*taps)])
+        if prepared is not None:
+            prepared[key] = sub
+    store = None if prepared is None else _Prefixed(prepared, key)
+    window, dilation = _window(plan.x, phase), tuple(ph.step for ph in phase)
+    result, info = conv_layer(window, sub, plan.bias, stride=1, padding=0, groups=plan.groups, dilation=dilation, return_info=True, prepared=store)
+    return result, info.method
 
 
 def sizes(
