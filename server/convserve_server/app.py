@@ -18,13 +18,15 @@ from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from convserve_server.ops import allocator, logs, metrics
-from convserve_server.transport import security
-from convserve_server.engine.signal import cost_model as costs
-from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server import engine
 from convserve_server.admission.workers import WorkerPool
-from convserve_server.transport.servicer import ConvolutionServicer
+from convserve_server.engine import config as engine_config
+from convserve_server.engine.fft import plans, wisdom
+from convserve_server.engine.signal import cost_model
+from convserve_server.ops import allocator, logs, metrics
 from convserve_server.settings import Settings
+from convserve_server.transport import security
+from convserve_server.transport.servicer import ConvolutionServicer
 
 log = logging.getLogger("convserve.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConvolutionService"].full_name
@@ -83,14 +85,14 @@ def check_tls_files(settings: Settings) -> None:
             raise StartupError(f"cannot use tls_client_ca {settings.tls_client_ca}: {exc} (it must be PEM)") from None
 
 
+def engine_configuration(settings: Settings) -> engine.EngineConfig:
+    """The engine's configuration: the settings of the same names."""
+    return engine.EngineConfig(**{name: getattr(settings, name) for name in engine_config.FIELDS})
+
+
 def create_server(settings: Settings) -> Server:
-    """Create the server and bind its port (raises StartupError when the port is taken)."""
-    os.environ["CONVSERVE_FFTW_THREADS"] = str(settings.fftw_threads)
-    if settings.fftw_wisdom:
-        os.environ["CONVSERVE_FFTW_WISDOM"] = settings.fftw_wisdom
-    os.environ["CONVSERVE_FFTW_BACKGROUND_PLANNING_SECONDS"] = str(settings.fftw_background_planning_seconds)
-    if settings.calibration:
-        os.environ["CONVSERVE_CALIBRATION"] = settings.calibration
+    """Configure the engine, create the server and bind its port (raises StartupError when the port is taken)."""
+    engine.configure(engine_configuration(settings))  # once, before wisdom and calibration are loaded
     check_tls_files(settings)
     interceptors = security.interceptors(settings)
     server = grpc.aio.server(
@@ -104,10 +106,9 @@ def create_server(settings: Settings) -> Server:
             *security.transport_options(settings),  # bounds what a connection can make the server buffer
         ],
     )
-    fftw_plans.configure(max_shapes=settings.fftw_max_planned_shapes)  # before wisdom is loaded
     pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes, settings.busy_pushback_ms)
     pool.on_change = metrics.pool_changed
-    pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool, fftw_plans.wisdom_state), server)
+    pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool, plans.wisdom_state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -154,7 +155,7 @@ async def serve(settings: Settings) -> bool:
         )
     server = create_server(settings)
     log.info(
-        "engine set-up", extra={"wisdom": fftw_plans.load_wisdom(), "calibration": costs.load(), "malloc": allocator.configure(settings.malloc_retain_bytes)}
+        "engine set-up", extra={"wisdom": wisdom.load_wisdom(), "calibration": cost_model.load(), "malloc": allocator.configure(settings.malloc_retain_bytes)}
     )
     metrics_port = start_metrics(settings)
     stop = asyncio.Event()
@@ -195,7 +196,7 @@ async def shut_down(server: Server, settings: Settings) -> bool:
         await asyncio.wait(others, timeout=max(0.0, deadline - loop.time()))
     stopped = await stop_workers(server.pool, max(0.0, deadline - loop.time()))
     if settings.fftw_wisdom:
-        saved = fftw_plans.save_wisdom(timeout=STOP_SECONDS)
+        saved = wisdom.save_wisdom(timeout=STOP_SECONDS)
         if saved is None:
             log.warning("wisdom not saved: the FFTW planner stayed busy", extra={"waited_seconds": STOP_SECONDS})
         else:

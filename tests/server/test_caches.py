@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import convserve
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
-from convserve_server.engine.fft import plans as fftw_plans
+from convserve_server import engine
+from convserve_server.engine.fft import plans
 from convserve_server.engine.signal import convolution as signal
 from convserve_server.admission.weights import ENTRY_OVERHEAD_BYTES
 
@@ -24,7 +26,7 @@ RNG = np.random.default_rng(10)
 
 
 def wisdom_bytes() -> int:
-    with fftw_plans.PLANNER_LOCK:
+    with plans.PLANNER_LOCK:
         return sum(len(part) for part in pyfftw.export_wisdom())
 
 
@@ -34,13 +36,16 @@ def circular_reference(x: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 @pytest.fixture()
 def small_shape_budget() -> Iterator[int]:
-    """Room for three more transform shapes in this process; the defaults come back afterwards."""
-    budget = fftw_plans.planned_shapes() + 3
-    fftw_plans.configure(max_shapes=budget, max_idle_plans=4)
+    """Room for three more transform shapes in this process; the previous configuration comes back afterwards."""
+    budget = plans.planned_shapes() + 3
+    previous = engine.config.current()
+    engine.configure(dataclasses.replace(previous, fftw_max_planned_shapes=budget))
+    plans.set_max_idle_plans(4)
     try:
         yield budget
     finally:
-        fftw_plans.configure()
+        plans.set_max_idle_plans(plans.DEFAULT_MAX_IDLE_PLANS)
+        engine.configure(previous)
 
 
 def test_caller_chosen_shapes_stop_growing_plans_and_wisdom(small_shape_budget: int) -> None:
@@ -51,15 +56,15 @@ def test_caller_chosen_shapes_stop_growing_plans_and_wisdom(small_shape_budget: 
     for n in lengths[:10]:
         x = RNG.standard_normal(n)
         results[n] = (signal.convolve(x, h, mode="circular", method="fft"), circular_reference(x, h))
-    assert fftw_plans.planned_shapes() == small_shape_budget  # stopped at the budget
+    assert plans.planned_shapes() == small_shape_budget  # stopped at the budget
     wisdom = wisdom_bytes()
     for n in lengths[10:]:
         x = RNG.standard_normal(n)
         results[n] = (signal.convolve(x, h, mode="circular", method="fft"), circular_reference(x, h))
-    assert fftw_plans.planned_shapes() == small_shape_budget
+    assert plans.planned_shapes() == small_shape_budget
     assert wisdom_bytes() == wisdom  # past the budget FFTW adds no wisdom
-    assert fftw_plans.stats()["cache_plans"] <= 4  # the idle plans are bounded by count
-    assert fftw_plans.stats()["unplanned_transforms"] > 0
+    assert plans.stats()["cache_plans"] <= 4  # the idle plans are bounded by count
+    assert plans.stats()["unplanned_transforms"] > 0
     for n, (got, expected) in results.items():
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10, err_msg=f"length {n}")
     # float32 and 2-D past the budget are right too (numpy's transforms, unnormalised inverses).
@@ -77,9 +82,9 @@ def test_known_shapes_keep_their_plans_past_the_budget(small_shape_budget: int) 
     signal.convolve(x, h, mode="circular", method="fft")  # planned within the budget
     for n in range(5001, 5021):
         signal.convolve(RNG.standard_normal(n), h, mode="circular", method="fft")
-    created = fftw_plans.stats()["plans_created"]
+    created = plans.stats()["plans_created"]
     np.testing.assert_allclose(signal.convolve(x, h, mode="circular", method="fft"), circular_reference(x, h), rtol=1e-10, atol=1e-10)
-    assert fftw_plans.stats()["plans_created"] - created <= 3  # at most re-planned (idle cache of 4), never refused
+    assert plans.stats()["plans_created"] - created <= 3  # at most re-planned (idle cache of 4), never refused
 
 
 def tiny(value: int) -> np.ndarray:
@@ -129,8 +134,8 @@ def test_registered_weights_are_capped_by_count_end_to_end() -> None:
 
 
 def test_wisdom_from_a_file_counts_against_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(fftw_plans._BUDGET, "from_file", 0)
+    monkeypatch.setitem(plans._BUDGET, "from_file", 0)
     path = str(tmp_path / "wisdom")
-    assert fftw_plans.save_wisdom(path) == path
-    assert fftw_plans.load_wisdom(path).startswith("loaded")
-    assert fftw_plans._BUDGET["from_file"] == wisdom_bytes() // fftw_plans.WISDOM_BYTES_PER_SHAPE > 0
+    assert plans.save_wisdom(path) == path
+    assert plans.load_wisdom(path).startswith("loaded")
+    assert plans._BUDGET["from_file"] == wisdom_bytes() // plans.WISDOM_BYTES_PER_SHAPE > 0

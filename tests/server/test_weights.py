@@ -20,9 +20,9 @@ from convserve.errors import from_rpc_error
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from convserve_server.engine.errors import InvalidArgumentError
-from convserve_server.admission.workers import LimitExceeded
+from convserve_server.errors import LimitExceeded, NotFound
 from convserve_server.settings import SettingsError, load
-from convserve_server.transport.status import NotFound, failure_for
+from convserve_server.transport.status import failure_for
 from convserve_server.admission.weights import ENTRY_OVERHEAD_BYTES, PREPARED_OVERHEAD_BYTES, WeightsRegistry, weights_id
 
 from tests.conftest import RunningServer, start_server, stop_server

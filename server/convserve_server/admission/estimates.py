@@ -18,7 +18,7 @@ from convserve.v1 import convserve_pb2 as pb
 from convserve_server.engine.signal import overlap_add, planner
 from convserve_server.engine.layers.transpose import sizes as transpose_sizes
 from convserve_server.admission.weights import Entry
-from convserve_server.transport.wire import _METHODS, _MODES
+from convserve_server.admission.requests import METHODS, MODES
 
 # Work arrays of the FFT path, in units of the full-size array of the working dtype: padded x,
 # padded h, two spectra, the product, the inverse and the crop, plus the result and its encoded
@@ -98,8 +98,8 @@ def _prediction(request: pb.SignalRequest, s1: list[int], s2: list[int]) -> Any:
             tuple(s2),
             d1,
             d2,
-            _MODES.get(request.mode, "?"),
-            _METHODS.get(request.method, "?"),
+            MODES.get(request.mode, "?"),
+            METHODS.get(request.method, "?"),
             list(request.axes.values) if request.HasField("axes") else None,
             extends,
             output_dtype,
@@ -161,7 +161,7 @@ def conv_layer_request_bytes(request: pb.ConvLayerRequest, entry: Entry | None =
     if len(x) < 2 or len(w) < 3:
         return received
     spatial = x[-(len(w) - 2) :]
-    pads = [max(0, int(p)) for p in request.padding.sizes] or [0]  # negative: refused by wire.check_geometry
+    pads = [max(0, int(p)) for p in request.padding.sizes] or [0]  # negative: refused by requests.check_layer
     if len(pads) == 1:
         pads = pads * len(spatial)
     if request.padding.preset == pb.PADDING_PRESET_SAME:
@@ -220,18 +220,6 @@ def conv_transpose_request_bytes(request: pb.ConvTransposeRequest, entry: Entry 
     return max(0, received + itemsize * (max(0, upsampled) + max(0, columns) + 2 * math.prod(max(0, o) for o in output)))
 
 
-def estimate(request: Any, entry: Entry | None = None) -> int:
-    """Estimated peak bytes of any compute request (``entry``: the registered weights it names); never negative."""
-    return max(0, _estimate(request, entry))
-
-
-def _estimate(request: Any, entry: Entry | None) -> int:
-    if isinstance(request, pb.SignalRequest):
-        return signal_request_bytes(request)
-    if isinstance(request, pb.ConvLayerRequest):
-        return conv_layer_request_bytes(request, entry)
-    if isinstance(request, pb.ConvTransposeRequest):
-        return conv_transpose_request_bytes(request, entry)
-    if isinstance(request, pb.RegisterWeightsRequest):
-        return declared_bytes(request.weight) + (declared_bytes(request.bias) if request.HasField("bias") else 0)
-    return 0
+def register_request_bytes(request: pb.RegisterWeightsRequest, entry: Entry | None = None) -> int:
+    """Bytes of a RegisterWeights request's weight and bias (what the worker decodes and hashes)."""
+    return declared_bytes(request.weight) + (declared_bytes(request.bias) if request.HasField("bias") else 0)

@@ -37,9 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.errors import InvalidArgumentError
-from convserve_server.admission.workers import LimitExceeded
-from convserve_server.transport.status import NotFound
+from convserve_server.errors import InvalidArgumentError, LimitExceeded, NotFound
 
 ID_PREFIX = b"convserve-weights-v1\n"
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -17,20 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from convserve_server.engine import cancellation, resources
+from convserve_server.errors import LimitExceeded, Overloaded
 
 Result = TypeVar("Result")
-
-
-class Overloaded(Exception):
-    """The server is full right now; retry after ``pushback_ms``."""
-
-    def __init__(self, message: str, pushback_ms: int) -> None:
-        super().__init__(message)
-        self.pushback_ms = pushback_ms
-
-
-class LimitExceeded(Exception):
-    """A request that can never fit a configured limit (never worth retrying)."""
 
 
 class WorkerPool:

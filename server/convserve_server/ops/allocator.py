@@ -2,7 +2,7 @@
 
 By default glibc serves every allocation above 128 KiB-32 MiB (its dynamic threshold) with a
 fresh ``mmap`` and returns it on free, so each request's messages, tensors and results fault
-their pages in anew: 2.5-15 us per 4 KiB page here (DESIGN section 5). Measured in one process,
+their pages in anew: 2.5-15 us per 4 KiB page here (measured on the development host). In one process,
 building and serializing a response of 1 MiB took 3.7-4.8 ms with the defaults and 0.2 ms with
 the settings below; 16 MiB 66-70 ms against 11-12 ms; 128 MiB 530-580 ms against 86 ms (with
 1 GiB). Over the wire, interleaved on three servers: a 1 MiB unary round trip took 16.2 ms with

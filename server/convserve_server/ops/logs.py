@@ -26,6 +26,7 @@ class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object: time, level, logger, message and the ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,

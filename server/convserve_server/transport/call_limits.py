@@ -42,8 +42,7 @@ import grpc
 from google.protobuf import descriptor_pool
 
 from convserve_server.transport.calls import CallRecord
-from convserve_server.engine.errors import InvalidArgumentError
-from convserve_server.transport.status import IdleTimeout
+from convserve_server.errors import IdleTimeout, InvalidArgumentError
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -203,6 +202,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """Refuse the call at once when the caps are reached, else admit it and release its ticket when it ends."""
         method = handler_call_details.method or ""
         if method.startswith(OPEN_METHODS):
             return await continuation(handler_call_details)

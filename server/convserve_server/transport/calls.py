@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from convserve_server.ops import metrics
-from convserve_server.admission.workers import LimitExceeded, Overloaded
-from convserve_server.transport.status import CallerGone, Failure, failure_for
+from convserve_server.errors import CallerGone, LimitExceeded, Overloaded
+from convserve_server.transport.status import Failure, failure_for
 
 log = logging.getLogger("convserve.server")
 REQUEST_ID_KEY = "x-request-id"

@@ -1,4 +1,8 @@
-"""Chunked transfer: tensors assembled from ordered chunks, and results sent back as chunks.
+"""Chunked calls: tensors assembled from ordered chunks, and results sent back as chunks.
+
+A chunked call is validated from its header before any data is accepted; while its data arrives
+it holds a share of the waiting budget, not a compute slot, and it is admitted to compute once
+the data is complete (:func:`serve`).
 
 The header of a chunked request declares every tensor's dtype and shape; the assembler checks
 them, then preallocates one array per streamed tensor and copies each chunk straight into it
@@ -23,9 +27,16 @@ import numpy.typing as npt
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 
-from convserve_server.engine.errors import InvalidArgumentError
-from convserve_server.transport.status import CallerGone, IdleTimeout
-from convserve_server.transport.wire import as_engine_error, check_limits
+from convserve_server.admission.limits import check_elements
+from convserve_server.admission.requests import as_engine_error
+from convserve_server.admission.weights import WeightsRegistry
+from convserve_server.admission.workers import WaitingBudget, WorkerPool
+from convserve_server.errors import CallerGone, IdleTimeout, InvalidArgumentError
+from convserve_server.settings import Settings
+from convserve_server.transport import encode
+from convserve_server.transport.calls import CallRecord
+from convserve_server.transport.rpcs import RpcSpec
+from convserve_server.transport.unary import registered
 
 CHUNK_BYTES = 1024 * 1024
 # How long a request stream that ended short waits for the cancellation that may have ended it.
@@ -88,7 +99,7 @@ class Assembler:
                 dtype, shape, nbytes = codec.check_declared(tensor.dtype, tensor.shape, name)
             except ValueError as exc:
                 raise as_engine_error(exc, name) from None
-            check_limits(shape, name, max_elements)
+            check_elements(shape, name, max_elements)
             if len(tensor.data) == nbytes:
                 continue  # complete inline (a small kernel); decoded with the header
             if tensor.data:
@@ -138,3 +149,58 @@ def response_parts(array: npt.NDArray[Any], info: pb.ComputeInfo, field: str) ->
     data = codec.wire_bytes(array)
     for start in range(0, len(data), CHUNK_BYTES):
         yield pb.ResponsePart(chunk=pb.TensorChunk(field=field, offset=start, data=data[start : start + CHUNK_BYTES].tobytes()))
+
+
+async def serve(
+    spec: RpcSpec,
+    parts: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    settings: Settings,
+    pool: WorkerPool,
+    waiting: WaitingBudget,
+    weights: WeightsRegistry,
+) -> None:
+    """Header, then chunks: validate from the header, wait for the data on the waiting budget
+    (no compute slot), then admit, compute and send the result back in chunks.
+
+    The compute reservation is taken only once the data is complete (RESOURCE_EXHAUSTED with a
+    pushback if the server is still full a pushback later: the client re-sends) and kept until
+    the result's last chunk has been sent.
+    """
+    assert spec.compute is not None
+    record = CallRecord(spec.name, context, 0)
+    idle = settings.idle_timeout_seconds
+    async with record.guard():
+        messages = aiter(parts)
+        first = await receive(messages, idle, "the chunked call")
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgumentError("header", "the first message of a chunked call must be the header")
+        header = first.header
+        assembler = Assembler(header, spec.tensor_fields, settings.max_elements)
+        inline = [n for n in spec.tensor_fields if header.HasField(n) and n not in assembler.arrays]
+        spec.check_headers(header, settings, only=inline)
+        record.add_received(sum(len(getattr(header, n).data) for n in inline))
+        entry = registered(header, weights)
+        estimate = spec.estimated(header, entry)
+        pool.check(estimate)  # never fits, or full right now: refused before any data is accepted
+        ticket = waiting.admit(assembler.streamed_bytes, "this chunked upload")
+        record.undo_on_failure(ticket.release)
+        while (part := await receive(messages, idle, "the chunked upload")) is not None:
+            if part.WhichOneof("part") != "chunk":
+                raise InvalidArgumentError("chunk", "only chunks may follow the header")
+            assembler.add(part.chunk)
+            record.add_received(len(part.chunk.data))
+        if not assembler.complete:
+            await check_caller(context)
+        arrays = assembler.finish()
+        # The data is complete: now it needs a compute slot. It waits at most one pushback for
+        # one (its data stays on the waiting budget meanwhile), then is refused like any call.
+        reservation = await pool.reserve_within(estimate, pool.pushback_ms / 1000)
+        ticket.release()
+        result, info = await pool.run(spec.compute, header, arrays, entry, settings, reservation=reservation, release=False)
+        record.undo_on_failure(reservation.release)  # held until the last chunk is sent (or the call ends)
+        del arrays, assembler
+        for part in response_parts(result, encode.compute_info(info), spec.result_field):
+            await send(context, part, idle, "the chunked result")
+        reservation.release()
+    record.ok(info.method, result.nbytes)

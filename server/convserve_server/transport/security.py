@@ -84,6 +84,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """Pass a call with the right bearer token (or to an open method); refuse any other with UNAUTHENTICATED."""
         method = handler_call_details.method or ""
         if method.startswith(OPEN_METHODS):
             return await continuation(handler_call_details)

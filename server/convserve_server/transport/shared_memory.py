@@ -1,6 +1,6 @@
 """Same-host shared memory: the server reads and writes regions the client created, never unlinks them.
 
-A region is used only by whoever can prove it may (DESIGN section 3):
+A region is used only by whoever can prove it may (docs/shared_memory.md):
 
 - Names: only ``convserve`` followed by letters, digits, ``_``, ``-`` and ``.`` (the whole name:
   no paths, no newline, no other program's regions). The region is opened in ``/dev/shm`` through
@@ -36,18 +36,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 from convserve import codec
 from convserve._shared_memory import CAPABILITY_SIZE, HEADER_SIZE, MAGIC
 from convserve.v1 import convserve_pb2 as pb
 
-from convserve_server.transport import status, wire
-from convserve_server.engine.errors import InvalidArgumentError
+from convserve_server.admission import limits
+from convserve_server.admission.requests import as_engine_error, check_declared
+from convserve_server.admission.workers import WorkerPool
 from convserve_server.engine.info import CallInfo
-from convserve_server.engine.signal.planner import plan_signal_call
 from convserve_server.engine.signal.convolution import execute
+from convserve_server.engine.signal.planner import plan_signal_call
+from convserve_server.errors import FailedPrecondition, InvalidArgumentError, PermissionDenied
 from convserve_server.settings import Settings
+from convserve_server.transport import decode, encode
+from convserve_server.transport.calls import CallRecord
+from convserve_server.transport.rpcs import RpcSpec
 
 SHM_DIR = "/dev/shm"
 NAME = re.compile(r"convserve[A-Za-z0-9_.-]{0,200}")  # always used with fullmatch
@@ -155,7 +161,7 @@ def open_region(name: str, capability: bytes, field: str) -> Region:
     except FileNotFoundError:
         raise InvalidArgumentError(f"{field}.region", f"no shared-memory region named {name!r} on this host") from None
     except PermissionError:
-        raise status.FailedPrecondition(
+        raise FailedPrecondition(
             f"{field}.region: this server's user may not open {name!r}; run the server as the client's user (docs/shared_memory.md)"
         ) from None
     except OSError as exc:
@@ -168,7 +174,7 @@ def open_region(name: str, capability: bytes, field: str) -> Region:
         head = os.pread(fd, HEADER_SIZE, 0) if info.st_size >= HEADER_SIZE else b""
         stored = head[len(MAGIC) : len(MAGIC) + CAPABILITY_SIZE] if head[: len(MAGIC)] == MAGIC else b""
         if len(stored) != CAPABILITY_SIZE or len(capability) != CAPABILITY_SIZE or not hmac.compare_digest(stored, capability):
-            raise status.PermissionDenied(f"{field}: {_DENIED}")
+            raise PermissionDenied(f"{field}: {_DENIED}")
         return Region(name, fd, info.st_dev, info.st_ino, info.st_size)
     except BaseException:
         os.close(fd)
@@ -189,16 +195,16 @@ class Regions:
             region = self._open[name] = open_region(name, capability, field)
             self._capabilities[name] = capability
         elif not hmac.compare_digest(self._capabilities[name], capability):
-            raise status.PermissionDenied(f"{field}: {_DENIED}")
+            raise PermissionDenied(f"{field}: {_DENIED}")
         return region
 
     def tensor(self, shared: pb.SharedTensor, field: str, max_elements: int) -> npt.NDArray[Any]:
         """A copy of a shared input tensor, after checking it lies inside its region."""
         try:
             dtype, shape, nbytes = codec.check_declared(shared.dtype, shared.shape, field)
-            wire.check_limits(shape, field, max_elements)
+            limits.check_elements(shape, field, max_elements)
         except ValueError as exc:
-            raise wire.as_engine_error(exc, field) from None
+            raise as_engine_error(exc, field) from None
         region = self.region(shared.region, shared.capability, field)
         region.check_inside(shared.offset, nbytes, field)
         return region.read(dtype, shape, shared.offset, field)
@@ -240,9 +246,7 @@ def regions() -> Iterator[Regions]:
         opened.close()
 
 
-def compute(
-    request: pb.SharedSignalRequest, correlate: bool, settings: Settings, check_output: Callable[[tuple[int, ...], np.dtype[Any]], None]
-) -> tuple[np.dtype[Any], tuple[int, ...], CallInfo]:
+def compute(request: pb.SharedSignalRequest, correlate: bool, settings: Settings) -> tuple[np.dtype[Any], tuple[int, ...], CallInfo]:
     """Check every region's capability, read the inputs, compute, write the result (on a worker thread)."""
     limit = settings.max_elements
     with regions() as opened:
@@ -250,9 +254,9 @@ def compute(
             opened.region(shared.region, shared.capability, field)
         opened.result_region(request.result)
         arrays = {"in1": opened.tensor(request.in1, "in1", limit), "in2": opened.tensor(request.in2, "in2", limit)}
-        plan = plan_signal_call(**wire.signal_arguments(request.options, settings, arrays), correlate=correlate)
+        plan = plan_signal_call(**decode.signal_arguments(request.options, settings, arrays), correlate=correlate)
         del arrays
-        check_output(plan.output_shape, plan.out_dtype)
+        limits.check_result(plan.output_shape, plan.out_dtype, settings)
         started = time.perf_counter()
         result = execute(plan)
         info = CallInfo(plan.method, time.perf_counter() - started, tuple(plan.warnings))
@@ -260,3 +264,31 @@ def compute(
         del plan
         opened.write_result(request.result, result, dtype, shape)
     return dtype, shape, info
+
+
+def _declared(request: pb.SharedSignalRequest) -> pb.SignalRequest:
+    """The SignalRequest the call's options and shared tensors' headers declare (no data)."""
+    if request.options.HasField("in1") or request.options.HasField("in2"):
+        raise InvalidArgumentError("options", "in1 and in2 go in the shared tensors, not in options")
+    declared = pb.SignalRequest()
+    declared.CopyFrom(request.options)  # every option counts in the estimate (mode, boundary, output_dtype)
+    declared.in1.CopyFrom(pb.Tensor(dtype=request.in1.dtype, shape=request.in1.shape))
+    declared.in2.CopyFrom(pb.Tensor(dtype=request.in2.dtype, shape=request.in2.shape))
+    return declared
+
+
+async def serve(
+    spec: RpcSpec, request: pb.SharedSignalRequest, context: grpc.aio.ServicerContext, settings: Settings, pool: WorkerPool, correlate: bool
+) -> pb.SharedResponse:
+    """Compute with inputs and result in the client's shared memory (opt-in: ``allow_shared_memory``)."""
+    record = CallRecord(spec.name, context, 0)
+    async with record.guard():
+        if not settings.allow_shared_memory:
+            raise FailedPrecondition("shared memory is off on this server; start it with --allow-shared-memory (and share /dev/shm with the client)")
+        declared = _declared(request)
+        spec.check(declared)
+        for name in spec.tensor_fields:
+            check_declared(getattr(declared, name), name, settings)
+        dtype, shape, info = await pool.run(compute, request, correlate, settings, cost=spec.estimated(declared))
+    record.ok(info.method, 0)
+    return pb.SharedResponse(result=encode.declared_result(dtype, shape), info=encode.compute_info(info))

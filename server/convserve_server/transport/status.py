@@ -1,4 +1,9 @@
-"""The one place that turns exceptions into gRPC statuses (DESIGN section 4)."""
+"""The one place that turns exceptions into gRPC statuses (the exceptions are in :mod:`convserve_server.errors`).
+
+Every failure of a call becomes exactly one status: the engine's and the server's own errors
+each map to their code (with a BadRequest detail naming the field for INVALID_ARGUMENT, and a
+retry pushback for RESOURCE_EXHAUSTED); anything else is INTERNAL and logged with the request id.
+"""
 
 from __future__ import annotations
 
@@ -9,38 +14,20 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from convserve_server.engine.errors import InvalidArgumentError, OutOfRangeError
-from convserve_server.engine.cancellation import Cancelled
-from convserve_server.admission.workers import LimitExceeded, Overloaded
+from convserve_server.errors import (
+    CallerGone,
+    Cancelled,
+    FailedPrecondition,
+    IdleTimeout,
+    InvalidArgumentError,
+    LimitExceeded,
+    NotFound,
+    OutOfRangeError,
+    Overloaded,
+    PermissionDenied,
+)
 
 log = logging.getLogger("convserve.server")
-
-
-class FailedPrecondition(Exception):
-    """The server is not set up for this call (maps to FAILED_PRECONDITION)."""
-
-
-class NotFound(Exception):
-    """A referenced object (registered weights) is unknown or was evicted (maps to NOT_FOUND)."""
-
-
-class PermissionDenied(Exception):
-    """The caller may not use the object it named (a shared-memory region without its capability)."""
-
-
-class IdleTimeout(Exception):
-    """A chunked or streaming call that moved no message for ``idle_timeout_seconds`` (DEADLINE_EXCEEDED)."""
-
-
-class CallerGone(Exception):
-    """The caller cancelled or its deadline passed (seen as its request stream ending early).
-
-    ``code`` is CANCELLED or DEADLINE_EXCEEDED; the call is recorded as such, never as a bad request.
-    """
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

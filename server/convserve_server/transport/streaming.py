@@ -5,7 +5,7 @@ it keeps meanwhile (its kernel, the convolver's state for the real channel count
 carries over and the next block in flight). Each block is computed on the worker pool under a
 short compute reservation of its own (the block's work arrays), taken when the block is ready
 and released as soon as it is done, so idle streams can never lock computing callers out.
-Every message moves under the idle timeout (see :mod:`.chunks`).
+Every message moves under the idle timeout (see :mod:`.chunked`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import grpc
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 
-from convserve_server.transport import chunked as chunks, wire
-from convserve_server.transport.calls import CallRecord
-from convserve_server.engine.errors import InvalidArgumentError
-from convserve_server.engine.signal.streaming import StreamConvolver
+from convserve_server.admission.requests import output_dtype
 from convserve_server.admission.workers import WaitingBudget, WorkerPool
+from convserve_server.engine.signal.streaming import StreamConvolver
+from convserve_server.errors import InvalidArgumentError
 from convserve_server.settings import Settings
+from convserve_server.transport import chunked, decode
+from convserve_server.transport.calls import CallRecord
+from convserve_server.transport.rpcs import RpcSpec
 
 # What a stream may have in flight before its first block says how large its blocks are.
 FIRST_BLOCK_ALLOWANCE = 1 << 20
@@ -93,8 +95,13 @@ def _exact_for(convolver: StreamConvolver, block: pb.Tensor) -> bool:
     )
 
 
-async def convolve_stream(
-    settings: Settings, pool: WorkerPool, waiting: WaitingBudget, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+async def serve(
+    spec: RpcSpec,
+    requests: AsyncIterator[pb.StreamRequest],
+    context: grpc.aio.ServicerContext,
+    settings: Settings,
+    pool: WorkerPool,
+    waiting: WaitingBudget,
 ) -> None:
     """Serve one streaming convolution, writing its responses (see the module docstring).
 
@@ -104,10 +111,10 @@ async def convolve_stream(
     a failed call leaves it in a reference cycle: it is closed here, so a refused block is freed
     when its call ends, not when the cyclic collector happens to run.
     """
-    record = CallRecord("ConvolveStream", context, 0)
+    record = CallRecord(spec.name, context, 0)
     try:
         async with record.guard():
-            method, sent = await _serve(settings, pool, waiting, requests, context, record)
+            method, sent = await _serve(spec, settings, pool, waiting, requests, context, record)
     finally:
         await _close(requests)
     record.ok(method, sent)
@@ -122,6 +129,7 @@ async def _close(requests: AsyncIterator[Any]) -> None:
 
 
 async def _serve(
+    spec: RpcSpec,
     settings: Settings,
     pool: WorkerPool,
     waiting: WaitingBudget,
@@ -133,22 +141,17 @@ async def _serve(
     idle = settings.idle_timeout_seconds
     sent = 0
     messages = aiter(requests)
-    first = await chunks.receive(messages, idle, "the stream")
+    first = await chunked.receive(messages, idle, "the stream")
     if first is None or first.WhichOneof("part") != "config":
         raise InvalidArgumentError("config", "the first message of a stream must be its config")
     config = first.config
-    wire.check_headers(config, settings, only=["kernel"])
+    spec.check_headers(config, settings)
     record.add_received(len(config.kernel.data))
     kernel_bytes = 2 * len(config.kernel.data)  # the message and the decoded kernel
     ticket = waiting.admit(kernel_bytes + FIRST_BLOCK_ALLOWANCE, "this stream")
     record.undo_on_failure(ticket.release)
-    kernel = wire.decode_field(config, "kernel", settings)
-    output_dtype = None
-    if config.output_dtype != pb.DTYPE_UNSPECIFIED:
-        if config.output_dtype not in codec.NUMPY_BY_DTYPE:
-            raise InvalidArgumentError("output_dtype", f"unknown value {config.output_dtype}")
-        output_dtype = codec.NUMPY_BY_DTYPE[config.output_dtype].newbyteorder("=")
-    convolver = StreamConvolver(kernel, output_dtype)
+    kernel = decode.decode_field(config, "kernel", settings)
+    convolver = StreamConvolver(kernel, output_dtype(config.output_dtype))
     largest = 0
     warnings: list[str] = []
 
@@ -158,13 +161,13 @@ async def _serve(
         if output.size:
             tensor = codec.encode(output, "block")
             sent += len(tensor.data)
-            await chunks.send(context, pb.StreamResponse(block=tensor, warnings=warnings), idle, "the stream's output")
+            await chunked.send(context, pb.StreamResponse(block=tensor, warnings=warnings), idle, "the stream's output")
             warnings.clear()
 
-    while (message := await chunks.receive(messages, idle, "the stream")) is not None:
+    while (message := await chunked.receive(messages, idle, "the stream")) is not None:
         if message.WhichOneof("part") != "block":
             raise InvalidArgumentError("block", "only blocks may follow the config")
-        block = wire.decode_tensor(message.block, "block", settings)  # a malformed block: INVALID_ARGUMENT first
+        block = decode.decode_tensor(message.block, "block", settings)  # a malformed block: INVALID_ARGUMENT first
         samples, channels = _block_geometry(message.block)
         exact = _exact_for(convolver, message.block)
         first_block = convolver.dtype is None
