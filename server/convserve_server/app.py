@@ -87,7 +87,7 @@ def check_tls_files(settings: Settings) -> None:
 
 def engine_configuration(settings: Settings) -> engine.EngineConfig:
     """The engine's configuration: the settings of the same names."""
-    return engine.EngineConfig(**{name: getattr(settings, name) for name in engine_config.FIELDS})
+    return engine_config.from_settings(settings)
 
 
 def create_server(settings: Settings) -> Server:

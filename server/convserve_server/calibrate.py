@@ -119,8 +119,7 @@ def parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> floa
 
 def engine_config() -> config.EngineConfig:
     """The engine configuration of this host's server settings (``CONVSERVE_*`` variables, as the server reads them)."""
-    values = settings.load()
-    return config.EngineConfig(**{name: getattr(values, name) for name in config.FIELDS})
+    return config.from_settings(settings.load())
 
 
 def main(argv: list[str]) -> int:

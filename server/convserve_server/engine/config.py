@@ -87,6 +87,11 @@ def planner_effort(text: str) -> str:
 
 FIELDS: tuple[str, ...] = tuple(item.name for item in dataclasses.fields(EngineConfig))
 
+def from_settings(settings: object) -> EngineConfig:
+    """The configuration named by an object's attributes of the same names (the server's settings)."""
+    return EngineConfig(**{name: getattr(settings, name) for name in FIELDS})
+
+
 _current = EngineConfig()
 _listeners: list[Callable[[EngineConfig], None]] = []
 _lock = threading.Lock()

@@ -14,7 +14,7 @@ from convserve_server.engine import config
 
 @pytest.fixture
 def engine_config() -> Iterator[Callable[..., None]]:
-    """``engine_config(layer_onnxruntime=False)`` puts engine settings in force; the old configuration returns after the test."""
+    """``engine_config(fftw_planner_effort=..., layer_onnxruntime=False)`` puts engine settings in force; the old configuration returns after the test."""
     saved = config.current()
 
     def change(**values: Any) -> None:
