@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 GROUP = "convserve.commands"
 SERVER_COMMANDS = ("serve", "health", "calibrate")  # what the server package registers
-INSTALL_SERVER = "pip install 'convserve[server]'"
+INSTALL_SERVER = "pip install 'convserve[server]'" + " (or reinstall it, so that its commands are registered)"
 
 Command = Callable[[Sequence[str]], int]
 

@@ -74,7 +74,7 @@ class Settings:
     fftw_planner_effort: str = field(
         default="FFTW_ESTIMATE", metadata={"help": "FFTW planner flag on the request path: FFTW_ESTIMATE, FFTW_MEASURE, FFTW_PATIENT or FFTW_EXHAUSTIVE"}
     )
-    fftw_planning_timelimit: float = field(default=0.0, metadata={"help": "seconds FFTW may spend planning one transform (0: no limit)"})
+    fftw_planning_timelimit: float = field(default=0.0, metadata={"help": "seconds FFTW may spend planning one transform (0 or less: no limit)"})
     fftw_cache_bytes: int = field(default=512 * MIB, metadata={"help": "bytes of idle FFTW plan buffers kept for reuse"})
     layer_cache_weights: int = field(
         default=16, metadata={"help": "inline ConvLayer weights whose prepared forms (packed matrices, spectra, sessions) are kept (0: off)"}
@@ -115,7 +115,7 @@ class Settings:
             raise SettingsError(f"fftw_background_planning_seconds must be >= 0, got {self.fftw_background_planning_seconds}")
         if self.idle_timeout_seconds <= 0:
             raise SettingsError(f"idle_timeout_seconds must be > 0, got {self.idle_timeout_seconds}")
-        for name in ("fftw_planning_timelimit", "fftw_cache_bytes", "layer_cache_weights", "layer_cache_bytes"):
+        for name in ("fftw_cache_bytes", "layer_cache_weights", "layer_cache_bytes"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} must be >= 0, got {getattr(self, name)}")
         effort = self.fftw_planner_effort.strip().upper().removeprefix("FFTW_")
@@ -184,6 +184,8 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
             values[item.name] = flag_value
         elif env_name(item.name) in environ:
             text = environ[env_name(item.name)]
+            if kind is _parse_bool and not text.strip():
+                continue  # an empty switch (a blank compose entry) keeps its default
             try:
                 values[item.name] = kind(text)
             except ValueError:

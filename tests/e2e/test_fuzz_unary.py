@@ -16,13 +16,11 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convserve import InvalidArgumentError, codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
-from tests.conftest import RunningServer
 from tests.e2e.fuzz_strategies import ALLOWED, ANY_TENSOR, FUNCTION_FIXTURE, INTS, INVALID, OK, TENSORS, _outcome, _status, _stream_outcome
 
 
@@ -342,17 +340,3 @@ def test_conv_transpose_invalid_geometry_is_invalid_argument(
         assert code == INVALID, (code, stride, dilation, padding, output_padding, groups)
     else:
         assert code in ALLOWED, code
-
-
-# -- afterwards --------------------------------------------------------------------------------------
-
-
-def test_server_still_serves_after_fuzzing(server: RunningServer, shared_server: RunningServer, stub: pb_grpc.ConvolutionServiceStub) -> None:
-    for running in (server, shared_server):
-        assert running.process.poll() is None, "a server process died during the fuzzing"
-        with grpc.insecure_channel(running.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
-    request = pb.SignalRequest(in1=codec.encode(np.ones(3)), in2=codec.encode(np.ones(2)))
-    result = codec.decode(stub.Convolve(request, timeout=10).result)
-    np.testing.assert_array_equal(result, [1, 2, 2, 1])

@@ -32,7 +32,7 @@ class EngineConfig:
     fftw_planner_effort
         FFTW planner flag for plans made on the request path (one of :data:`FFTW_EFFORTS`).
     fftw_planning_timelimit
-        Seconds FFTW may spend planning one transform; 0 means no limit.
+        Seconds FFTW may spend planning one transform; 0 or less means no limit (FFTW's own -1).
     fftw_cache_bytes
         Bytes of idle plan buffers kept for reuse.
     fftw_max_planned_shapes
@@ -71,7 +71,7 @@ class EngineConfig:
         for name in ("fftw_threads", "fftw_max_planned_shapes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("fftw_planning_timelimit", "fftw_cache_bytes", "fftw_background_planning_seconds", "layer_cache_weights", "layer_cache_bytes"):
+        for name in ("fftw_cache_bytes", "fftw_background_planning_seconds", "layer_cache_weights", "layer_cache_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -86,6 +86,7 @@ def planner_effort(text: str) -> str:
 
 
 FIELDS: tuple[str, ...] = tuple(item.name for item in dataclasses.fields(EngineConfig))
+
 
 def from_settings(settings: object) -> EngineConfig:
     """The configuration named by an object's attributes of the same names (the server's settings)."""

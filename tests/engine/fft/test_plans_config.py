@@ -25,6 +25,8 @@ def test_the_cache_byte_bound_follows_the_configuration(engine_config: Callable[
 def test_a_planning_time_limit_of_zero_means_no_limit(engine_config: Callable[..., None]) -> None:
     engine_config(fftw_planning_timelimit=0.0)
     assert plans.planning_timelimit() is None
+    engine_config(fftw_planning_timelimit=-1.0)  # FFTW's own "no limit"
+    assert plans.planning_timelimit() is None
     engine_config(fftw_planning_timelimit=1.5)
     assert plans.planning_timelimit() == 1.5
 

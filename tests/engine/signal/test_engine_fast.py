@@ -139,8 +139,11 @@ def test_plan_cache_is_bounded() -> None:
 
 
 def test_planner_effort_setting(engine_config: Callable[..., None]) -> None:
-    engine_config(fftw_planner_effort="fftw_measure")
+    engine_config(fftw_planner_effort="measure")
     assert plans.planner_effort() == "FFTW_MEASURE"
+    engine_config(fftw_planner_effort="fftw_patient")
+    assert plans.planner_effort() == "FFTW_PATIENT"
+    engine_config(fftw_planner_effort="measure")
     with pytest.raises(ValueError):
         engine_config(fftw_planner_effort="bogus")
     assert plans.planner_effort() == "FFTW_MEASURE"
