@@ -1,7 +1,8 @@
 """Unary calls: check the headers, admit by the estimate, compute on the worker pool, encode.
 
 On the event loop a call only checks its tensors' headers (cheap), estimates its working memory
-and asks the pool for admission; decoding, planning, compute and encoding run on a worker.
+and asks the pool for admission; decoding, planning and compute run on a worker, and the result is
+encoded back on the event loop.
 """
 
 from __future__ import annotations
