@@ -26,6 +26,7 @@ from convserve_server.engine.signal import cost_model
 from convserve_server.ops import allocator, logs, metrics
 from convserve_server.settings import Settings
 from convserve_server.transport import security
+from convserve_server.transport.call_limits import CallLimitInterceptor
 from convserve_server.transport.servicer import ConvolutionServicer
 
 log = logging.getLogger("convserve.server")
@@ -55,6 +56,7 @@ class Server:
     port: int
     health: health.aio.HealthServicer
     pool: WorkerPool
+    limits: CallLimitInterceptor
 
 
 def check_tls_files(settings: Settings) -> None:
@@ -120,7 +122,8 @@ def create_server(settings: Settings) -> Server:
         port = 0
     if port == 0:
         raise StartupError(f"cannot listen on {address}: port {settings.port} is in use or the address is not local")
-    return Server(server, port, health_servicer, pool)
+    limits = next(interceptor for interceptor in interceptors if isinstance(interceptor, CallLimitInterceptor))
+    return Server(server, port, health_servicer, pool, limits)
 
 
 def start_metrics(settings: Settings) -> int:
@@ -175,18 +178,22 @@ async def serve(settings: Settings) -> bool:
 async def shut_down(server: Server, settings: Settings) -> bool:
     """Stop within ``grace_seconds`` + :data:`STOP_SECONDS`; return whether every worker stopped.
 
-    Health turns NOT_SERVING and new calls get UNAVAILABLE at once; calls in flight get the grace
-    period; then their cancellation tokens are set (the engine stops at its next check) and gRPC
-    cancels them. The event loop keeps running all the while, so that the cancelled calls end
-    and are recorded as such. Wisdom is saved last.
+    New calls get UNAVAILABLE at once (the call limits refuse them while the server still runs)
+    and health turns NOT_SERVING; calls in flight get the grace period; then their cancellation
+    tokens are set (the engine stops at its next check) and gRPC cancels them. The event loop
+    keeps running all the while, so that the cancelled calls end and are recorded as such.
+    Wisdom is saved last.
     """
     grace = settings.grace_seconds
     log.info("shutting down: new calls get UNAVAILABLE, in-flight calls finish", extra={"grace_seconds": grace})
+    server.limits.close("the server is shutting down: retry on another replica")
     await server.health.enter_graceful_shutdown()
     loop = asyncio.get_running_loop()
+    started = loop.time()
     timer = loop.call_later(grace, _cancel_running, server.pool, "grace period over")
     try:
-        await server.grpc_server.stop(grace + CANCEL_MARGIN_SECONDS)
+        await server.limits.drained(grace)
+        await server.grpc_server.stop(max(0.0, grace - (loop.time() - started)) + CANCEL_MARGIN_SECONDS)
     finally:
         timer.cancel()
     server.pool.cancel_running()  # work that the timer missed (grace 0, or a race with its end)

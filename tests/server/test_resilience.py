@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -16,6 +18,7 @@ import convserve
 from convserve.errors import ConvserveError
 
 from tests.conftest import RunningServer, start_server, status_kib, stop_server
+from tests.server.test_idle import IdleCall, chunked_header, metric, wait_for
 from tests.serverwatch import metrics_url, signal_lasting, wait_in_flight, wait_not_serving
 
 # Direct convolution with this kernel costs the same per signal sample all along the signal; the
@@ -248,3 +251,64 @@ def test_sigterm_finishes_calls_in_flight_and_refuses_new_ones() -> None:
 def _call_slow(target: str, x: np.ndarray) -> np.ndarray:
     with convserve.Client(target, retry=NO_RETRY, timeout=120) as client:
         return client.convolve(x, SLOW_KERNEL, method="direct")
+
+
+class _Hammer:
+    """Threads that call a tiny convolve on a fresh connection each time, until told to stop."""
+
+    def __init__(self, target: str, threads: int) -> None:
+        self.target = target
+        self.outcomes: list[tuple[float, str]] = []  # (when the call started, how it ended)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            with convserve.Client(self.target, retry=NO_RETRY, timeout=60) as client:
+                try:
+                    client.convolve([1.0], [1.0])
+                    self.outcomes.append((started, "OK"))
+                except ConvserveError as error:
+                    self.outcomes.append((started, type(error).__name__))
+
+    def count_after(self, moment: float) -> int:
+        return sum(1 for started, _ in self.outcomes if started >= moment)
+
+    def join(self, timeout: float) -> None:
+        """Stop and wait up to ``timeout`` s for the calls still going (a hung call: the checks then fail)."""
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def test_calls_racing_sigterm_end_ok_or_unavailable_never_cancelled() -> None:
+    """Tiny calls on fresh connections, made while SIGTERM lands and calls drain, end OK or UNAVAILABLE at once.
+
+    gRPC's own stop can queue a call that arrives on a new connection in that instant and cancel
+    it only when the server ends (here: when the held upload ends); the server refuses late calls
+    itself while the calls in flight drain, so none of these hangs and ends CANCELLED.
+    """
+    server = start_server("--grace-seconds", "300", "--idle-timeout-seconds", "300", "--metrics-port", "0")
+    url = metrics_url(server)
+    held = IdleCall(server.target, "ConvolveChunked", [chunked_header(1000)], timeout=300)  # in flight until finish()
+    try:
+        wait_for(lambda: metric(url, "convserve_waiting_streams") == 1, "the held upload to be waiting")
+        hammer = _Hammer(server.target, 3)
+        wait_for(lambda: hammer.count_after(0.0) >= 30, "30 calls before the signal")
+        sigterm = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        # On the old shutdown a late call hung until the server ended: give up waiting then, and let the checks fail.
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: hammer.count_after(sigterm) >= 60, "60 calls after the signal", seconds=60)
+        hammer.join(60)  # every hammer call ended while the upload still held the server open
+        assert held.code is None and server.process.poll() is None  # still draining: the upload holds it
+    finally:
+        held.finish()
+        hammer.join(120)
+    assert server.process.wait(timeout=60) == 0
+    late = {outcome for started, outcome in hammer.outcomes if started >= sigterm}
+    assert late and late <= {"OK", "UnavailableError"} and "UnavailableError" in late, sorted(late)

@@ -35,6 +35,7 @@ import functools
 import hashlib
 import inspect
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -46,6 +47,8 @@ from convserve_server.errors import IdleTimeout, InvalidArgumentError
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# How often shutdown looks whether the calls in progress have ended.
+DRAIN_POLL_SECONDS = 0.01
 
 
 @functools.lru_cache(maxsize=256)
@@ -196,6 +199,27 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         self._identity = token_identity(token) if token and not certificate_identities else None
         self._certificates = certificate_identities
         self._trailers = ((PUSHBACK_KEY, str(max(0, pushback_ms))),)
+        self._closing: str | None = None
+
+    def close(self, why: str) -> None:
+        """Refuse every new call with UNAVAILABLE (``why``) from now on: the server is shutting down.
+
+        gRPC's own ``server.stop()`` stops taking calls from its queue, but a connection made in
+        that moment can still have its call queued, and that call is cancelled only when the
+        server ends. So shutdown closes here first and drains (:meth:`drained`) while the server
+        still runs: every late call gets a clean UNAVAILABLE at once.
+        """
+        self._closing = why
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no counted call is in progress, at most ``timeout`` s; whether none is."""
+        deadline = time.monotonic() + timeout
+        while self.limiter.total > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(DRAIN_POLL_SECONDS, left))
+        return True
 
     async def intercept_service(
         self,
@@ -206,6 +230,8 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method or ""
         if method.startswith(OPEN_METHODS):
             return await continuation(handler_call_details)
+        if self._closing is not None:
+            return refusing_handler(method, grpc.StatusCode.UNAVAILABLE, self._closing)
         identity = self._identity
         refused = self.limiter.acquire(identity)
         if refused is not None:
