@@ -1,6 +1,6 @@
 """The engine against the peers a user would otherwise call, in one process, on the same inputs.
 
-Run ``python bench/bench_engine.py`` (the full matrix of issue 3, under 20 minutes here) or
+Run ``python bench/bench_engine.py`` (the full matrix, under 20 minutes here) or
 ``--quick`` (a subset, under two minutes). Every peer computes the same thing as the engine:
 zero-fill boundary, the engine's output dtype, the kernel flipped where the peer correlates
 (OpenCV), its border mode set (OpenCV defaults to reflect-101, scipy.ndimage to reflect). Each
@@ -167,7 +167,7 @@ def peers(case: Case, plain: PlainFFTW, skip_seconds: float) -> dict[str, tuple[
 
 
 def make_cases(quick: bool) -> list[Case]:
-    """The matrix of issue 3 (or its quick subset)."""
+    """The benchmark matrix (or its quick subset)."""
     rng = np.random.default_rng(0)
     cases: list[Case] = []
     lengths_1d = [10**3, 10**5, 10**6] + ([] if quick else [10**7])
@@ -230,7 +230,7 @@ def run(case: Case, plain: PlainFFTW, budget: float, skip_seconds: float) -> Non
 
 
 def summary(case: Case) -> dict[str, Any]:
-    """Best peer, the ratio of the engine to it, and whether the targets of issue 3 are met."""
+    """Best peer, the ratio of the engine to it, and whether the engine's targets (docs/engine.md) are met."""
     timed_peers = {k: v for k, v in case.rows.items() if not k.startswith("engine") and "median" in v and v["error"] < 1e-3}
     best = min(timed_peers, key=lambda k: timed_peers[k]["median"])
     engine = case.rows["engine auto"]

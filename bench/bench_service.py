@@ -1,4 +1,4 @@
-"""Service-level figures (issue "production-grade service"), measured over loopback in one run.
+"""Service-level figures, measured over loopback in one run.
 
 - two-core speed-up: two CPU-bound requests at once vs one after the other (1 FFTW thread each);
 - rejection latency: how fast a full server answers RESOURCE_EXHAUSTED, beside an idle server's OK;

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import grpc
 import numpy.typing as npt
 
-from convserve import _chunked as _chunking
+from convserve import _chunked
 from convserve._aio_status import StatusWitness
 from convserve._base import BaseClient, Prepared, Register
 from convserve._types import Weights
@@ -56,9 +56,9 @@ class SyncTransport(BaseClient):
         ends = self._deadline(timeout)
         attempt = 0
         while True:
-            parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
+            parts = _chunked.request_parts(prepared.request, prepared.streamed, part_type)
             try:
-                return _chunking.assemble(method(parts, timeout=self._left(ends), metadata=self.metadata))
+                return _chunked.assemble(method(parts, timeout=self._left(ends), metadata=self.metadata))
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error, self.target)
             wait = self._retry_wait(attempt, error, ends)
@@ -137,11 +137,11 @@ class AsyncTransport(BaseClient):
         ends = self._deadline(timeout)
         attempt = 0
         while True:
-            parts = _chunking.request_parts(prepared.request, prepared.streamed, part_type)
+            parts = _chunked.request_parts(prepared.request, prepared.streamed, part_type)
             call = method(parts, timeout=self._left(ends), metadata=self.metadata)
             witness = StatusWitness(call)
             try:
-                return await _chunking.assemble_async(call)
+                return await _chunked.assemble_async(call)
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(witness.error(rpc_error), self.target)
             wait = self._retry_wait(attempt, error, ends)

@@ -27,9 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What `pip install 'convserve[server]'` brings (an ImportError of one of them: the server is not installed).
+SERVER_DEPENDENCIES = ("pyfftw", "cv2", "grpc_health", "grpc_reflection", "grpc_status", "prometheus_client", "onnxruntime")
+INSTALL_SERVER = "pip install 'convserve[server]'"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``convserve`` command; return its exit code."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    """Run the ``convserve`` command; return its exit code (2 with an install hint when a server dependency is missing)."""
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SERVER_DEPENDENCIES:
+            raise
+        print(f"convserve: the server needs {exc.name}, which is not installed; install the server: {INSTALL_SERVER}", file=sys.stderr)
+        return 2
+
+
+def _run(arguments: list[str]) -> int:
+    """Dispatch one command."""
     if arguments[:1] == ["calibrate"]:
         from convserve_server.calibrate import main as calibrate
 

@@ -106,3 +106,11 @@ def test_without_the_server_its_commands_say_which_extra(monkeypatch: pytest.Mon
         assert len(lines) == 1 and "pip install 'convserve[server]'" in lines[0]
     assert cli.main(["--help"]) == 0
     assert "convserve[server]" in capsys.readouterr().out
+
+
+def test_server_commands_without_the_server_dependencies_say_how_to_install_them() -> None:
+    """A client-only install has the server's code but not its dependencies: a hint, not a traceback."""
+    code = "import sys; sys.modules['pyfftw'] = None; from convserve.cli import main; sys.exit(main(['serve', '--port', '0']))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'convserve[server]'" in done.stderr and "pyfftw" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -1,4 +1,4 @@
-"""Failures outside the server reach the caller with a message that says what to change (issue 10, section 6).
+"""Failures outside the server reach the caller with a message that says what to change.
 
 A proxy in front of the service answering with an HTTP status (413 at nginx's default 1 MiB body
 limit, 502/503/504) or resetting the stream (RST_STREAM) raises :class:`convserve.ProxyError`, never

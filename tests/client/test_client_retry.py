@@ -1,4 +1,4 @@
-"""The client never takes its caller down, and retries streams itself (issue 10, section 1).
+"""The client never takes its caller down, and retries streams itself.
 
 gRPC's transparent retries (the service config's ``retryPolicy``) on client-streaming methods
 aborted the caller's process (SIGABRT, ``promise_based_filter.cc ILLEGAL STATE: FORWARDED_BATCH``)
@@ -213,3 +213,15 @@ def test_asyncio_stream_refused_after_a_block_went_out_is_not_run_again(stub_ser
     with pytest.raises(convserve.ResourceExhaustedError):
         asyncio.run(run())
     assert stub.calls == 1
+
+
+def test_the_retry_lists_name_every_rpc_of_the_proto_by_its_kind() -> None:
+    """A new RPC must land in one of the two lists: gRPC's retries for unary ones, the client's for streams."""
+    from convserve import _retry
+    from convserve.v1 import convserve_pb2 as pb
+
+    service = pb.DESCRIPTOR.services_by_name["ConvolutionService"]
+    assert service.full_name == _retry.SERVICE
+    unary = {m.name for m in service.methods if not m.client_streaming and not m.server_streaming}
+    streaming = {m.name for m in service.methods if m.client_streaming or m.server_streaming}
+    assert set(_retry.UNARY_METHODS) == unary and set(_retry.STREAMING_METHODS) == streaming

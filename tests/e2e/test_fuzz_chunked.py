@@ -1,6 +1,6 @@
 """Fuzzing the chunked RPCs with hypothesis: hostile headers and chunk sequences.
 
-The rules of issue 10 are checked exactly: declared sizes beyond max_elements are
+The server's size rules are checked exactly: declared sizes beyond max_elements are
 RESOURCE_EXHAUSTED with pushback -1; chunk sequences are assembled or refused, never answered wrongly.
 """
 

@@ -1,6 +1,6 @@
 """Fuzzing the shared-memory RPCs with hypothesis: hostile requests, and real regions guarded by their capability.
 
-The rules of issue 10 are checked exactly: a shared tensor declaring more than max_elements is
+The server's size rules are checked exactly: a shared tensor declaring more than max_elements is
 RESOURCE_EXHAUSTED with pushback -1; a region is used only with its capability and is left
 untouched otherwise.
 """

@@ -1,6 +1,6 @@
 """Fuzzing ConvolveStream with hypothesis: any kernel, mixed blocks, output_dtype, answers checked against numpy.
 
-The rules of issue 10 are checked exactly: stream blocks declaring more than max_elements are
+The server's size rules are checked exactly: stream blocks declaring more than max_elements are
 RESOURCE_EXHAUSTED with pushback -1; the answers equal np.convolve (exactly for integers;
 OUT_OF_RANGE instead of a wrap, narrowing output_dtype refused, warnings for NaN/Inf).
 """

@@ -1,6 +1,6 @@
 """Fuzzing the decoder and the unary RPCs with hypothesis: never INTERNAL, never a crash, always serving.
 
-Beyond "an allowed status", the rules of issue 10 are checked exactly: invalid ConvLayer /
+Beyond "an allowed status", the server's rules are checked exactly: invalid ConvLayer /
 ConvTranspose geometry is INVALID_ARGUMENT (also from a chunked header before its data). The
 other fuzz files (test_fuzz_chunked.py, test_fuzz_shared_memory.py, test_fuzz_stream.py) cover
 the chunked, shared-memory and streaming RPCs; this file is the last of them that pytest runs, so

@@ -16,7 +16,7 @@ from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from convserve_server import engine
-from convserve_server.engine.fft import plans
+from convserve_server.engine.fft import plans, wisdom
 from convserve_server.engine.signal import convolution as signal
 from convserve_server.admission.weights import ENTRY_OVERHEAD_BYTES
 
@@ -26,7 +26,7 @@ RNG = np.random.default_rng(10)
 
 
 def wisdom_bytes() -> int:
-    with plans.PLANNER_LOCK:
+    with wisdom.PLANNER_LOCK:
         return sum(len(part) for part in pyfftw.export_wisdom())
 
 
@@ -136,6 +136,6 @@ def test_registered_weights_are_capped_by_count_end_to_end() -> None:
 def test_wisdom_from_a_file_counts_against_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(plans._BUDGET, "from_file", 0)
     path = str(tmp_path / "wisdom")
-    assert plans.save_wisdom(path) == path
-    assert plans.load_wisdom(path).startswith("loaded")
+    assert wisdom.save_wisdom(path) == path
+    assert wisdom.load_wisdom(path).startswith("loaded")
     assert plans._BUDGET["from_file"] == wisdom_bytes() // plans.WISDOM_BYTES_PER_SHAPE > 0

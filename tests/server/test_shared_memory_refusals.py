@@ -50,7 +50,7 @@ def test_invalid_regions_are_refused(shm_server: RunningServer, region: shared_m
         error = _call(shm_server, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, error.details())
         assert error.details().startswith(field), (name, error.details())
-    # More elements than max_elements can never fit: RESOURCE_EXHAUSTED with pushback -1 (issue 10, section 6).
+    # More elements than max_elements can never fit: RESOURCE_EXHAUSTED with pushback -1.
     error = _call(shm_server, _request(region.name, in1_shape=(2**40,)))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     assert error.details().startswith("in1"), error.details()

@@ -4,7 +4,7 @@ The server builds an :class:`EngineConfig` from its settings at start and calls
 :func:`convserve_server.engine.configure` (which lands in :func:`configure` here); a program
 that uses the engine as a library may do the same, or keep the defaults. Engine modules read
 the current values with :func:`current` (one attribute lookup) where they use them; a module
-that holds state sized by a value (the plan cache's byte bound, the shape budget) registers a
+that holds state sized by a value (the plan cache's byte bound) registers a
 callback with :func:`on_change`, which is called with the new configuration. No engine module
 reads environment variables: the settings layer of the server is the only place that does.
 """

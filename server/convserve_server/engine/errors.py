@@ -1,4 +1,4 @@
-"""Exceptions raised by the engine; the servicer maps each to one gRPC status."""
+"""Exceptions raised by the engine; the server maps each to one gRPC status (``transport/status.py``)."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def layer(request: pb.ConvLayerRequest, arrays: Arrays | None, entry: Entry | No
 
 
 def transpose(request: pb.ConvTransposeRequest, arrays: Arrays | None, entry: Entry | None, settings: Settings) -> Result:
-    """Compute a ConvTranspose call (its output's size is checked from the shapes, before any work)."""
+    """Compute a ConvTranspose call (its output's size was checked from the shapes before any work, by decode; checked again on the result)."""
     output, info = conv_transpose(**decode.conv_transpose_arguments(request, settings, arrays, entry), return_info=True)
     limits.check_result(output.shape, output.dtype, settings)
     return output, info

@@ -22,56 +22,12 @@ from convserve.v1 import convserve_pb2 as pb
 from convserve_server.admission.requests import output_dtype
 from convserve_server.admission.workers import WaitingBudget, WorkerPool
 from convserve_server.engine.signal.streaming import StreamConvolver
+from convserve_server.admission.estimates import F64, FIRST_BLOCK_ALLOWANCE, block_work_bytes, carried_bytes, state_bytes
 from convserve_server.errors import InvalidArgumentError
 from convserve_server.settings import Settings
 from convserve_server.transport import chunked, decode
 from convserve_server.transport.calls import CallRecord
 from convserve_server.transport.rpcs import RpcSpec
-
-# What a stream may have in flight before its first block says how large its blocks are.
-FIRST_BLOCK_ALLOWANCE = 1 << 20
-F64 = 8
-C128 = 16
-
-
-def state_bytes(taps: int, block: int, channels: int, exact: bool) -> int:
-    """Bytes the convolver keeps between blocks for ``channels`` channels (after its first block).
-
-    UPOLS: the kernel's partition spectra and the frequency delay line, (C, P, B+1) complex each,
-    plus the previous and pending internal blocks. Exact integers: the per-channel kernel and the
-    carried history.
-    """
-    if exact:
-        return 2 * channels * taps * F64
-    partitions = -(-taps // block)
-    return 2 * channels * partitions * (block + 1) * C128 + 2 * channels * block * F64
-
-
-def carried_bytes(samples: int, taps: int, block: int, channels: int, exact: bool) -> int:
-    """Bytes a block of ``samples`` can leave held after its push (the arrays its carried samples view)."""
-    if exact:
-        return channels * (samples + taps) * F64
-    return 2 * channels * (samples + block) * F64
-
-
-def block_work_bytes(samples: int, taps: int, block: int, channels: int, exact: bool, first: bool) -> int:
-    """Working memory of one push of ``samples`` samples of ``channels`` channels (the compute reservation).
-
-    UPOLS: the float64 copy, the grown pending array, the output pieces (each a view of a 2B
-    inverse transform) and their join, one copy of the delay line (``np.roll``), the cast, the
-    channels-last copy and the encoded message. Exact: the extended history, its float64 and
-    accumulator copies, the kernel in the accumulator, the outputs and their casts. The first
-    block also sets the kernel spectra up (padded kernel and its transform).
-    """
-    n, c = samples, channels
-    if exact:
-        return c * F64 * (3 * taps + 10 * n + 64)
-    partitions = -(-taps // block)
-    delay_line = c * partitions * (block + 1) * C128
-    work = delay_line + c * F64 * (7 * n + 13 * block)
-    if first:
-        work += 3 * c * partitions * 2 * block * F64
-    return work
 
 
 def _block_geometry(tensor: pb.Tensor) -> tuple[int, int]:

@@ -17,7 +17,6 @@ import numpy.typing as npt
 
 from convserve_server.engine import config
 
-DEFAULT_MAX_SHAPES = config.EngineConfig.fftw_max_planned_shapes
 # What one shape's wisdom takes, roughly (measured 0.9 to 2.4 KB for ESTIMATE plans of 1-D shapes).
 WISDOM_BYTES_PER_SHAPE = 2048
 

@@ -52,11 +52,8 @@ import pyfftw
 
 from convserve_server.engine import config, resources
 from convserve_server.engine.fft import background, budget, wisdom
-from convserve_server.engine.fft.budget import _BUDGET, WISDOM_BYTES_PER_SHAPE, NumpyTransform, planned_shapes  # noqa: F401 (re-exported)
-from convserve_server.engine.fft.wisdom import PLANNER_LOCK, load_wisdom, save_wisdom, wisdom_path  # noqa: F401 (re-exported)
+from convserve_server.engine.fft.budget import NumpyTransform, planned_shapes
 
-EFFORTS = config.FFTW_EFFORTS
-DEFAULT_CACHE_BYTES = config.EngineConfig.fftw_cache_bytes
 DEFAULT_MAX_IDLE_PLANS = 1024
 
 _STATS = {"plans_created": 0, "plans_reused": 0, "unplanned_transforms": 0}
@@ -364,5 +361,5 @@ def wisdom_state() -> str:
         f"effort={planner_effort()} wisdom_bytes(double,single)={sizes[0]},{sizes[1]} "
         f"plans_created={s['plans_created']} plans_reused={s['plans_reused']} "
         f"cache_bytes={s['cache_bytes']} background_plans={queue['background_plans']} "
-        f"background_queued={queue['background_queued']} file={wisdom_path() or '-'}"
+        f"background_queued={queue['background_queued']} file={wisdom.wisdom_path() or '-'}"
     )
