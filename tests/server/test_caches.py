@@ -16,7 +16,7 @@ from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from convserve_server import engine
-from convserve_server.engine.fft import plans, wisdom
+from convserve_server.engine.fft import budget, plans, wisdom
 from convserve_server.engine.signal import convolution as signal
 from convserve_server.admission.weights import ENTRY_OVERHEAD_BYTES
 
@@ -134,8 +134,8 @@ def test_registered_weights_are_capped_by_count_end_to_end() -> None:
 
 
 def test_wisdom_from_a_file_counts_against_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(plans._BUDGET, "from_file", 0)
+    monkeypatch.setitem(budget._BUDGET, "from_file", 0)
     path = str(tmp_path / "wisdom")
     assert wisdom.save_wisdom(path) == path
     assert wisdom.load_wisdom(path).startswith("loaded")
-    assert plans._BUDGET["from_file"] == wisdom_bytes() // plans.WISDOM_BYTES_PER_SHAPE > 0
+    assert budget._BUDGET["from_file"] == wisdom_bytes() // budget.WISDOM_BYTES_PER_SHAPE > 0
