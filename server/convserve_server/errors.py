@@ -1,4 +1,7 @@
-"""Every exception the server raises on purpose, in one place.
+"""Every exception a call can end with, in one place.
+
+(Start-up has two of its own, next to what raises them: ``settings.SettingsError`` for an invalid
+setting and ``app.StartupError`` for a port or TLS file that cannot be used.)
 
 The engine's own (invalid argument, out of range, cancelled) are re-exported here, so the server
 imports its errors from this module only. ``convserve_server.transport.status`` maps each of them

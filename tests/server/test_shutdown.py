@@ -177,7 +177,7 @@ def test_work_that_ignores_its_cancellation_does_not_hold_the_shutdown() -> None
 
     async def scenario() -> tuple[bool, float]:
         pool = WorkerPool(1, 1, 1 << 20)
-        stuck = asyncio.ensure_future(pool.run(release.wait, 30.0, cost=1))
+        stuck = asyncio.ensure_future(pool.run(release.wait, 30.0, nbytes=1))
         while pool.in_flight < 1:
             await asyncio.sleep(0.01)
         assert pool.cancel_running() == 1

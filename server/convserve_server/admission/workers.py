@@ -51,44 +51,44 @@ class WorkerPool:
         """Memory reserved by admitted requests."""
         return self._reserved
 
-    def check(self, cost: int) -> None:
+    def check(self, nbytes: int) -> None:
         """Raise what :meth:`reserve` would raise now, without reserving anything.
 
         A chunked call asks this at its header, so that it does not upload data it could not
         compute on; it reserves only once its data is complete.
         """
         with self._lock:
-            self._refusal(cost)
+            self._refusal(nbytes)
 
-    def _refusal(self, cost: int) -> None:
-        """Raise LimitExceeded or Overloaded if ``cost`` cannot be admitted now (under the lock)."""
-        if cost > self.memory_budget:
+    def _refusal(self, nbytes: int) -> None:
+        """Raise LimitExceeded or Overloaded if ``nbytes`` cannot be admitted now (under the lock)."""
+        if nbytes > self.memory_budget:
             raise LimitExceeded(
-                f"this request needs an estimated {cost} bytes of working memory; the server's budget is "
+                f"this request needs an estimated {nbytes} bytes of working memory; the server's budget is "
                 f"{self.memory_budget} bytes (memory_budget_bytes), so it can never run here"
             )
         if self._in_flight >= self.max_in_flight:
             raise Overloaded(
                 f"server busy: {self._in_flight} requests in flight, the limit is {self.max_in_flight}; retry in {self.pushback_ms} ms", self.pushback_ms
             )
-        if self._reserved + cost > self.memory_budget:
+        if self._reserved + nbytes > self.memory_budget:
             raise Overloaded(
-                f"server busy: this request needs an estimated {cost} bytes and {self.memory_budget - self._reserved} "
+                f"server busy: this request needs an estimated {nbytes} bytes and {self.memory_budget - self._reserved} "
                 f"of the {self.memory_budget}-byte budget are free; retry in {self.pushback_ms} ms",
                 self.pushback_ms,
             )
 
-    def reserve(self, cost: int) -> Reservation:
-        """Admit a request of estimated ``cost`` bytes, or raise Overloaded / LimitExceeded at once."""
+    def reserve(self, nbytes: int) -> Reservation:
+        """Admit a request of estimated ``nbytes`` bytes, or raise Overloaded / LimitExceeded at once."""
         with self._lock:
-            self._refusal(cost)
+            self._refusal(nbytes)
             self._in_flight += 1
-            self._reserved += cost
+            self._reserved += nbytes
             self.on_change(self._in_flight, self._reserved)
-        return Reservation(self, cost)
+        return Reservation(self, nbytes)
 
-    async def reserve_within(self, cost: int, seconds: float) -> Reservation:
-        """Admit ``cost`` bytes, waiting up to ``seconds`` for room (then raise Overloaded).
+    async def reserve_within(self, nbytes: int, seconds: float) -> Reservation:
+        """Admit ``nbytes`` bytes, waiting up to ``seconds`` for room (then raise Overloaded).
 
         For a stream's next block (the stream holds no slot between blocks: a block that arrives
         while the server is full waits instead of ending the stream), and for a chunked call whose
@@ -98,20 +98,20 @@ class WorkerPool:
         deadline = asyncio.get_running_loop().time() + seconds
         while True:
             try:
-                return self.reserve(cost)
+                return self.reserve(nbytes)
             except Overloaded:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
             await asyncio.sleep(self.POLL_SECONDS)
 
-    def _release(self, cost: int) -> None:
+    def _release(self, nbytes: int) -> None:
         with self._lock:
             self._in_flight -= 1
-            self._reserved -= cost
+            self._reserved -= nbytes
             self.on_change(self._in_flight, self._reserved)
 
-    async def run(self, function: Callable[..., Result], *args: Any, cost: int = 0, reservation: Reservation | None = None, release: bool = True) -> Result:
-        """Run ``function(*args)`` on a worker under ``reservation`` (or a new one for ``cost`` bytes).
+    async def run(self, function: Callable[..., Result], *args: Any, nbytes: int = 0, reservation: Reservation | None = None, release: bool = True) -> Result:
+        """Run ``function(*args)`` on a worker under ``reservation`` (or a new one for ``nbytes`` bytes).
 
         The reservation is released when the work has stopped, not when the caller stops waiting.
         With ``release=False`` (a chunked result that is still being sent) the caller releases it
@@ -119,7 +119,7 @@ class WorkerPool:
         here, once the work has stopped.
         """
         if reservation is None:
-            reservation = self.reserve(cost)
+            reservation = self.reserve(nbytes)
         token = threading.Event()
         context = contextvars.copy_context()
 
@@ -180,9 +180,9 @@ class WorkerPool:
 class Reservation:
     """Admitted memory and a slot of the pool; :meth:`release` gives them back (once)."""
 
-    def __init__(self, pool: WorkerPool, cost: int) -> None:
+    def __init__(self, pool: WorkerPool, nbytes: int) -> None:
         self._pool = pool
-        self.cost = cost
+        self.nbytes = nbytes
         self._released = False
         self._lock = threading.Lock()
 
@@ -192,7 +192,7 @@ class Reservation:
             if self._released:
                 return
             self._released = True
-        self._pool._release(self.cost)
+        self._pool._release(self.nbytes)
 
 
 class WaitingBudget:

@@ -289,6 +289,6 @@ async def serve(
         spec.check(declared)
         for name in spec.tensor_fields:
             check_declared(getattr(declared, name), name, settings)
-        dtype, shape, info = await pool.run(compute, request, correlate, settings, cost=spec.estimated(declared))
+        dtype, shape, info = await pool.run(compute, request, correlate, settings, nbytes=spec.estimated(declared))
     record.ok(info.method, 0)
     return pb.SharedResponse(result=encode.declared_result(dtype, shape), info=encode.compute_info(info))

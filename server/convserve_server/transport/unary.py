@@ -34,7 +34,7 @@ async def serve(spec: RpcSpec, request: Any, context: grpc.aio.ServicerContext, 
     async with record.guard():
         spec.check_headers(request, settings)
         entry = registered(request, weights)
-        result, info = await pool.run(spec.compute, request, None, entry, settings, cost=spec.estimated(request, entry))
+        result, info = await pool.run(spec.compute, request, None, entry, settings, nbytes=spec.estimated(request, entry))
     tensor = encode.result_tensor(result)
     record.ok(info.method, len(tensor.data))
     return spec.respond(tensor, encode.compute_info(info))
@@ -49,6 +49,6 @@ async def register_weights(
         spec.check_headers(request, settings)
         size = spec.estimated(request)
         limits.check_weights(size, weights.limit_bytes)
-        entry = await pool.run(compute.register, request, weights, settings, cost=size)
+        entry = await pool.run(compute.register, request, weights, settings, nbytes=size)
     record.ok("", 0)
     return pb.RegisterWeightsResponse(weights_id=entry.id)
