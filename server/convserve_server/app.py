@@ -87,14 +87,9 @@ def check_tls_files(settings: Settings) -> None:
             raise StartupError(f"cannot use tls_client_ca {settings.tls_client_ca}: {exc} (it must be PEM)") from None
 
 
-def engine_configuration(settings: Settings) -> engine.EngineConfig:
-    """The engine's configuration: the settings of the same names."""
-    return engine_config.from_settings(settings)
-
-
 def create_server(settings: Settings) -> Server:
     """Configure the engine, create the server and bind its port (raises StartupError when the port is taken)."""
-    engine.configure(engine_configuration(settings))  # once, before wisdom and calibration are loaded
+    engine.configure(engine_config.from_settings(settings))  # once, before wisdom and calibration are loaded
     check_tls_files(settings)
     interceptors = security.interceptors(settings)
     server = grpc.aio.server(

@@ -16,8 +16,8 @@ import convserve
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
-from convserve_server.transport import rpcs
 
+from tests.server import rpc_entries
 from tests.conftest import RunningServer, start_server, status_kib, stop_server
 from tests.server.test_idle import metric, metrics_url, pushback, wait_for
 
@@ -143,7 +143,7 @@ def test_slow_readers_keep_their_reservation_until_the_last_chunk(budget_server:
     server, url, baseline = budget_server
     x = np.random.default_rng(1).standard_normal(ELEMENTS)
     data = x.tobytes()
-    fits = BUDGET // rpcs.estimate(_header())  # results the budget can hold at once
+    fits = BUDGET // rpc_entries.estimate(_header())  # results the budget can hold at once
     assert fits == 2
     readers = _SlowReaders(server.target, data)
     stop, lock, holding, refused, results = readers.stop, readers.lock, readers.holding, readers.refused, readers.results

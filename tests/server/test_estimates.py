@@ -1,7 +1,7 @@
 """The admission estimate of one call covers the server's real peak memory for it.
 
 Each case runs once on a fresh server, and the growth of the server's peak RSS (VmHWM) over that
-call is compared with what admission reserves for the same request (``rpcs.estimate`` of its
+call is compared with what admission reserves for the same request (``rpc_entries.estimate``, the RPC table's estimate of its
 headers). Before, an FFT with a complex128 ``output_dtype`` from float32 inputs used 1.98x its
 estimate, a float64 FFT 1.17x, and shared-memory calls were estimated without their options.
 """
@@ -18,8 +18,8 @@ import convserve
 from convserve import codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
-from convserve_server.transport import rpcs
 
+from tests.server import rpc_entries
 from tests.conftest import start_server, stop_server
 
 N = 1_000_000
@@ -60,7 +60,7 @@ def test_the_estimate_covers_the_real_peak(name: str) -> None:
     try:
         with convserve.Client(server.target, shared_memory=case["shared"], shared_memory_threshold=0) as client:
             client.convolve(np.ones(10), np.ones(3))  # libraries loaded
-            estimate = rpcs.estimate(_headers(client, case))
+            estimate = rpc_entries.estimate(_headers(client, case))
             before = _peak_kib(server.process.pid)
             result = client.convolve(case["x"], case["h"], method=case["method"], output_dtype=case["output_dtype"], boundary=case["boundary"])
             growth = (_peak_kib(server.process.pid) - before) * 1024
@@ -130,7 +130,7 @@ def test_a_layer_estimate_covers_its_peak_and_a_strided_layer_fits(name: str) ->
             weight=pb.Tensor(dtype=codec.dtype_code(w.dtype, "weight"), shape=w.shape),
             stride=[stride],
         )
-        estimate = rpcs.estimate(header)
+        estimate = rpc_entries.estimate(header)
         assert estimate < 2**30
         with convserve.Client(server.target) as client:
             client.conv_layer(np.ones((1, 1, 8, 8)), np.ones((1, 1, 3, 3)))  # libraries loaded

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from convserve.v1 import convserve_pb2 as pb
 from convserve_server.admission import estimates
-from convserve_server.transport import decode, rpcs
+from convserve_server.transport import decode
 from convserve_server.engine import conv_layer
 from convserve_server.engine import convolve
 from convserve_server.engine.errors import InvalidArgumentError
 from convserve_server.settings import Settings
+
+from tests.server import rpc_entries
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -25,32 +27,32 @@ def _request(n: int, m: int, method: int, dtype: int = pb.DTYPE_FLOAT32) -> pb.S
 
 def test_direct_needs_a_few_output_sized_arrays_not_the_fft_work_arrays() -> None:
     n = 671_088_640  # 2.5 GB of float32
-    direct = rpcs.estimate(_request(n, 1, pb.METHOD_DIRECT))
+    direct = rpc_entries.estimate(_request(n, 1, pb.METHOD_DIRECT))
     inputs = 4 * (n + 1)
     assert inputs < direct <= inputs + estimates.DIRECT_WORK_ARRAYS * 4 * (n + 1)  # float32 stays float32
-    assert rpcs.estimate(_request(n, 1, pb.METHOD_FFT)) >= inputs + estimates.FFT_WORK_ARRAYS * 4 * n  # single precision work
+    assert rpc_entries.estimate(_request(n, 1, pb.METHOD_FFT)) >= inputs + estimates.FFT_WORK_ARRAYS * 4 * n  # single precision work
 
 
 def test_auto_is_estimated_as_what_it_runs() -> None:
     n = (512 << 20) // 4  # a 512 MiB float32 signal and a 3-tap kernel: auto runs the direct sum
     x, h = np.ones(1000, np.float32), np.ones(3, np.float32)
     assert convolve(x, h, return_info=True)[1].method == "direct"
-    direct = rpcs.estimate(_request(n, 3, pb.METHOD_DIRECT))
+    direct = rpc_entries.estimate(_request(n, 3, pb.METHOD_DIRECT))
     for method in (pb.METHOD_AUTO, pb.METHOD_UNSPECIFIED):
-        auto = rpcs.estimate(_request(n, 3, method))
+        auto = rpc_entries.estimate(_request(n, 3, method))
         assert auto == direct and auto < DEFAULT_BUDGET  # was 7.5 GiB: refused as needing 8 GB
-    assert rpcs.estimate(_request(n, 3, pb.METHOD_FFT)) > DEFAULT_BUDGET
+    assert rpc_entries.estimate(_request(n, 3, pb.METHOD_FFT)) > DEFAULT_BUDGET
 
 
 def test_auto_with_a_long_kernel_is_estimated_as_a_transform() -> None:
     n, m = 1 << 22, 1 << 14
-    auto = rpcs.estimate(_request(n, m, pb.METHOD_AUTO))
-    assert auto > rpcs.estimate(_request(n, m, pb.METHOD_DIRECT)) // 2
+    auto = rpc_entries.estimate(_request(n, m, pb.METHOD_AUTO))
+    assert auto > rpc_entries.estimate(_request(n, m, pb.METHOD_DIRECT)) // 2
     assert auto >= 4 * (n + m) + 3 * 4 * (n + m - 1)
 
 
 def test_estimates_grow_with_the_full_output() -> None:
-    small, large = rpcs.estimate(_request(1000, 10, pb.METHOD_DIRECT)), rpcs.estimate(_request(1000, 1000, pb.METHOD_DIRECT))
+    small, large = rpc_entries.estimate(_request(1000, 10, pb.METHOD_DIRECT)), rpc_entries.estimate(_request(1000, 1000, pb.METHOD_DIRECT))
     assert large > small
 
 
@@ -101,9 +103,9 @@ INVALID_GEOMETRY = {
 def test_invalid_geometry_is_refused_before_the_estimate(case: str) -> None:
     request, field = INVALID_GEOMETRY[case]
     with pytest.raises(InvalidArgumentError) as error:
-        rpcs.check_headers(request, Settings())
+        rpc_entries.check_headers(request, Settings())
     assert error.value.field == field
-    assert rpcs.estimate(request) >= 0
+    assert rpc_entries.estimate(request) >= 0
 
 
 def test_pool_stride_zero_is_an_error_in_the_engine_too() -> None:
@@ -114,10 +116,10 @@ def test_pool_stride_zero_is_an_error_in_the_engine_too() -> None:
 
 
 def test_valid_geometry_passes() -> None:
-    rpcs.check_headers(_layer(stride=[2], padding__sizes=[1], dilation=[1, 2], groups=1), Settings())
-    rpcs.check_headers(_layer(pool__kind=pb.POOL_KIND_AVG, pool__kernel_size=[2], pool__stride=[1], pool__padding=[1]), Settings())
-    rpcs.check_headers(_transpose(stride=[2], output_padding=[1], dilation=[1]), Settings())
-    rpcs.check_headers(_transpose(stride=[1], output_padding=[1], dilation=[2]), Settings())
+    rpc_entries.check_headers(_layer(stride=[2], padding__sizes=[1], dilation=[1, 2], groups=1), Settings())
+    rpc_entries.check_headers(_layer(pool__kind=pb.POOL_KIND_AVG, pool__kernel_size=[2], pool__stride=[1], pool__padding=[1]), Settings())
+    rpc_entries.check_headers(_transpose(stride=[2], output_padding=[1], dilation=[1]), Settings())
+    rpc_entries.check_headers(_transpose(stride=[1], output_padding=[1], dilation=[2]), Settings())
 
 
 small = st.integers(-4, 12)
@@ -173,7 +175,7 @@ def test_every_estimate_is_non_negative(
         )
     else:
         request = pb.SignalRequest(in1=pb.Tensor(dtype=pb.DTYPE_UINT8, shape=x), in2=pb.Tensor(dtype=pb.DTYPE_INT16, shape=w), method=method, mode=mode)
-    assert rpcs.estimate(request) >= 0
+    assert rpc_entries.estimate(request) >= 0
 
 
 @hsettings(max_examples=150, deadline=None)

@@ -109,22 +109,3 @@ CONV_LAYER_CHUNKED = dataclasses.replace(CONV_LAYER, name="ConvLayerChunked")
 CONVOLVE_SHARED = dataclasses.replace(CONVOLVE, name="ConvolveShared", compute=None, response=None)
 CORRELATE_SHARED = dataclasses.replace(CORRELATE, name="CorrelateShared", compute=None, response=None)
 CONVOLVE_STREAM = RpcSpec("ConvolveStream", pb.StreamConfig, ("kernel",), requests.check_nothing, _no_bytes)
-
-# A message type's entry, for callers that hold a message but no RPC (tests, tools).
-_BY_MESSAGE = {spec.message: spec for spec in (CONVOLVE, CONV_LAYER, CONV_TRANSPOSE, REGISTER_WEIGHTS, CONVOLVE_STREAM)}
-
-
-def for_message(request: Any) -> RpcSpec:
-    """The table's entry of a request message's type (Convolve's for a SignalRequest)."""
-    return _BY_MESSAGE[type(request)]
-
-
-def check_headers(request: Any, settings: Settings, only: Iterable[str] | None = None) -> None:
-    """:meth:`RpcSpec.check_headers` of the request's type."""
-    for_message(request).check_headers(request, settings, only)
-
-
-def estimate(request: Any, entry: Entry | None = None) -> int:
-    """The working-memory estimate of any request message (0 for a type without one)."""
-    spec = _BY_MESSAGE.get(type(request))
-    return spec.estimated(request, entry) if spec is not None else 0
