@@ -254,7 +254,7 @@ def _call_slow(target: str, x: np.ndarray) -> np.ndarray:
 
 
 class _Hammer:
-    """Threads that call a tiny convolve on a fresh connection each time, until told to stop."""
+    """Threads that call a tiny convolve through a default client on a fresh connection each time, until told to stop."""
 
     def __init__(self, target: str, threads: int) -> None:
         self.target = target
@@ -267,7 +267,7 @@ class _Hammer:
     def _loop(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
-            with convserve.Client(self.target, retry=NO_RETRY, timeout=60) as client:
+            with convserve.Client(self.target, timeout=60) as client:  # the default retry policy, as users have it
                 try:
                     client.convolve([1.0], [1.0])
                     self.outcomes.append((started, "OK"))
@@ -303,7 +303,7 @@ def test_calls_racing_sigterm_end_ok_or_unavailable_never_cancelled() -> None:
         server.process.send_signal(signal.SIGTERM)
         # On the old shutdown a late call hung until the server ended: give up waiting then, and let the checks fail.
         with contextlib.suppress(AssertionError):
-            wait_for(lambda: hammer.count_after(sigterm) >= 60, "60 calls after the signal", seconds=60)
+            wait_for(lambda: hammer.count_after(sigterm) >= 15, "15 calls after the signal", seconds=60)
         hammer.join(60)  # every hammer call ended while the upload still held the server open
         assert held.code is None and server.process.poll() is None  # still draining: the upload holds it
     finally:
