@@ -148,6 +148,11 @@ class BaseClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", json.dumps(config)),
+            # gRPC's reconnect backoff grows to 120 s by default: a restarted server (or replica
+            # behind round_robin) would wait that long to be used again. Retry the connection at
+            # most every second instead.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self.credentials: grpc.ChannelCredentials | None = None
         if tls or root_certificates is not None or client_certificate is not None:
