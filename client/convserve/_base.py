@@ -299,7 +299,7 @@ class BaseClient:
         b = None if bias is None else _options.as_array(bias, "bias")
         request = pb.RegisterWeightsRequest(weight=codec.encode(w, "weight"))
         if b is not None:
-            request.bias.CopyFrom(codec.encode(b, "bias"))
+            codec.encode_into(request.bias, b, "bias")
         return request, w, b
 
     def _chunked(self, arrays: Mapping[str, npt.NDArray[Any]]) -> bool:

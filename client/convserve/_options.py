@@ -93,9 +93,10 @@ def signal_request(
         method=enum_value(method, METHODS, "method"),
         boundary=enum_value(boundary, BOUNDARIES, "boundary"),
     )
-    for name, value in (("in1", in1), ("in2", in2)):
-        if value is not None:  # None: the tensor travels in chunks
-            getattr(request, name).CopyFrom(codec.encode(value, name))
+    if in1 is not None:  # None: the tensors travel in chunks
+        codec.encode_into(request.in1, in1, "in1")
+    if in2 is not None:
+        codec.encode_into(request.in2, in2, "in2")
     if axes is not None:
         request.axes.SetInParent()
         request.axes.values.extend(int_list(axes, "axes", minimum=-(2**62)) if not _empty(axes) else [])
@@ -130,7 +131,7 @@ def conv_layer_request(
     )
     for name, value in (("input", input), ("weight", weight), ("bias", bias)):
         if value is not None:  # None: absent (bias) or travelling in chunks
-            getattr(request, name).CopyFrom(codec.encode(value, name))
+            codec.encode_into(getattr(request, name), value, name)
     if isinstance(padding, str):
         presets: dict[str, Any] = {"same": pb.PADDING_PRESET_SAME, "valid": pb.PADDING_PRESET_VALID}
         request.padding.preset = enum_value(padding, presets, "padding")
@@ -170,7 +171,7 @@ def conv_transpose_request(
     )
     for name, value in (("input", input), ("weight", weight), ("bias", bias)):
         if value is not None:
-            getattr(request, name).CopyFrom(codec.encode(value, name))
+            codec.encode_into(getattr(request, name), value, name)
     return request
 
 

@@ -34,6 +34,11 @@ NUMPY_BY_DTYPE: dict[Any, np.dtype[Any]] = {
 }
 DTYPE_BY_NAME: dict[str, Any] = {dt.name: code for code, dt in NUMPY_BY_DTYPE.items()}
 SUPPORTED_DTYPE_NAMES: tuple[str, ...] = tuple(DTYPE_BY_NAME)
+# The fast paths of every call: the wire enum of a numpy dtype (native or little-endian: equal
+# dtypes hash alike), and the native-order dtype a wire dtype decodes to (None: it is native).
+_CODE_BY_NUMPY: dict[np.dtype[Any], Any] = {dt: code for code, dt in NUMPY_BY_DTYPE.items()}
+_CONVERT_TO: dict[Any, np.dtype[Any] | None] = {code: (None if dt.newbyteorder("=") == dt else dt.newbyteorder("=")) for code, dt in NUMPY_BY_DTYPE.items()}
+_INTP_MAX = int(np.iinfo(np.intp).max)
 
 # No real array has more dimensions than numpy allows; a dimension beyond 2**62 is absurd.
 MAX_NDIM = 64
@@ -42,6 +47,10 @@ MAX_DIMENSION = 2**62
 
 def dtype_code(dtype: npt.DTypeLike, field: str) -> Any:
     """Return the wire enum of a numpy dtype, or raise InvalidArgumentError naming ``field``."""
+    if isinstance(dtype, np.dtype):
+        code = _CODE_BY_NUMPY.get(dtype)
+        if code is not None:
+            return code
     try:
         name = np.dtype(dtype).name
     except TypeError as exc:
@@ -78,14 +87,27 @@ def encode(array: npt.ArrayLike, field: str = "tensor") -> pb.Tensor:
     InvalidArgumentError
         If the dtype is not supported (object, string, datetime...).
     """
+    tensor = pb.Tensor()
+    encode_into(tensor, array, field)
+    return tensor
+
+
+def encode_into(tensor: pb.Tensor, array: npt.ArrayLike, field: str = "tensor") -> None:
+    """Encode an array into ``tensor`` (a field of a request being built: no message is copied).
+
+    Raises
+    ------
+    InvalidArgumentError
+        As :func:`encode`.
+    """
     try:
         arr = np.asarray(array)
     except (ValueError, TypeError) as exc:
         raise _invalid(field, f"cannot be converted to an array: {exc}") from exc
     code = dtype_code(arr.dtype, f"{field}.dtype")
-    wire = NUMPY_BY_DTYPE[code]
-    data = np.ascontiguousarray(arr, dtype=wire).tobytes()
-    return pb.Tensor(dtype=code, shape=arr.shape, data=data)
+    tensor.dtype = code
+    tensor.shape[:] = arr.shape
+    tensor.data = np.ascontiguousarray(arr, dtype=NUMPY_BY_DTYPE[code]).tobytes()
 
 
 def check_declared(dtype_code: int, dims: Any, field: str, max_elements: int | None = None) -> tuple[np.dtype[Any], tuple[int, ...], int]:
@@ -107,7 +129,7 @@ def check_declared(dtype_code: int, dims: Any, field: str, max_elements: int | N
         if size < 0 or size > MAX_DIMENSION:
             raise _invalid(f"{field}.shape", f"dimension {axis} is {size}; expected 0 <= size <= {MAX_DIMENSION}")
     count = math.prod(shape)
-    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+    if math.prod(d for d in shape if d) * dtype.itemsize > _INTP_MAX:
         raise _invalid(f"{field}.shape", f"shape {list(shape)} is larger than any array can be, even with a zero dimension")
     if max_elements is not None and count > max_elements:
         raise _invalid(f"{field}.shape", f"{count} elements exceed the limit of {max_elements}")
@@ -167,8 +189,8 @@ def decode(tensor: pb.Tensor, field: str = "tensor", max_elements: int | None = 
     """
     dtype, shape = check_header(tensor, field, max_elements)
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
-    native = dtype.newbyteorder("=")
-    return array if native == dtype else array.astype(native)
+    native = _CONVERT_TO[tensor.dtype]
+    return array if native is None else array.astype(native)
 
 
 def _invalid(field: str, message: str) -> InvalidArgumentError:

@@ -164,6 +164,21 @@ class WorkerPool:
             # collector runs, after the reservation was released.
             del future
 
+    def run_inline(self, function: Callable[..., Result], *args: Any, nbytes: int = 0) -> Result:
+        """Run tiny work (estimated well under a millisecond) right here, on the caller's thread.
+
+        It is admitted exactly as :meth:`run` admits (count and memory, or Overloaded /
+        LimitExceeded at once) and released when it returns; it skips only the hop to a worker
+        thread and back, which costs more than such work. It runs single-threaded and is not
+        cancellable: it ends before a cancellation could be seen.
+        """
+        reservation = self.reserve(nbytes)
+        try:
+            with resources.thread_share(1):
+                return function(*args)
+        finally:
+            reservation.release()
+
     def cancel_running(self) -> int:
         """Set the cancellation token of every queued or running piece of work; return how many."""
         with self._lock:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
@@ -21,6 +24,38 @@ WAITING_STREAMS = Gauge("convserve_waiting_streams", "Chunked uploads and stream
 WAITING_BYTES = Gauge("convserve_waiting_bytes", "Bytes held by the calls waiting for data (the waiting budget in use)", registry=REGISTRY)
 REJECTIONS = Counter("convserve_admission_rejections", "Requests refused by admission, by reason", ["reason"], registry=REGISTRY)
 METHODS = Counter("convserve_method_chosen", "Engine method that ran, by RPC", ["rpc", "method"], registry=REGISTRY)
+
+
+# The labelled series each call updates, looked up once per label set rather than per call (the
+# labels are RPC names, status codes and method names: a small, fixed set).
+@functools.lru_cache(maxsize=1024)
+def requests(rpc: str, code: str) -> Any:
+    """The completed-calls counter of one RPC and status code."""
+    return REQUESTS.labels(rpc, code)
+
+
+@functools.lru_cache(maxsize=256)
+def latency(rpc: str) -> Any:
+    """The latency histogram of one RPC."""
+    return LATENCY.labels(rpc)
+
+
+@functools.lru_cache(maxsize=256)
+def bytes_in(rpc: str) -> Any:
+    """The received-bytes counter of one RPC."""
+    return BYTES_IN.labels(rpc)
+
+
+@functools.lru_cache(maxsize=256)
+def bytes_out(rpc: str) -> Any:
+    """The sent-bytes counter of one RPC."""
+    return BYTES_OUT.labels(rpc)
+
+
+@functools.lru_cache(maxsize=1024)
+def methods(rpc: str, method: str) -> Any:
+    """The method-chosen counter of one RPC and engine method."""
+    return METHODS.labels(rpc, method)
 
 
 def pool_changed(in_flight: int, reserved: int) -> None:

@@ -1,11 +1,11 @@
 """Caps on calls in progress: for the whole server and per authenticated identity.
 
-A call counts from the moment its metadata arrives (``intercept_service``) until its handler
-returns, raises, is cancelled or aborted; a call whose handler never runs (the caller gave up
-while its message was arriving) stops counting when gRPC drops it. Beyond a cap the call is
-refused with RESOURCE_EXHAUSTED and a trailing ``grpc-retry-pushback-ms`` of ``pushback_ms``
-(the default client waits that long and retries), *before its body is read*: the refusing
-handler is request-streaming (see :func:`refusing_handler`).
+A call counts from the moment its handler starts, which is as soon as its metadata is in (every
+handler is request-streaming, see below), until it returns, raises, is cancelled or aborted.
+Beyond a cap the call is refused with RESOURCE_EXHAUSTED and a trailing
+``grpc-retry-pushback-ms`` of ``pushback_ms`` (the default client waits that long and retries),
+*before its body is read*. Each method's counted handler is built once and reused, so a call
+pays for a count and a release, nothing more.
 
 Identity (``max_calls_per_identity``):
 
@@ -20,7 +20,7 @@ Identity (``max_calls_per_identity``):
 
 Unary-request methods are served through a request-streaming wrapper: a unary handler runs only
 once gRPC has received the whole message, so a caller that sends the metadata and then stalls
-(or trickles its body) would hold its count with nothing on the server able to end it. The
+(or trickles its body) would make the server buffer it with no count and no limit on it. The
 wrapper runs at once and reads the one message within ``idle_timeout`` (the setting
 ``idle_timeout_seconds``), then checks that no second message follows; a call that does not
 deliver its message in time ends with DEADLINE_EXCEEDED and stops counting.
@@ -143,7 +143,7 @@ def _is_async(handler: grpc.RpcMethodHandler) -> bool:
 
 
 class Ticket:
-    """One counted call; released once, by the handler's end or when gRPC drops the handler."""
+    """One counted call; released once, when its handler ends."""
 
     def __init__(self, limiter: Limiter, identity: str | None) -> None:
         self._limiter = limiter
@@ -165,9 +165,6 @@ class Ticket:
                 return
             self._released = True
         self._limiter.release(self.identity)
-
-    def __del__(self) -> None:  # the handler never ran: the caller left while its message arrived
-        self.release()
 
 
 Behaviour = Callable[..., Any]
@@ -200,6 +197,7 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         self._certificates = certificate_identities
         self._trailers = ((PUSHBACK_KEY, str(max(0, pushback_ms))),)
         self._closing: str | None = None
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def close(self, why: str) -> None:
         """Refuse every new call with UNAVAILABLE (``why``) from now on: the server is shutting down.
@@ -226,147 +224,99 @@ class CallLimitInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Refuse the call at once when the caps are reached, else admit it and release its ticket when it ends."""
+        """The method's counted handler, built once per method (the call is counted when it starts)."""
         method = handler_call_details.method or ""
-        if method.startswith(OPEN_METHODS):
-            return await continuation(handler_call_details)
+        limited = self._handlers.get(method)
+        if limited is not None:
+            return limited
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(OPEN_METHODS):
+            return handler
+        limited = self._limited(handler, method.rsplit("/", 1)[-1])
+        self._handlers[method] = limited  # only methods that have a handler: a bounded set
+        return limited
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> Ticket:
+        """Count the call, or end it (UNAVAILABLE when closing, RESOURCE_EXHAUSTED beyond a cap) before any of its body is read."""
         if self._closing is not None:
-            return refusing_handler(method, grpc.StatusCode.UNAVAILABLE, self._closing)
-        identity = self._identity
-        refused = self.limiter.acquire(identity)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._closing)
+        refused = self.limiter.acquire(self._identity)
         if refused is not None:
-            return refusing_handler(method, grpc.StatusCode.RESOURCE_EXHAUSTED, refused, self._trailers)
-        ticket = Ticket(self.limiter, identity)
-        try:
-            handler = await continuation(handler_call_details)
-        except BaseException:
-            ticket.release()
-            raise
-        if handler is None:
-            ticket.release()
-            return None
-        return self._wrap(handler, ticket, method.rsplit("/", 1)[-1])
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, ticket: Ticket, rpc: str) -> grpc.RpcMethodHandler:
-        """The same handler, releasing ``ticket`` when it ends (any of the four kinds)."""
-        trailers = self._trailers
-        certificates = self._certificates
-
-        async def admit(context: grpc.aio.ServicerContext) -> None:
-            if not certificates:
-                return
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused, trailing_metadata=self._trailers)
+        ticket = Ticket(self.limiter, self._identity)
+        if self._certificates:
             identity = certificate_identity(context)
-            if identity is not None:
-                refused = ticket.bind(identity)
-                if refused is not None:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused, trailing_metadata=trailers)
+            refused = None if identity is None else ticket.bind(identity)
+            if refused is not None:
+                ticket.release()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused, trailing_metadata=self._trailers)
+        return ticket
 
-        def wrap(inner: Behaviour | None) -> Behaviour | None:
-            if inner is None:
-                return None
-            if inspect.isasyncgenfunction(inner):
+    def _limited(self, handler: grpc.RpcMethodHandler, rpc: str) -> grpc.RpcMethodHandler:
+        """The same method, request-streaming: counted from its start, released when it ends.
 
-                async def generate(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                    try:
-                        await admit(context)
-                        async for response in inner(request, context):
-                            yield response
-                    finally:
-                        ticket.release()
+        Every kind is served request-streaming, so that the call is counted (or refused) as soon as
+        its metadata is in, before gRPC reads any of its body: a unary-request handler would run
+        only once the whole message had arrived. A unary request's one message then has to arrive
+        within ``idle_timeout`` (:func:`read_one`).
+        """
+        if not _is_async(handler):
+            raise TypeError(f"{rpc}: the server's handlers are coroutines or async generators")
+        behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        one_message = not handler.request_streaming
+        idle_timeout = self.idle_timeout
+        admit = self._admit
 
-                return generate
-            if inspect.iscoroutinefunction(inner):
-
-                async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    try:
-                        await admit(context)
-                        return await inner(request, context)
-                    finally:
-                        ticket.release()
-
-                return run
-            if inspect.isgeneratorfunction(inner):
-
-                def generate_sync(request: Any, context: Any) -> Any:
-                    try:
-                        yield from inner(request, context)
-                    finally:
-                        ticket.release()
-
-                return generate_sync
-
-            def run_sync(request: Any, context: Any) -> Any:
-                try:
-                    return inner(request, context)
-                finally:
-                    ticket.release()
-
-            return run_sync
-
-        if not handler.request_streaming and _is_async(handler):
-            return self._as_request_streaming(handler, ticket, admit, self.idle_timeout, rpc)
-        return handler._replace(
-            unary_unary=wrap(handler.unary_unary),
-            unary_stream=wrap(handler.unary_stream),
-            stream_unary=wrap(handler.stream_unary),
-            stream_stream=wrap(handler.stream_stream),
-        )
-
-    @staticmethod
-    def _as_request_streaming(
-        handler: grpc.RpcMethodHandler, ticket: Ticket, admit: Callable[[grpc.aio.ServicerContext], Awaitable[None]], idle_timeout: float, rpc: str
-    ) -> grpc.RpcMethodHandler:
-        """A unary-request handler served as a request-streaming one: the identity (known only from
-        the call's context) is checked before its message is read; the one message must arrive
-        within ``idle_timeout`` and be the only one; then it goes to the unary behaviour."""
-
-        async def first(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            iterator = aiter(requests)
-            request: Any = None
-            failure: Exception | None = None
-            try:
-                async with asyncio.timeout(idle_timeout):  # not wait_for: it can swallow a cancel (3.11)
-                    request = await anext(iterator, None)
-                    extra = None if request is None else await anext(iterator, None)
-            except TimeoutError:
-                failure = IdleTimeout(
-                    f"the request message did not arrive within {idle_timeout:g} s: a unary "
-                    "message must arrive whole within idle_timeout_seconds (raise it on the server "
-                    "for slow links, or send large inputs chunked, which the client does above 4 MiB)"
-                )
-            else:
-                if request is None:
-                    failure = InvalidArgumentError("request", "the call ended before its request message")
-                elif extra is not None:
-                    failure = InvalidArgumentError("request", "a unary method takes exactly one request message")
-            if failure is not None:  # logged, counted and answered with a request id, like any other failure
-                await CallRecord(rpc, context, 0).fail(failure)
-            return request
-
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
+        if not handler.response_streaming:
 
             async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                ticket = await admit(context)
                 try:
-                    await admit(context)
-                    return await unary(await first(requests, context), context)
+                    request = await read_one(context, idle_timeout, rpc) if one_message else requests
+                    return await behaviour(request, context)
                 finally:
                     ticket.release()
 
             return grpc.stream_unary_rpc_method_handler(run, handler.request_deserializer, handler.response_serializer)
 
-        streaming = handler.unary_stream
-
         async def generate(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            ticket = await admit(context)
             try:
-                await admit(context)
-                request = await first(requests, context)
-                if inspect.isasyncgenfunction(streaming):
-                    async for response in streaming(request, context):
+                request = await read_one(context, idle_timeout, rpc) if one_message else requests
+                if inspect.isasyncgenfunction(behaviour):
+                    async for response in behaviour(request, context):
                         yield response
                 else:
-                    await streaming(request, context)
+                    await behaviour(request, context)
             finally:
                 ticket.release()
 
         return grpc.stream_stream_rpc_method_handler(generate, handler.request_deserializer, handler.response_serializer)
+
+
+async def read_one(context: grpc.aio.ServicerContext, idle_timeout: float, rpc: str) -> Any:
+    """A unary request's one message: it must arrive within ``idle_timeout`` and be the only one.
+
+    A call that breaks either rule is logged, counted and answered with a request id, like any
+    other failure (DEADLINE_EXCEEDED for the timeout, INVALID_ARGUMENT otherwise).
+    """
+    failure: Exception | None = None
+    request: Any = None
+    try:
+        async with asyncio.timeout(idle_timeout):  # not wait_for: it can swallow a cancel (3.11)
+            request = await context.read()
+            extra = grpc.aio.EOF if request is grpc.aio.EOF else await context.read()
+    except TimeoutError:
+        failure = IdleTimeout(
+            f"the request message did not arrive within {idle_timeout:g} s: a unary "
+            "message must arrive whole within idle_timeout_seconds (raise it on the server "
+            "for slow links, or send large inputs chunked, which the client does above 4 MiB)"
+        )
+    else:
+        if request is grpc.aio.EOF:
+            failure = InvalidArgumentError("request", "the call ended before its request message")
+        elif extra is not grpc.aio.EOF:
+            failure = InvalidArgumentError("request", "a unary method takes exactly one request message")
+    if failure is not None:
+        await CallRecord(rpc, context, 0).fail(failure)
+    return request

@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 import traceback
-import uuid
+import os
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -26,11 +26,11 @@ class CallRecord:
     def __init__(self, rpc: str, context: grpc.aio.ServicerContext, received: int) -> None:
         self.rpc = rpc
         self.context = context
-        self.request_id = uuid.uuid4().hex[:16]
+        self.request_id = os.urandom(8).hex()
         self.started = time.perf_counter()
         self.received = received
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
-        metrics.BYTES_IN.labels(rpc).inc(received)
+        metrics.bytes_in(rpc).inc(received)
         self._undo: list[Callable[[], None]] = []
 
     def undo_on_failure(self, action: Callable[[], None]) -> None:
@@ -89,20 +89,20 @@ class CallRecord:
         return round(1e3 * (time.perf_counter() - self.started), 2)
 
     def _count(self, code: grpc.StatusCode) -> None:
-        metrics.REQUESTS.labels(self.rpc, code.name).inc()
-        metrics.LATENCY.labels(self.rpc).observe(time.perf_counter() - self.started)
+        metrics.requests(self.rpc, code.name).inc()
+        metrics.latency(self.rpc).observe(time.perf_counter() - self.started)
 
     def add_received(self, size: int) -> None:
         """Count bytes that arrived after the first message (chunks, stream blocks)."""
         self.received += size
-        metrics.BYTES_IN.labels(self.rpc).inc(size)
+        metrics.bytes_in(self.rpc).inc(size)
 
     def ok(self, method: str, sent: int) -> None:
         """Record a successful call."""
         self._count(grpc.StatusCode.OK)
-        metrics.BYTES_OUT.labels(self.rpc).inc(sent)
+        metrics.bytes_out(self.rpc).inc(sent)
         if method:
-            metrics.METHODS.labels(self.rpc, method).inc()
+            metrics.methods(self.rpc, method).inc()
         log.info(
             "call ok",
             extra={"request_id": self.request_id, "rpc": self.rpc, "method": method, "ms": self._elapsed_ms(), "bytes_in": self.received, "bytes_out": sent},

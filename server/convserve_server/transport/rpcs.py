@@ -14,7 +14,7 @@ from typing import Any
 
 from convserve.v1 import convserve_pb2 as pb
 
-from convserve_server.admission import estimates, requests
+from convserve_server.admission import estimates, inline, requests
 from convserve_server.admission.weights import Entry
 from convserve_server.settings import Settings
 from convserve_server.transport import compute
@@ -42,6 +42,8 @@ class RpcSpec:
         The response's tensor field (also the chunked result's field name).
     response
         The response message type of a unary call (``result_field`` and ``info``).
+    inline
+        Whether a unary call's work is tiny enough to run on the event loop (:mod:`..admission.inline`).
     """
 
     name: str
@@ -52,6 +54,7 @@ class RpcSpec:
     compute: Callable[..., Any] | None = None
     result_field: str = "result"
     response: type | None = None
+    inline: Callable[[Any, Entry | None], bool] = lambda request, entry: False
 
     def check_headers(self, request: Any, settings: Settings, only: Iterable[str] | None = None) -> None:
         """Check the request's options and geometry, then each present tensor's header (or only those named).
@@ -83,9 +86,17 @@ def _no_bytes(request: Any, entry: Entry | None) -> int:
     return 0
 
 
-_SIGNAL = RpcSpec("", pb.SignalRequest, ("in1", "in2"), requests.check_signal, _signal_bytes, response=pb.SignalResponse)
+_SIGNAL = RpcSpec("", pb.SignalRequest, ("in1", "in2"), requests.check_signal, _signal_bytes, response=pb.SignalResponse, inline=inline.signal_work)
 _LAYER = RpcSpec(
-    "", pb.ConvLayerRequest, ("input", "weight", "bias"), requests.check_layer, estimates.conv_layer_request_bytes, None, "output", pb.ConvLayerResponse
+    "",
+    pb.ConvLayerRequest,
+    ("input", "weight", "bias"),
+    requests.check_layer,
+    estimates.conv_layer_request_bytes,
+    None,
+    "output",
+    pb.ConvLayerResponse,
+    inline=inline.layer_work,
 )
 
 CONVOLVE = dataclasses.replace(_SIGNAL, name="Convolve", compute=compute.convolve)
@@ -98,6 +109,7 @@ CONV_TRANSPOSE = dataclasses.replace(
     check=requests.check_transpose,
     estimate=estimates.conv_transpose_request_bytes,
     compute=compute.transpose,
+    inline=lambda request, entry: False,
 )
 # Runs compute.register itself (its result is an entry of the registry, not a tensor).
 REGISTER_WEIGHTS = RpcSpec("RegisterWeights", pb.RegisterWeightsRequest, ("weight", "bias"), requests.check_nothing, estimates.register_request_bytes)

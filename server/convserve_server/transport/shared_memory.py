@@ -289,6 +289,10 @@ async def serve(
         spec.check(declared)
         for name in spec.tensor_fields:
             check_declared(getattr(declared, name), name, settings)
-        dtype, shape, info = await pool.run(compute, request, correlate, settings, nbytes=spec.estimated(declared))
+        nbytes = spec.estimated(declared)
+        if spec.inline(declared, None):  # tiny work: computed on the event loop, admitted all the same
+            dtype, shape, info = pool.run_inline(compute, request, correlate, settings, nbytes=nbytes)
+        else:
+            dtype, shape, info = await pool.run(compute, request, correlate, settings, nbytes=nbytes)
     record.ok(info.method, 0)
     return pb.SharedResponse(result=encode.declared_result(dtype, shape), info=encode.compute_info(info))

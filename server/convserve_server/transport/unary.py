@@ -2,7 +2,8 @@
 
 On the event loop a call only checks its tensors' headers (cheap), estimates its working memory
 and asks the pool for admission; decoding, planning and compute run on a worker, and the result is
-encoded back on the event loop.
+encoded back on the event loop. A call whose work is tiny (:mod:`..admission.inline`) is admitted
+the same way and computed right on the event loop: the hop to a worker would cost more.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ async def serve(spec: RpcSpec, request: Any, context: grpc.aio.ServicerContext, 
     async with record.guard():
         spec.check_headers(request, settings)
         entry = registered(request, weights)
-        result, info = await pool.run(spec.compute, request, None, entry, settings, nbytes=spec.estimated(request, entry))
+        nbytes = spec.estimated(request, entry)
+        if spec.inline(request, entry):  # tiny work: the hop to a worker would cost more than it
+            result, info = pool.run_inline(spec.compute, request, None, entry, settings, nbytes=nbytes)
+        else:
+            result, info = await pool.run(spec.compute, request, None, entry, settings, nbytes=nbytes)
     tensor = encode.result_tensor(result)
     record.ok(info.method, len(tensor.data))
     return spec.respond(tensor, encode.compute_info(info))
