@@ -122,14 +122,14 @@ def check_declared(dtype_code: int, dims: Any, field: str, max_elements: int | N
     dtype = NUMPY_BY_DTYPE.get(dtype_code)
     if dtype is None:
         raise _invalid(f"{field}.dtype", f"unknown dtype {dtype_code}; expected one of {', '.join(SUPPORTED_DTYPE_NAMES)}")
-    shape = tuple(int(d) for d in dims)
+    shape = tuple(map(int, dims))
     if len(shape) > MAX_NDIM:
         raise _invalid(f"{field}.shape", f"{len(shape)} dimensions; at most {MAX_NDIM} are supported")
-    for axis, size in enumerate(shape):
-        if size < 0 or size > MAX_DIMENSION:
-            raise _invalid(f"{field}.shape", f"dimension {axis} is {size}; expected 0 <= size <= {MAX_DIMENSION}")
+    if shape and (min(shape) < 0 or max(shape) > MAX_DIMENSION):
+        axis, size = next((axis, size) for axis, size in enumerate(shape) if size < 0 or size > MAX_DIMENSION)
+        raise _invalid(f"{field}.shape", f"dimension {axis} is {size}; expected 0 <= size <= {MAX_DIMENSION}")
     count = math.prod(shape)
-    if math.prod(d for d in shape if d) * dtype.itemsize > _INTP_MAX:
+    if (count or math.prod(d for d in shape if d)) * dtype.itemsize > _INTP_MAX:
         raise _invalid(f"{field}.shape", f"shape {list(shape)} is larger than any array can be, even with a zero dimension")
     if max_elements is not None and count > max_elements:
         raise _invalid(f"{field}.shape", f"{count} elements exceed the limit of {max_elements}")
