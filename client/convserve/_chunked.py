@@ -1,8 +1,9 @@
 """Client side of chunked transfer: a request as header + ordered chunks, a response reassembled.
 
 Tensors up to one chunk travel inline in the header; larger ones are sent as ``CHUNK_BYTES``
-pieces read straight from the array's buffer (one copy per chunk, into the message). The
-response is copied chunk by chunk into one preallocated array.
+pieces of the array's buffer, each copied once, into its serialized message (:mod:`._wire`). The
+response's chunks arrive as views of their messages and are copied once, into one preallocated
+array.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from convserve import codec
+from convserve import _wire, codec
 from convserve.errors import ConvserveError
 from convserve.v1 import convserve_pb2 as pb
 
@@ -21,7 +22,11 @@ CHUNK_BYTES = 1024 * 1024
 
 
 def request_parts(header: Any, arrays: dict[str, npt.NDArray[Any]], part_type: Any) -> Iterator[Any]:
-    """Yield the header (small tensors inline) and then every large tensor's chunks, in order."""
+    """Yield the header (small tensors inline) and then every large tensor's chunks, in order.
+
+    The chunks are :class:`._wire.Chunk` views of the arrays; the chunked stubs serialize them
+    with :func:`._wire.serialize` (see :func:`chunked_stubs`).
+    """
     streamed = {}
     for name, array in arrays.items():
         data = codec.wire_bytes(array)
@@ -34,7 +39,20 @@ def request_parts(header: Any, arrays: dict[str, npt.NDArray[Any]], part_type: A
     yield part_type(header=header)
     for name, data in streamed.items():
         for start in range(0, len(data), CHUNK_BYTES):
-            yield part_type(chunk=pb.TensorChunk(field=name, offset=start, data=data[start : start + CHUNK_BYTES].tobytes()))
+            yield _wire.Chunk(name, start, data[start : start + CHUNK_BYTES])
+
+
+CHUNKED_METHODS = {"ConvolveChunked": pb.SignalRequestPart, "CorrelateChunked": pb.SignalRequestPart, "ConvLayerChunked": pb.ConvLayerRequestPart}
+SERVICE = "convserve.v1.ConvolutionService"
+
+
+def chunked_stubs(stub: Any, channel: Any) -> None:
+    """Replace the stub's chunked methods by ones that write and read chunks with :mod:`._wire` (sync or aio channel)."""
+    for name in CHUNKED_METHODS:
+        method = channel.stream_stream(
+            f"/{SERVICE}/{name}", request_serializer=_wire.serialize, response_deserializer=_wire.deserializer(pb.ResponsePart), _registered_method=True
+        )
+        setattr(stub, name, method)
 
 
 class ResponseAssembler:

@@ -31,6 +31,7 @@ class SyncTransport(BaseClient):
         else:
             self._channel = grpc.secure_channel(self.target, self.credentials, options=self.channel_options)
         self._stub = pb_grpc.ConvolutionServiceStub(self._channel)
+        _chunked.chunked_stubs(self._stub, self._channel)
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
         """One RPC with the deadline, credentials and the retry rule; errors become ConvserveError."""
@@ -115,6 +116,7 @@ class AsyncTransport(BaseClient):
         else:
             self._channel = grpc.aio.secure_channel(self.target, self.credentials, options=self.channel_options)
         self._stub = pb_grpc.ConvolutionServiceStub(self._channel)
+        _chunked.chunked_stubs(self._stub, self._channel)
 
     async def _call(self, method: Callable[..., Any], request: Any, timeout: Any) -> Any:
         """One RPC with the deadline, credentials and the retry rule; errors become ConvserveError."""

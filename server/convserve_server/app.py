@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import grpc
 from convserve.v1 import convserve_pb2 as pb
-from convserve.v1 import convserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -25,7 +24,7 @@ from convserve_server.engine.fft import plans, wisdom
 from convserve_server.engine.signal import cost_model
 from convserve_server.ops import allocator, logs, metrics
 from convserve_server.settings import Settings
-from convserve_server.transport import security
+from convserve_server.transport import security, servicer
 from convserve_server.transport.call_limits import CallLimitInterceptor
 from convserve_server.transport.servicer import ConvolutionServicer
 
@@ -105,7 +104,7 @@ def create_server(settings: Settings) -> Server:
     )
     pool = WorkerPool(settings.workers, settings.max_concurrent_requests, settings.memory_budget_bytes, settings.busy_pushback_ms)
     pool.on_change = metrics.pool_changed
-    pb_grpc.add_ConvolutionServiceServicer_to_server(ConvolutionServicer(settings, pool, plans.wisdom_state), server)
+    servicer.register(ConvolutionServicer(settings, pool, plans.wisdom_state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

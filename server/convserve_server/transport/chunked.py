@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import numpy.typing as npt
-from convserve import codec
+from convserve import _wire, codec
 from convserve.v1 import convserve_pb2 as pb
 
 from convserve_server.admission.limits import check_elements
@@ -111,7 +111,7 @@ class Assembler:
             self._views[name] = array.reshape(-1).view(np.uint8).data
             self._received[name] = 0
 
-    def add(self, chunk: pb.TensorChunk) -> None:
+    def add(self, chunk: pb.TensorChunk | _wire.Chunk) -> None:
         """Copy one chunk into its tensor, checking its name, order and size."""
         view = self._views.get(chunk.field)
         if view is None:
@@ -143,12 +143,12 @@ class Assembler:
         return self.arrays
 
 
-def response_parts(array: npt.NDArray[Any], info: pb.ComputeInfo, field: str) -> Iterator[pb.ResponsePart]:
-    """The header, then the result's bytes in ``CHUNK_BYTES`` chunks."""
+def response_parts(array: npt.NDArray[Any], info: pb.ComputeInfo, field: str) -> Iterator[pb.ResponsePart | _wire.Chunk]:
+    """The header, then the result's bytes in ``CHUNK_BYTES`` chunks (views of the result, serialized by :mod:`convserve._wire`)."""
     yield pb.ResponsePart(header=pb.ResponseHeader(result=codec.header(array, field), info=info))
     data = codec.wire_bytes(array)
     for start in range(0, len(data), CHUNK_BYTES):
-        yield pb.ResponsePart(chunk=pb.TensorChunk(field=field, offset=start, data=data[start : start + CHUNK_BYTES].tobytes()))
+        yield _wire.Chunk(field, start, data[start : start + CHUNK_BYTES])
 
 
 async def serve(

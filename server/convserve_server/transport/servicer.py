@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Callable, TypeAlias
 
 import grpc
-from convserve import codec
+from convserve import _wire, codec
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
@@ -24,6 +24,35 @@ from convserve_server.settings import Settings
 from convserve_server.transport import chunked, rpcs, shared_memory, streaming, unary
 
 Context: TypeAlias = grpc.aio.ServicerContext
+SERVICE = "convserve.v1.ConvolutionService"
+# The chunked RPCs and their request part types: their chunks are read and written by
+# convserve._wire (one copy of each chunk's bytes a side, where protobuf makes two).
+CHUNKED_PARTS = {"ConvolveChunked": pb.SignalRequestPart, "CorrelateChunked": pb.SignalRequestPart, "ConvLayerChunked": pb.ConvLayerRequestPart}
+
+
+class _Handlers:
+    """Stands in for the server while the generated code registers the servicer, to keep its handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """Ignored: the generic handler is rebuilt from the registered handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Keep the handlers."""
+        self.handlers = dict(handlers)
+
+
+def register(servicer: pb_grpc.ConvolutionServiceServicer, server: grpc.aio.Server) -> None:
+    """Add the service to ``server`` as the generated code would, with the chunked RPCs' chunks handled by :mod:`convserve._wire`."""
+    kept = _Handlers()
+    pb_grpc.add_ConvolutionServiceServicer_to_server(servicer, kept)
+    handlers = kept.handlers
+    for name, part in CHUNKED_PARTS.items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(handlers[name].stream_stream, _wire.deserializer(part), _wire.serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):
