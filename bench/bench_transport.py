@@ -1,28 +1,22 @@
-"""Large arrays over the wire: unary vs chunked streaming vs shared memory, beside a raw gRPC echo
-and a numpy copy of the same bytes, all in one run; plus the streaming convolution's CPU cost.
+"""Server memory per path, the streaming convolution's CPU cost, and one array past gRPC's 2 GB limit.
 
-The convolution is ``convolve(x, [1.0], mode="same")`` on float32 (a one-tap kernel), so transport
-dominates. Round trips are medians; "overhead" is the round trip minus the server's compute time.
-Also reported: the server's peak RSS growth for one call against the bytes of its input and
-output (fresh server per path), and for the streaming convolution (48 kHz stereo, (1024, 2)
-blocks, 48,000 taps) the server CPU time per second of audio.
+The round trips of every path beside a raw gRPC echo are ``bench/bench_floor.py``'s. Here: the
+server's peak RSS growth for one call of ``convolve(x, [1.0], mode="same")`` against the bytes of
+its input and output (a fresh server per path: unary, chunked, shared memory); for the streaming
+convolution (48 kHz stereo, (1024, 2) blocks, 48,000 taps) the server CPU time per second of
+audio; and with ``--huge`` one 2.5 GB chunked round trip (it needs about 12 GB of free memory).
 
-Run: ``python bench/bench_transport.py [--sizes 1 16 128 1024] [--repeats 5] [--huge]``
-(``--huge`` adds one 2.5 GB chunked round trip; it needs about 12 GB of free memory).
+Run: ``python bench/bench_transport.py [--huge]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
-from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,57 +40,6 @@ SERVER_FLAGS = (
 )
 
 
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-class EchoServer:
-    """A raw gRPC echo of bytes: unary and chunked bidirectional streaming, no protobuf at all."""
-
-    def __init__(self) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
-        handlers = {
-            "Unary": grpc.unary_unary_rpc_method_handler(lambda request, context: request, _identity, _identity),
-            "Stream": grpc.stream_stream_rpc_method_handler(lambda requests, context: requests, _identity, _identity),
-        }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
-        self.unary = self.channel.unary_unary("/bench.Echo/Unary", _identity, _identity)
-        self.stream = self.channel.stream_stream("/bench.Echo/Stream", _identity, _identity)
-
-    def echo_unary(self, array: np.ndarray) -> None:
-        self.unary(array.tobytes())
-
-    def echo_stream(self, array: np.ndarray) -> None:
-        view = memoryview(array.reshape(-1).view(np.uint8))
-
-        def chunks() -> Iterator[bytes]:
-            for start in range(0, len(view), CHUNK):
-                yield view[start : start + CHUNK].tobytes()
-
-        received = bytearray(len(view))
-        offset = 0
-        for piece in self.stream(chunks()):
-            received[offset : offset + len(piece)] = piece
-            offset += len(piece)
-
-    def close(self) -> None:
-        self.channel.close()
-        self.server.stop(0)
-
-
-def median_seconds(function, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def rss_kib(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith(key))
@@ -115,50 +58,6 @@ def clients(server: RunningServer) -> dict[str, convserve.Client]:
         "chunked": convserve.Client(server.target, chunk_threshold=0, timeout=None),
         "shared memory": convserve.Client(server.target, shared_memory=True, shared_memory_threshold=0, timeout=None),
     }
-
-
-def transport_table(sizes: list[int], repeats: int) -> None:
-    echo = EchoServer()
-    server = start_server(*SERVER_FLAGS)
-    paths = clients(server)
-    kernel = np.ones(1, np.float32)
-    print(
-        "| MiB | numpy copy | gRPC echo unary | gRPC echo streamed | convserve unary | chunked | shared memory | chunked / streamed echo throughput | shm overhead / numpy copy |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    try:
-        for size in sizes:
-            x = np.random.default_rng(size).random(size * MIB // 4, dtype=np.float32)
-            copy = median_seconds(lambda: np.copyto(np.empty_like(x), x), repeats)
-            unary_echo = median_seconds(lambda: echo.echo_unary(x), repeats) if size <= 1024 else float("nan")
-            stream_echo = median_seconds(lambda: echo.echo_stream(x), repeats)
-            row: dict[str, float] = {}
-            compute: dict[str, float] = {}
-            for name, client in paths.items():
-                if name == "unary" and size * 2 > 2047:
-                    row[name] = float("nan")
-                    continue
-                infos = []
-
-                def call() -> None:
-                    _, info = client.convolve(x, kernel, "same", method="direct", return_info=True)  # noqa: B023
-                    infos.append(info.compute_seconds)  # noqa: B023
-
-                row[name] = median_seconds(call, repeats)
-                compute[name] = statistics.median(infos)
-            throughput_ratio = stream_echo / row["chunked"]
-            shm_overhead = (row["shared memory"] - compute["shared memory"]) / copy
-            print(
-                f"| {size} | {copy * 1e3:.1f} ms | {unary_echo * 1e3:.1f} ms | {stream_echo * 1e3:.1f} ms | "
-                f"{row['unary'] * 1e3:.1f} ms | {row['chunked'] * 1e3:.1f} ms | {row['shared memory'] * 1e3:.1f} ms | "
-                f"{throughput_ratio:.0%} | {shm_overhead:.2f}x |",
-                flush=True,
-            )
-    finally:
-        for client in paths.values():
-            client.close()
-        stop_server(server)
-        echo.close()
 
 
 def peak_memory(size: int) -> None:
@@ -217,11 +116,8 @@ def huge() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 128, 1024])
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--huge", action="store_true")
     args = parser.parse_args()
-    transport_table(args.sizes, args.repeats)
     peak_memory(128)
     streaming_audio()
     if args.huge:
