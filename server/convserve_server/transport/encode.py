@@ -17,9 +17,9 @@ def compute_info(info: CallInfo) -> pb.ComputeInfo:
     return pb.ComputeInfo(method=info.method, compute_seconds=info.compute_seconds, warnings=list(info.warnings))
 
 
-def result_tensor(array: npt.NDArray[Any]) -> pb.Tensor:
-    """Encode a result array."""
-    return codec.encode(np.asarray(array), "result")
+def result_into(tensor: pb.Tensor, array: npt.NDArray[Any]) -> None:
+    """Encode a result array into the response's tensor field (no message is copied)."""
+    codec.encode_into(tensor, np.asarray(array), "result")
 
 
 def declared_result(dtype: np.dtype[Any], shape: tuple[int, ...]) -> pb.Tensor:

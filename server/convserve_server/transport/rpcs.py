@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy.typing as npt
+
 from convserve.v1 import convserve_pb2 as pb
 
 from convserve_server.admission import estimates, inline, requests
 from convserve_server.admission.weights import Entry
 from convserve_server.settings import Settings
-from convserve_server.transport import compute
+from convserve_server.transport import compute, encode
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,12 @@ class RpcSpec:
         """The request's working-memory estimate; never negative."""
         return max(0, self.estimate(request, entry))
 
-    def respond(self, tensor: pb.Tensor, info: pb.ComputeInfo) -> Any:
-        """The unary response carrying ``tensor`` and ``info``."""
+    def respond(self, result: npt.NDArray[Any], info: pb.ComputeInfo) -> Any:
+        """The unary response carrying the ``result`` array (encoded straight into it) and ``info``."""
         assert self.response is not None, f"{self.name} has no unary response"
-        return self.response(**{self.result_field: tensor, "info": info})
+        response = self.response(info=info)
+        encode.result_into(getattr(response, self.result_field), result)
+        return response
 
 
 def _signal_bytes(request: pb.SignalRequest, entry: Entry | None) -> int:

@@ -40,9 +40,9 @@ async def serve(spec: RpcSpec, request: Any, context: grpc.aio.ServicerContext, 
             result, info = pool.run_inline(spec.compute, request, None, entry, settings, nbytes=nbytes)
         else:
             result, info = await pool.run(spec.compute, request, None, entry, settings, nbytes=nbytes)
-    tensor = encode.result_tensor(result)
-    record.ok(info.method, len(tensor.data))
-    return spec.respond(tensor, encode.compute_info(info))
+    response = spec.respond(result, encode.compute_info(info))
+    record.ok(info.method, result.nbytes)
+    return response
 
 
 async def register_weights(
