@@ -25,7 +25,7 @@ GENERATED = "convserve.v1"  # generated code: a target only, never scanned
 # third party) are free, except those in FORBIDDEN_EXTERNAL.
 ENGINE_CORE_MODULES = ("config", "errors", "info", "cancellation", "resources")
 SERVER_TOP_MODULES = ("app", "cli", "calibrate", "__main__")
-SERVER_MAY_USE_CLIENT = ("proto", "convserve.codec", "convserve._shared_memory")
+SERVER_MAY_USE_CLIENT = ("proto", "convserve.codec", "convserve._wire", "convserve._shared_memory")
 ALLOWED: dict[str, tuple[str, ...]] = {
     # the server
     "top": (
