@@ -9,7 +9,12 @@ server CPU time each call took (from /proc), which is what the projection to N m
 The machine this runs on has few cores shared by the client, nginx and every replica: beyond the
 core count, replicas add no compute, and the table shows that instead of hiding it.
 
-Run: ``python bench/bench_scaling.py [--seconds 2] [--repeats 3]``. Prints Markdown tables.
+It then measures the fan-out of ONE big job: a long 1-D signal sent one-shot, and split with
+``tiles=3`` over the three replicas (one channel per address of an ``ipv4:a,b,c`` target), and over
+one replica (``tiles=3`` on a single address) for reference. Wall time of the whole call, client
+side included (tiling, transfer and stitching), the median of the repetitions.
+
+Run: ``python bench/bench_scaling.py [--seconds 2] [--repeats 3] [--fanout-only]``. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -242,13 +247,77 @@ def print_tables(rows: list[dict[str, Any]], seconds: float, repeats: int) -> No
     )
 
 
+@dataclass(frozen=True)
+class BigJob:
+    """One large call for the fan-out figure."""
+
+    name: str
+    signal: int
+    kernel: int
+    method: str
+
+
+BIG_JOBS = (
+    BigJob("compute-bound (1200000 x 2001, direct)", 1_200_000, 2001, "direct"),
+    BigJob("FFT (8388608 x 4097, auto)", 8_388_608, 4097, "auto"),
+)
+
+
+def _timed(call: Any, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls (after one warm-up call)."""
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def fanout(repeats: int) -> list[tuple[BigJob, float, float, float, float]]:
+    """Per big job: one-shot, tiles=3 over 3 replicas, tiles=3 on 1 replica (median seconds), and the other load (cores)."""
+    replicas = [Replica(REPLICA_FLAGS) for _ in range(3)]
+    rows = []
+    try:
+        everyone = "ipv4:" + ",".join(r.target for r in replicas)
+        with convserve.Client(everyone, timeout=600) as spread, convserve.Client(replicas[0].target, timeout=600) as single:
+            for job in BIG_JOBS:
+                rng = np.random.default_rng(0)
+                x, k = rng.standard_normal(job.signal), rng.standard_normal(job.kernel)
+                np.testing.assert_allclose(spread.convolve(x, k, method=job.method, tiles=3), spread.convolve(x, k, method=job.method), atol=1e-6)
+                ours = [os.getpid(), *(r.server.process.pid for r in replicas)]
+                ours0, busy0, started = sum(map(cpu_seconds, ours)), machine_busy_seconds(), time.perf_counter()
+                one = _timed(lambda: spread.convolve(x, k, method=job.method), repeats)
+                three = _timed(lambda: spread.convolve(x, k, method=job.method, tiles=3), repeats)
+                local = _timed(lambda: single.convolve(x, k, method=job.method, tiles=3), repeats)
+                others = max(0.0, (machine_busy_seconds() - busy0 - (sum(map(cpu_seconds, ours)) - ours0)) / (time.perf_counter() - started))
+                print(f"  {job.name}: one-shot {one:.3f} s, tiles=3 x 3 replicas {three:.3f} s, tiles=3 x 1 replica {local:.3f} s", file=sys.stderr, flush=True)
+                rows.append((job, one, three, local, others))
+    finally:
+        for replica in replicas:
+            replica.stop()
+    return rows
+
+
+def print_fanout(rows: list[tuple[BigJob, float, float, float, float]], repeats: int) -> None:
+    """The fan-out table."""
+    print(f"\n## One big job fanned out (median of {repeats} calls; each replica 1 worker, 1 FFT thread; {CORES_PER_MACHINE} cores in all)\n")
+    print("| job | one-shot s | tiles=3 over 3 replicas s | speed-up | tiles=3 on 1 replica s | speed-up | other load (cores) |")
+    print("|---|---|---|---|---|---|---|")
+    for job, one, three, local, others in rows:
+        print(f"| {job.name} | {one:.3f} | {three:.3f} | {one / three:.2f}x | {local:.3f} | {one / local:.2f}x | {others:.2f} |")
+
+
 def main() -> None:
     """Parse the options, run, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per cell (the median is shown)")
+    parser.add_argument("--fanout-only", action="store_true", help="only the fan-out of one big job")
     args = parser.parse_args()
-    print_tables(bench(args.seconds, args.repeats), args.seconds, args.repeats)
+    if not args.fanout_only:
+        print_tables(bench(args.seconds, args.repeats), args.seconds, args.repeats)
+    print_fanout(fanout(max(3, args.repeats)), max(3, args.repeats))
 
 
 if __name__ == "__main__":

@@ -349,6 +349,15 @@ class BaseClient:
         return array, ComputeInfo(info.method, info.compute_seconds, tuple(info.warnings))
 
     @staticmethod
+    def _progress_start(in1: npt.ArrayLike, in2: npt.ArrayLike, progress: Callable[[int, int], None] | None) -> int:
+        """Report (0, input bytes) to ``progress`` before a one-shot call; return the total."""
+        if progress is None:
+            return 0
+        total = int(np.asarray(in1).nbytes + np.asarray(in2).nbytes)
+        progress(0, total)
+        return total
+
+    @staticmethod
     def _server_info(message: pb.ServerInfo) -> ServerInfo:
         return ServerInfo(
             version=message.version,
@@ -375,3 +384,5 @@ _DEFAULT: Any = _Default()
 Axes = int | Sequence[int] | None
 Ints = int | Sequence[int]
 WithInfo = tuple[npt.NDArray[Any], ComputeInfo]  # a result with its ComputeInfo (return_info=True)
+Tiles = int | str | None  # a call split into tiles: how many, "auto", or None (one-shot)
+Progress = Callable[[int, int], None] | None  # called with (done, total): tiles, or bytes

@@ -10,10 +10,10 @@ from typing import Any, Literal, Mapping, Sequence, overload
 import grpc
 import numpy.typing as npt
 
-from convserve import _blocks
+from convserve import _blocks, _fanout
 from convserve._aio_status import StatusWitness
 from convserve._transport import AsyncTransport
-from convserve._base import _DEFAULT, Axes, Ints, WithInfo
+from convserve._base import _DEFAULT, Axes, Ints, Progress, Tiles, WithInfo
 from convserve._types import ServerInfo, Weights
 from convserve.errors import from_rpc_error
 from convserve.v1 import convserve_pb2 as pb
@@ -40,6 +40,8 @@ class AsyncClient(AsyncTransport):
     async def close(self) -> None:
         """Close the channel and release any shared-memory regions."""
         self._close_shared()
+        for channel in _fanout.close_channels(self):
+            await channel.close()
         await self._channel.close()
 
     # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
@@ -47,15 +49,15 @@ class AsyncClient(AsyncTransport):
     @overload
     async def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                        fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: Literal[False] = ..., *,
-                       timeout: float | None = ...) -> npt.NDArray[Any]: ...
+                       timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any]: ...
     @overload
     async def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                        fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., *, return_info: Literal[True],
-                       timeout: float | None = ...) -> WithInfo: ...
+                       timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> WithInfo: ...
     @overload
     async def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                        fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: bool = ..., *,
-                       timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+                       timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any] | WithInfo: ...
     # fmt: on
 
     async def convolve(
@@ -71,27 +73,26 @@ class AsyncClient(AsyncTransport):
         return_info: bool = False,
         *,
         timeout: float | None = _DEFAULT,
+        tiles: Tiles = None,
+        progress: Progress = None,
     ) -> npt.NDArray[Any] | WithInfo:
         """Convolve on the server, as ``scipy.signal.convolve`` (see :meth:`convserve.Client.convolve`)."""
-        prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        stub = self._stub
-        result = await self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared)
-        return self._finish(result, return_info)
+        return await self._signal(False, in1, in2, mode, method, axes, boundary, fill_value, output_dtype, return_info, timeout, tiles, progress)
 
     # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
     # fmt: off
     @overload
     async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                         fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: Literal[False] = ..., *,
-                        timeout: float | None = ...) -> npt.NDArray[Any]: ...
+                        timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any]: ...
     @overload
     async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                         fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., *, return_info: Literal[True],
-                        timeout: float | None = ...) -> WithInfo: ...
+                        timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> WithInfo: ...
     @overload
     async def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                         fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: bool = ..., *,
-                        timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+                        timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any] | WithInfo: ...
     # fmt: on
 
     async def correlate(
@@ -107,11 +108,30 @@ class AsyncClient(AsyncTransport):
         return_info: bool = False,
         *,
         timeout: float | None = _DEFAULT,
+        tiles: Tiles = None,
+        progress: Progress = None,
     ) -> npt.NDArray[Any] | WithInfo:
         """Cross-correlate on the server, as ``scipy.signal.correlate`` (see :meth:`convserve.Client.correlate`)."""
+        return await self._signal(True, in1, in2, mode, method, axes, boundary, fill_value, output_dtype, return_info, timeout, tiles, progress)
+
+    async def _signal(
+        self, correlate: bool, in1: Any, in2: Any, mode: str, method: str, axes: Axes, boundary: str, fill_value: complex, output_dtype: Any,
+        return_info: bool, timeout: Any, tiles: Tiles, progress: Progress,
+    ) -> npt.NDArray[Any] | WithInfo:  # fmt: skip
+        """Convolve or Correlate: tiled when asked and possible, one-shot otherwise (see :meth:`convserve.Client.convolve`)."""
+        if tiles is not None:
+            tiled = await _fanout.run_async(self, in1, in2, mode, method, axes, boundary, fill_value, output_dtype, tiles, correlate, timeout, progress)
+            if tiled is not None:
+                return tiled if return_info else tiled[0]
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        total = self._progress_start(in1, in2, progress)
         stub = self._stub
-        result = await self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared)
+        if correlate:
+            result = await self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared, progress)
+        else:
+            result = await self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared, progress)
+        if progress is not None and prepared.streamed is None:  # a chunked call reported its bytes as it sent them
+            progress(total, total)
         return self._finish(result, return_info)
 
     # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.

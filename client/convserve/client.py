@@ -10,9 +10,9 @@ from typing import Any, Literal, Mapping, Sequence, overload
 import grpc
 import numpy.typing as npt
 
-from convserve import _blocks
+from convserve import _blocks, _fanout
 from convserve._transport import SyncTransport
-from convserve._base import _DEFAULT, Axes, Ints, WithInfo
+from convserve._base import _DEFAULT, Axes, Ints, Progress, Tiles, WithInfo
 from convserve._types import ServerInfo, Weights
 from convserve.errors import from_rpc_error
 from convserve.v1 import convserve_pb2 as pb
@@ -41,6 +41,8 @@ class Client(SyncTransport):
     def close(self) -> None:
         """Close the channel and release any shared-memory regions."""
         self._close_shared()
+        for channel in _fanout.close_channels(self):
+            channel.close()
         self._channel.close()
 
     # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
@@ -48,15 +50,15 @@ class Client(SyncTransport):
     @overload
     def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                  fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: Literal[False] = ..., *,
-                 timeout: float | None = ...) -> npt.NDArray[Any]: ...
+                 timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any]: ...
     @overload
     def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                  fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., *, return_info: Literal[True],
-                 timeout: float | None = ...) -> WithInfo: ...
+                 timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> WithInfo: ...
     @overload
     def convolve(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                  fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: bool = ..., *,
-                 timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+                 timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any] | WithInfo: ...
     # fmt: on
 
     def convolve(
@@ -72,6 +74,8 @@ class Client(SyncTransport):
         return_info: bool = False,
         *,
         timeout: float | None = _DEFAULT,
+        tiles: Tiles = None,
+        progress: Progress = None,
     ) -> npt.NDArray[Any] | WithInfo:
         """Convolve two N-dimensional arrays on the server, as ``scipy.signal.convolve``.
 
@@ -94,11 +98,19 @@ class Client(SyncTransport):
         return_info : bool
             Also return a :class:`ComputeInfo`.
         timeout : float or None, optional
-            Deadline of this call in seconds (default: the client's).
+            Deadline of this call in seconds (default: the client's; for tiles, of the whole job).
+        tiles : int, "auto" or None, optional
+            Split one large call into this many overlap-save tiles along the convolved axes, sent
+            concurrently, one channel per address of an ``ipv4:a,b,c`` target so every replica works;
+            a tile whose replica is lost goes to another. ``"auto"``: one tile per address for a large
+            in1. The result equals the one-shot call's; calls tiles cannot reproduce go one-shot.
+        progress : callable(done, total), optional
+            Called with (tiles done, tiles) on the tiled path, (bytes done, bytes) otherwise.
 
         Returns
         -------
         numpy.ndarray or (numpy.ndarray, ComputeInfo)
+            With tiles, the info is a ``TiledComputeInfo``: ``tiles`` holds every tile's info.
 
         Raises
         ------
@@ -109,25 +121,22 @@ class Client(SyncTransport):
         ConvserveError
             Any other failure, with its gRPC status code.
         """
-        prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
-        stub = self._stub
-        result = self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared)
-        return self._finish(result, return_info)
+        return self._signal(False, in1, in2, mode, method, axes, boundary, fill_value, output_dtype, return_info, timeout, tiles, progress)
 
     # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
     # fmt: off
     @overload
     def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                   fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: Literal[False] = ..., *,
-                  timeout: float | None = ...) -> npt.NDArray[Any]: ...
+                  timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any]: ...
     @overload
     def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                   fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., *, return_info: Literal[True],
-                  timeout: float | None = ...) -> WithInfo: ...
+                  timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> WithInfo: ...
     @overload
     def correlate(self, in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = ..., method: str = ..., axes: Axes = ..., boundary: str = ...,
                   fill_value: complex = ..., output_dtype: npt.DTypeLike | None = ..., return_info: bool = ..., *,
-                  timeout: float | None = ...) -> npt.NDArray[Any] | WithInfo: ...
+                  timeout: float | None = ..., tiles: Tiles = ..., progress: Progress = ...) -> npt.NDArray[Any] | WithInfo: ...
     # fmt: on
 
     def correlate(
@@ -143,14 +152,33 @@ class Client(SyncTransport):
         return_info: bool = False,
         *,
         timeout: float | None = _DEFAULT,
+        tiles: Tiles = None,
+        progress: Progress = None,
     ) -> npt.NDArray[Any] | WithInfo:
         """Cross-correlate two N-dimensional arrays on the server, as ``scipy.signal.correlate``.
 
         The arguments, result and errors are those of :meth:`convolve`; in2 is conjugated for complex data.
         """
+        return self._signal(True, in1, in2, mode, method, axes, boundary, fill_value, output_dtype, return_info, timeout, tiles, progress)
+
+    def _signal(
+        self, correlate: bool, in1: Any, in2: Any, mode: str, method: str, axes: Axes, boundary: str, fill_value: complex, output_dtype: Any,
+        return_info: bool, timeout: Any, tiles: Tiles, progress: Progress,
+    ) -> npt.NDArray[Any] | WithInfo:  # fmt: skip
+        """Convolve or Correlate: tiled when asked and possible, one-shot otherwise."""
+        if tiles is not None:
+            tiled = _fanout.run_sync(self, in1, in2, mode, method, axes, boundary, fill_value, output_dtype, tiles, correlate, timeout, progress)
+            if tiled is not None:
+                return tiled if return_info else tiled[0]
         prepared = self._signal_request(in1, in2, mode, method, axes, boundary, fill_value, output_dtype)
+        total = self._progress_start(in1, in2, progress)
         stub = self._stub
-        result = self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared)
+        if correlate:
+            result = self._run(prepared, stub.Correlate, stub.CorrelateChunked, pb.SignalRequestPart, timeout, stub.CorrelateShared, progress)
+        else:
+            result = self._run(prepared, stub.Convolve, stub.ConvolveChunked, pb.SignalRequestPart, timeout, stub.ConvolveShared, progress)
+        if progress is not None and prepared.streamed is None:  # a chunked call reported its bytes as it sent them
+            progress(total, total)
         return self._finish(result, return_info)
 
     # The overloads tell an IDE and mypy the result type of return_info=False and of return_info=True.
