@@ -6,6 +6,7 @@ Depends only on grpcio, protobuf and numpy. ``convserve.Client`` computes
 
 from convserve._base import BaseClient
 from convserve._retry import RetryPolicy
+from convserve._tiles import TiledComputeInfo
 from convserve._types import ComputeInfo, ServerInfo, Weights
 from convserve.aio import AsyncClient
 from convserve.client import Client
@@ -47,6 +48,7 @@ __all__ = [
     "ProxyUnavailableError",
     "ResourceExhaustedError",
     "ServerInfo",
+    "TiledComputeInfo",
     "UnauthenticatedError",
     "UnavailableError",
     "Weights",

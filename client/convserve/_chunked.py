@@ -8,7 +8,7 @@ array.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -21,25 +21,34 @@ from convserve.v1 import convserve_pb2 as pb
 CHUNK_BYTES = 1024 * 1024
 
 
-def request_parts(header: Any, arrays: dict[str, npt.NDArray[Any]], part_type: Any) -> Iterator[Any]:
+def request_parts(header: Any, arrays: dict[str, npt.NDArray[Any]], part_type: Any, progress: Callable[[int, int], None] | None = None) -> Iterator[Any]:
     """Yield the header (small tensors inline) and then every large tensor's chunks, in order.
 
     The chunks are :class:`._wire.Chunk` views of the arrays; the chunked stubs serialize them
-    with :func:`._wire.serialize` (see :func:`chunked_stubs`).
+    with :func:`._wire.serialize` (see :func:`chunked_stubs`). ``progress(sent, total)`` is called
+    with the bytes handed to gRPC so far, once the header and then each chunk has been taken.
     """
     streamed = {}
-    for name, array in arrays.items():
-        data = codec.wire_bytes(array)
+    sent = 0
+    views = {name: codec.wire_bytes(array) for name, array in arrays.items()}
+    total = sum(len(data) for data in views.values())
+    for name, data in views.items():
         tensor = getattr(header, name)
-        tensor.CopyFrom(codec.header(array, name))
+        tensor.CopyFrom(codec.header(arrays[name], name))
         if len(data) <= CHUNK_BYTES:
             tensor.data = data.tobytes()
+            sent += len(data)
         else:
             streamed[name] = data
     yield part_type(header=header)
+    if progress is not None:
+        progress(sent, total)
     for name, data in streamed.items():
         for start in range(0, len(data), CHUNK_BYTES):
             yield _wire.Chunk(name, start, data[start : start + CHUNK_BYTES])
+            sent += min(CHUNK_BYTES, len(data) - start)
+            if progress is not None:
+                progress(sent, total)
 
 
 CHUNKED_METHODS = {"ConvolveChunked": pb.SignalRequestPart, "CorrelateChunked": pb.SignalRequestPart, "ConvLayerChunked": pb.ConvLayerRequestPart}

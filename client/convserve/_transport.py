@@ -20,6 +20,8 @@ from convserve.errors import ConvserveError, from_rpc_error
 from convserve.v1 import convserve_pb2 as pb
 from convserve.v1 import convserve_pb2_grpc as pb_grpc
 
+Progress = Callable[[int, int], None] | None
+
 
 class SyncTransport(BaseClient):
     """The blocking I/O of :class:`convserve.Client`."""
@@ -48,16 +50,18 @@ class SyncTransport(BaseClient):
             time.sleep(wait)
             attempt += 1
 
-    def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any, timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    def _chunked_call(
+        self, prepared: Prepared, method: Callable[..., Any], part_type: Any, timeout: Any, progress: Progress = None
+    ) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """A chunked call, retried by the client (gRPC must not: see ``RetryPolicy.service_config``).
 
-        Each attempt is a fresh stream from the arrays the client still holds.
+        Each attempt is a fresh stream from the arrays the client still holds (its progress starts again at 0).
         """
         assert prepared.streamed is not None
         ends = self._deadline(timeout)
         attempt = 0
         while True:
-            parts = _chunked.request_parts(prepared.request, prepared.streamed, part_type)
+            parts = _chunked.request_parts(prepared.request, prepared.streamed, part_type, progress)
             try:
                 return _chunked.assemble(method(parts, timeout=self._left(ends), metadata=self.metadata))
             except grpc.RpcError as rpc_error:
@@ -69,9 +73,16 @@ class SyncTransport(BaseClient):
             attempt += 1
 
     def _run(
-        self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any, timeout: Any, shared: Callable[..., Any] | None = None
+        self,
+        prepared: Prepared,
+        unary: Callable[..., Any],
+        chunked: Callable[..., Any],
+        part_type: Any,
+        timeout: Any,
+        shared: Callable[..., Any] | None = None,
+        progress: Progress = None,
     ) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
-        """Send a prepared request unary or as a chunked stream; return the result and its info."""
+        """Send a prepared request unary or as a chunked stream (reporting the bytes sent to ``progress``); return the result and its info."""
         if prepared.shared is not None and shared is not None and prepared.regions is not None:
             ok = False
             try:
@@ -82,7 +93,7 @@ class SyncTransport(BaseClient):
                 self._end_shared(prepared.regions, ok)
         if prepared.streamed is None:
             return self._from_unary(self._call(unary, prepared.request, timeout))
-        return self._chunked_call(prepared, chunked, part_type, timeout)
+        return self._chunked_call(prepared, chunked, part_type, timeout, progress)
 
     def _drive(self, flow: Generator[Any, Any, Any], send: Callable[[Any], tuple[npt.NDArray[Any], pb.ComputeInfo]], timeout: Any) -> Any:
         """Run a weights flow (``_base.weights_flow``): send what it yields, register again when it asks."""
@@ -133,13 +144,15 @@ class AsyncTransport(BaseClient):
             await asyncio.sleep(wait)
             attempt += 1
 
-    async def _chunked_call(self, prepared: Prepared, method: Callable[..., Any], part_type: Any, timeout: Any) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
+    async def _chunked_call(
+        self, prepared: Prepared, method: Callable[..., Any], part_type: Any, timeout: Any, progress: Progress = None
+    ) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
         """A chunked call, retried by the client as a fresh stream (see :meth:`convserve.Client._chunked_call`)."""
         assert prepared.streamed is not None
         ends = self._deadline(timeout)
         attempt = 0
         while True:
-            parts = _chunked.request_parts(prepared.request, prepared.streamed, part_type)
+            parts = _chunked.request_parts(prepared.request, prepared.streamed, part_type, progress)
             call = method(parts, timeout=self._left(ends), metadata=self.metadata)
             witness = StatusWitness(call)
             try:
@@ -153,9 +166,16 @@ class AsyncTransport(BaseClient):
             attempt += 1
 
     async def _run(
-        self, prepared: Prepared, unary: Callable[..., Any], chunked: Callable[..., Any], part_type: Any, timeout: Any, shared: Callable[..., Any] | None = None
+        self,
+        prepared: Prepared,
+        unary: Callable[..., Any],
+        chunked: Callable[..., Any],
+        part_type: Any,
+        timeout: Any,
+        shared: Callable[..., Any] | None = None,
+        progress: Progress = None,
     ) -> tuple[npt.NDArray[Any], pb.ComputeInfo]:
-        """Send a prepared request unary or as a chunked stream; return the result and its info."""
+        """Send a prepared request unary or as a chunked stream (reporting the bytes sent to ``progress``); return the result and its info."""
         if prepared.shared is not None and shared is not None and prepared.regions is not None:
             ok = False
             try:
@@ -166,7 +186,7 @@ class AsyncTransport(BaseClient):
                 self._end_shared(prepared.regions, ok)
         if prepared.streamed is None:
             return self._from_unary(await self._call(unary, prepared.request, timeout))
-        return await self._chunked_call(prepared, chunked, part_type, timeout)
+        return await self._chunked_call(prepared, chunked, part_type, timeout, progress)
 
     async def _drive(self, flow: Generator[Any, Any, Any], send: Callable[[Any], Awaitable[tuple[npt.NDArray[Any], pb.ComputeInfo]]], timeout: Any) -> Any:
         """Run a weights flow (``_base.weights_flow``): send what it yields, register again when it asks."""
