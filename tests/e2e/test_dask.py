@@ -98,3 +98,18 @@ def test_dask_conv_layer_over_batch_chunks(service: RunningServer, cluster: dist
 def test_importing_convserve_does_not_import_dask() -> None:
     code = "import sys, convserve; c = convserve.Client('127.0.0.1:1'); c.close(); print('dask' in sys.modules or 'distributed' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_dask_worker_processes_on_loopback(service: RunningServer) -> None:
+    """Real worker processes on loopback: the block function and the client options travel pickled, each process makes its own Client."""
+    x = RNG.standard_normal((40, 90))
+    h = RNG.standard_normal((5, 5))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as local:
+        with distributed.Client(local) as client:
+            lazy = convserve.dask.convolve(da.from_array(x, chunks=(20, 30)), h, "same", boundary="wrap", target=service.target, timeout=60)
+            got = client.compute(lazy).result(timeout=120)
+            workers = {w for w in client.run(lambda: __import__("os").getpid()).values()}
+    with convserve.Client(service.target) as one_shot:
+        expected = one_shot.convolve(x, h, "same", boundary="wrap")
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+    assert len(workers) == 2
