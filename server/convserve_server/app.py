@@ -86,6 +86,13 @@ def check_tls_files(settings: Settings) -> None:
             raise StartupError(f"cannot use tls_client_ca {settings.tls_client_ca}: {exc} (it must be PEM)") from None
 
 
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """``grpc.max_connection_age_ms`` when ``max_connection_age_seconds`` is set (no grace limit: calls in progress finish)."""
+    if settings.max_connection_age_seconds <= 0:
+        return []
+    return [("grpc.max_connection_age_ms", max(1, round(settings.max_connection_age_seconds * 1000)))]
+
+
 def create_server(settings: Settings) -> Server:
     """Configure the engine, create the server and bind its port (raises StartupError when the port is taken)."""
     engine.configure(engine_config.from_settings(settings))  # once, before wisdom and calibration are loaded
@@ -99,6 +106,7 @@ def create_server(settings: Settings) -> Server:
             ("grpc.max_send_message_length", min(settings.max_output_bytes + MESSAGE_OVERHEAD, MAX_MESSAGE)),
             ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+            *connection_age_options(settings),
             *security.transport_options(settings),  # bounds what a connection can make the server buffer
         ],
     )

@@ -62,6 +62,13 @@ class Settings:
     idle_timeout_seconds: float = field(
         default=30.0, metadata={"help": "chunked and streaming calls that send nothing for this long end with DEADLINE_EXCEEDED and free what they hold"}
     )
+    max_connection_age_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "after this long a connection is asked to close (GOAWAY; its calls in progress finish) so that clients "
+            "look the name up again and reach new replicas (0: never)"
+        },
+    )
     max_waiting_streams: int = field(
         default=16, metadata={"help": "chunked uploads and streams waiting for data at once (they hold no compute slot); more get RESOURCE_EXHAUSTED"}
     )
@@ -113,6 +120,8 @@ class Settings:
             raise SettingsError(f"malloc_retain_bytes must be >= 0, got {self.malloc_retain_bytes}")
         if self.fftw_background_planning_seconds < 0:
             raise SettingsError(f"fftw_background_planning_seconds must be >= 0, got {self.fftw_background_planning_seconds}")
+        if self.max_connection_age_seconds < 0:
+            raise SettingsError(f"max_connection_age_seconds must be >= 0, got {self.max_connection_age_seconds}")
         if self.idle_timeout_seconds <= 0:
             raise SettingsError(f"idle_timeout_seconds must be > 0, got {self.idle_timeout_seconds}")
         for name in ("fftw_cache_bytes", "layer_cache_weights", "layer_cache_bytes"):
