@@ -33,7 +33,7 @@ def service() -> Iterator[RunningServer]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[distributed.Client]:
     """Two workers in this process (dask's in-process transport: no socket at all), each block a service call."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as local:
         with distributed.Client(local) as client:
             yield client
 
@@ -104,7 +104,7 @@ def test_dask_worker_processes_on_loopback(service: RunningServer) -> None:
     """Real worker processes on loopback: the block function and the client options travel pickled, each process makes its own Client."""
     x = RNG.standard_normal((40, 90))
     h = RNG.standard_normal((5, 5))
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as local:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as local:
         with distributed.Client(local) as client:
             lazy = convserve.dask.convolve(da.from_array(x, chunks=(20, 30)), h, "same", boundary="wrap", target=service.target, timeout=60)
             got = client.compute(lazy).result(timeout=120)
