@@ -4,8 +4,11 @@ Each group of constants of :mod:`convserve_server.engine.signal.cost_model` is s
 measured median time of a representative problem to the time the built-in defaults predict for
 it. The result is a JSON file (``--output``, else the ``calibration`` setting, ``CONVSERVE_CALIBRATION``, else
 ``~/.cache/convserve/calibration.json``) that the server loads at start; ``auto`` is then
-deterministic for a given host calibration. With ``--measure-wisdom`` the problems' FFTW plans
-are also made with FFTW_MEASURE (bounded by ``--planning-timelimit``) and saved as wisdom.
+deterministic for a given host calibration. Both FFT backends are measured on the same problems
+(FFTW and ducc0, one and several transformed axes, single and double precision, one thread and
+all), so the cost model chooses between them per shape class on this host. With
+``--measure-wisdom`` the problems' FFTW plans are also made with FFTW_MEASURE (bounded by
+``--planning-timelimit``) and saved as wisdom.
 """
 
 from __future__ import annotations
@@ -25,20 +28,35 @@ import numpy as np
 import pyfftw
 
 from convserve_server import engine, settings
-from convserve_server.engine import config, convolve
-from convserve_server.engine.fft import plans, wisdom
+from convserve_server.engine import config
+from convserve_server.engine.fft import ducc, plans, wisdom
 from convserve_server.engine.signal import cost_model
+from convserve_server.engine.signal.convolution import execute
+from convserve_server.engine.signal.planner import plan_signal_call
+
+
+def _medians(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Wall time of each run after one warm-up call: the fastest of ``repeats``, the runs interleaved round by round.
+
+    Interleaving puts the runs compared with each other (FFTW and ducc0 on one problem, single
+    and double precision) under the same background load, so their ratio holds on a busy host;
+    the fastest repeat (rather than the median) keeps a burst of other load out of the constants
+    (measured here: one calibration under a burst put numpy.convolve at 9.5x its usual time).
+    """
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: min(values) for name, values in times.items()}
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    """Wall time of ``fn`` after one warm-up call (the fastest of ``repeats``)."""
+    return _medians({"run": fn}, repeats)["run"]
 
 
 def _problems() -> dict[str, list[tuple[np.ndarray, np.ndarray, str, str]]]:
@@ -46,9 +64,16 @@ def _problems() -> dict[str, list[tuple[np.ndarray, np.ndarray, str, str]]]:
     rng = np.random.default_rng(0)
     gauss = np.exp(-(np.linspace(-2, 2, 9) ** 2))
     image = rng.standard_normal((1024, 1024))
+    one_d = [(rng.standard_normal(2**18), rng.standard_normal(4097), "full", "fft")]
+    blocks = [(rng.standard_normal(10**6), rng.standard_normal(257), "full", "overlap_add")]
+    multi_d = [(image, rng.standard_normal((31, 31)), "same", "fft")]
     return {
-        "fft": [(rng.standard_normal(2**18), rng.standard_normal(4097), "full", "fft"), (image, rng.standard_normal((31, 31)), "same", "fft")],
-        "single": [(image.astype(np.float32), rng.standard_normal((31, 31)).astype(np.float32), "same", "fft")],
+        "fftw_1d_batch": blocks,
+        "fftw_1d": one_d,
+        "fftw_nd": multi_d,
+        "ducc0_1d_batch": blocks,
+        "ducc0_1d": one_d,
+        "ducc0_nd": multi_d,
         "numpy_1d": [(rng.standard_normal(10**6), rng.standard_normal(5), "full", "direct")],
         "opencv": [(image.astype(np.float32), rng.standard_normal((5, 5)).astype(np.float32), "same", "direct")],
         "opencv_dft": [(image.astype(np.float32), rng.standard_normal((31, 31)).astype(np.float32), "same", "direct")],
@@ -58,7 +83,7 @@ def _problems() -> dict[str, list[tuple[np.ndarray, np.ndarray, str, str]]]:
 
 
 _GROUPS = {
-    "fft": ("fft_per_point_log", "fft_per_point"),
+    **{f"{backend}_{shape_class}": (f"{backend}_{shape_class}_per_point_log",) for backend in ducc.BACKENDS for shape_class in cost_model.SHAPE_CLASSES},
     "numpy_1d": ("numpy_1d_per_mac",),
     "opencv": ("opencv_per_mac", "opencv_per_output"),
     "opencv_dft": ("opencv_dft_per_output",),
@@ -67,44 +92,94 @@ _GROUPS = {
 }
 
 
-def _predicted(x: np.ndarray, h: np.ndarray, mode: str, method: str, c: dict[str, float]) -> float:
+def _backend_of(group: str) -> str:
+    """The FFT backend a group of constants belongs to (FFTW for the direct groups, which use none)."""
+    return ducc.DUCC0 if group.startswith("ducc0") else ducc.FFTW
+
+
+def _runner(x: np.ndarray, h: np.ndarray, mode: str, method: str, backend: str) -> Callable[[], Any]:
+    """A call of the engine on one problem with the FFT backend forced (the planner's other choices kept)."""
+    plan = plan_signal_call(x, h, mode, method, None, "fill", 0, None, correlate=False)
+    plan = dataclasses.replace(plan, fft_backend=backend if plan.method != "direct" else ducc.FFTW)
+    return lambda: execute(dataclasses.replace(plan, warnings=[]))
+
+
+def _predicted(x: np.ndarray, h: np.ndarray, mode: str, method: str, c: dict[str, float], backend: str = ducc.FFTW) -> float:
     """Seconds the cost model predicts for one problem with constants ``c``."""
     axes = tuple(range(x.ndim))
     sizes = [(x.shape[a], h.shape[a]) for a in axes]
     lengths = [n if mode == "same" else n + m - 1 for n, m in sizes]
     work = np.dtype(np.float32 if x.dtype == np.float32 else np.float64)
     if method == "fft":
-        return cost_model.fft_cost(1, sizes, work, c)
+        return cost_model.fft_cost(1, sizes, work, c, backend)
+    if method == "overlap_add":
+        return cost_model.overlap_add_cost(1, sizes, work, c, backend)
     return cost_model.direct_cost(x.shape, h, axes, lengths, 1, work, True, c)
+
+
+def _measure(repeats: int, log: Callable[[str], None]) -> dict[tuple[str, int], float]:
+    """Median seconds of every group's problems; the backends' runs of one problem interleaved."""
+    problems = _problems()
+    measured: dict[tuple[str, int], float] = {}
+    pending = list(_GROUPS)
+    while pending:
+        group = pending[0]
+        peers = (
+            [g for g in pending if g.split("_", 1)[-1] == group.split("_", 1)[-1] and g.startswith(ducc.BACKENDS)]
+            if group.startswith(ducc.BACKENDS)
+            else [group]
+        )
+        for index, (x, h, mode, method) in enumerate(problems[group]):
+            medians = _medians({g: _runner(x, h, mode, method, _backend_of(g)) for g in peers}, repeats)
+            for g in peers:
+                measured[(g, index)] = medians[g]
+                log(f"  {g}: {x.shape} * {h.shape} {method}: {medians[g] * 1e3:.2f} ms")
+        pending = [g for g in pending if g not in peers]
+    return measured
+
+
+def _fit_group(group: str, names: tuple[str, ...], defaults: dict[str, float], measured: dict[tuple[str, int], float]) -> float:
+    """The factor on a group's constants that makes the model predict the measured times of its problems.
+
+    Only the group's own share of a prediction is scaled (the rest, such as the copies around
+    a transform, is the same for every group).
+    """
+    ratios = []
+    backend = _backend_of(group)
+    without = dict(defaults, **{name: 0.0 for name in names})
+    for index, (x, h, mode, method) in enumerate(_problems()[group]):
+        seconds = measured[(group, index)]
+        predicted = _predicted(x, h, mode, method, defaults, backend)
+        rest = _predicted(x, h, mode, method, without, backend)
+        ratios.append(max(seconds - rest, 0.05 * seconds) / max(predicted - rest, 1e-12))
+    return math.exp(statistics.mean(map(math.log, ratios)))
 
 
 def calibrate(repeats: int = 7, log: Callable[[str], None] = print) -> dict[str, float]:
     """Measure this host and return the fitted constants (defaults scaled per group)."""
     defaults = dict(cost_model.DEFAULTS)
     fitted = dict(defaults)
-    problems = _problems()
+    measured = _measure(repeats, log)
     for group, names in _GROUPS.items():
-        ratios = []
-        for x, h, mode, method in problems[group]:
-            measured = _median_seconds(lambda: convolve(x, h, mode, method), repeats)
-            ratios.append(measured / _predicted(x, h, mode, method, defaults))
-            log(f"  {group}: {x.shape} * {h.shape} {method}: {measured * 1e3:.2f} ms (x{ratios[-1]:.2f} of the default)")
-        ratio = math.exp(statistics.mean(map(math.log, ratios)))
+        ratio = _fit_group(group, names, defaults, measured)
+        log(f"  {group}: x{ratio:.2f} of the default")
         for name in names:
             fitted[name] = defaults[name] * ratio
-    x, h, mode, method = problems["single"][0]
-    single = _median_seconds(lambda: convolve(x, h, mode, method), repeats)
-    double = _median_seconds(lambda: convolve(x.astype(np.float64), h.astype(np.float64), mode, method), repeats)
-    fitted["single"] = min(1.0, max(0.2, single / double))
-    log(f"  single/double precision: {fitted['single']:.2f}")
+    x, h, mode, method = _problems()["fftw_nd"][0]
+    for backend, name in ((ducc.FFTW, "single"), (ducc.DUCC0, "ducc0_single")):
+        runs = {"single": _runner(x.astype(np.float32), h.astype(np.float32), mode, method, backend), "double": _runner(x, h, mode, method, backend)}
+        medians = _medians(runs, repeats)
+        fitted[name] = min(1.0, max(0.2, medians["single"] / medians["double"]))
+        log(f"  {backend} single/double precision: {fitted[name]:.2f}")
     return fitted
 
 
-def parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> float:
-    """Points from which FFTW's threads pay off here (1e18: never), timing 2^18 and 2^20 points."""
+def parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> tuple[float, float]:
+    """(points from which FFTW's threads pay off here, 1e18 for never; their speed-up), timing 2^18 and 2^20 points."""
     threads = plans.max_threads()
     if threads == 1:
-        return 1e18
+        return 1e18, 1.0
+    gain = 1.0
     for points in (1 << 18, 1 << 20):
         a = pyfftw.empty_aligned(points, "float64")
         a[:] = 1.0
@@ -112,9 +187,28 @@ def parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> floa
         one = _median_seconds(pyfftw.FFTW(a, out, flags=("FFTW_ESTIMATE",), threads=1).execute, 3 * repeats)
         many = _median_seconds(pyfftw.FFTW(a, out, flags=("FFTW_ESTIMATE",), threads=threads).execute, 3 * repeats)
         log(f"  FFTW {points} points: 1 thread {one * 1e3:.2f} ms, {threads} threads {many * 1e3:.2f} ms")
+        gain = max(1.0, one / many)
         if many < 0.8 * one:
-            return float(points)
-    return 1e18
+            return float(points), gain
+    return 1e18, gain
+
+
+def ducc0_parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> tuple[float, float]:
+    """(points from which ducc0's threads pay off here, 1e18 for never; their speed-up), timing 2-D r2c transforms."""
+    threads = plans.max_threads()
+    if threads == 1:
+        return 1e18, 1.0
+    gain = 1.0
+    for side in (128, 256, 512, 1024, 2048):
+        a = np.ones((side, side))
+        out = np.empty((side, side // 2 + 1), np.complex128)
+        one = _median_seconds(ducc.DuccTransform("r2c", a, out, (0, 1), 1).execute, 3 * repeats)
+        many = _median_seconds(ducc.DuccTransform("r2c", a, out, (0, 1), threads).execute, 3 * repeats)
+        log(f"  ducc0 {side}^2 points: 1 thread {one * 1e3:.3f} ms, {threads} threads {many * 1e3:.3f} ms")
+        gain = max(1.0, one / many)
+        if many < 0.8 * one:
+            return float(side * side), gain
+    return 1e18, gain
 
 
 def engine_config() -> config.EngineConfig:
@@ -140,11 +234,14 @@ def main(argv: list[str]) -> int:
     if args.measure_wisdom:
         engine.configure(dataclasses.replace(config.current(), fftw_planner_effort="FFTW_MEASURE", fftw_planning_timelimit=args.planning_timelimit))
         plans.CACHE.clear()
-    print(f"calibrating {platform.node()} ({os.cpu_count()} cores); this takes about a minute")
-    threshold = parallel_threshold(args.repeats)
+    print(f"calibrating {platform.node()} ({os.cpu_count()} cores, FFTW and ducc0 {ducc.version()}); this takes about a minute")
+    threshold, gain = parallel_threshold(args.repeats)
+    ducc0_threshold, ducc0_gain = ducc0_parallel_threshold(args.repeats)
     engine.configure(dataclasses.replace(config.current(), calibration=""))
-    cost_model.DEFAULTS["fftw_parallel_min_points"] = threshold
-    cost_model.load("/nonexistent")  # the built-in constants with this host's thread threshold while measuring
+    cost_model.DEFAULTS.update(
+        fftw_parallel_min_points=threshold, fftw_thread_gain=gain, ducc0_parallel_min_points=ducc0_threshold, ducc0_thread_gain=ducc0_gain
+    )
+    cost_model.load("/nonexistent")  # the built-in constants with this host's threads while measuring
     fitted = calibrate(args.repeats)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = {

@@ -10,6 +10,8 @@ import pytest
 
 from convserve_server import engine
 from convserve_server.engine import config
+from convserve_server.engine.fft import ducc
+from convserve_server.engine.signal import cost_model
 
 
 @pytest.fixture
@@ -24,3 +26,19 @@ def engine_config() -> Iterator[Callable[..., None]]:
         yield change
     finally:
         engine.configure(saved)
+
+
+@pytest.fixture
+def fft_backend(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """``fft_backend("fftw")`` makes the cost model choose that FFT backend for every float call
+    (the other backend's transforms are predicted a million times slower) for one test only."""
+
+    def force(name: str) -> None:
+        constants = cost_model.constants()
+        for other in ducc.BACKENDS:
+            if other != name:
+                for shape_class in cost_model.SHAPE_CLASSES:
+                    key = f"{other}_{shape_class}_per_point_log"
+                    monkeypatch.setitem(constants, key, constants[key] * 1e6)
+
+    return force

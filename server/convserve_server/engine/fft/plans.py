@@ -51,14 +51,14 @@ import numpy.typing as npt
 import pyfftw
 
 from convserve_server.engine import config, resources
-from convserve_server.engine.fft import background, budget, wisdom
+from convserve_server.engine.fft import background, budget, ducc, wisdom
 from convserve_server.engine.fft.budget import NumpyTransform, planned_shapes
 
 DEFAULT_MAX_IDLE_PLANS = 1024
 
-_STATS = {"plans_created": 0, "plans_reused": 0, "unplanned_transforms": 0}
-# Where :func:`threads_for` reads the points from which threads pay off (1 thread until registered).
-_PARALLEL_MIN_POINTS: list[Callable[[], float]] = [lambda: math.inf]
+_STATS = {"plans_created": 0, "plans_reused": 0, "unplanned_transforms": 0, "ducc0_plans": 0}
+# Where :func:`threads_for` reads the points from which threads pay off, per backend (1 thread until registered).
+_PARALLEL_MIN_POINTS: dict[str, Callable[[], float]] = {name: lambda: math.inf for name in ducc.BACKENDS}
 
 
 def set_max_idle_plans(max_idle_plans: int) -> None:
@@ -68,13 +68,13 @@ def set_max_idle_plans(max_idle_plans: int) -> None:
     CACHE.max_plans = max_idle_plans
 
 
-def set_parallel_threshold(source: Callable[[], float]) -> None:
-    """Read the points from which a transform uses more than one thread from ``source()``.
+def set_parallel_threshold(source: Callable[[], float], backend: str = ducc.FFTW) -> None:
+    """Read the points from which a transform of ``backend`` uses more than one thread from ``source()``.
 
-    The signal cost model registers its calibrated ``fftw_parallel_min_points`` here when it is
-    imported; until then every transform uses one thread.
+    The signal cost model registers its calibrated ``fftw_parallel_min_points`` and
+    ``ducc0_parallel_min_points`` here when it is imported; until then every transform uses one thread.
     """
-    _PARALLEL_MIN_POINTS[0] = source
+    _PARALLEL_MIN_POINTS[backend] = source
 
 
 def planner_effort() -> str:
@@ -94,9 +94,9 @@ def max_threads() -> int:
     return resources.thread_limit(config.current().fftw_threads)
 
 
-def threads_for(points: int) -> int:
-    """Threads for a transform of ``points`` points: one for small transforms, else all."""
-    return max_threads() if points >= _PARALLEL_MIN_POINTS[0]() else 1
+def threads_for(points: int, backend: str = ducc.FFTW) -> int:
+    """Threads for a transform of ``points`` points by ``backend``: one for small transforms, else all."""
+    return max_threads() if points >= _PARALLEL_MIN_POINTS[backend]() else 1
 
 
 @dataclass
@@ -174,7 +174,7 @@ def build(
             planning_timelimit=timelimit if timelimit is not None else planning_timelimit(),
         )
         _STATS["plans_created"] += 1
-    key = (kind, shape, dtype.str, axes, threads)
+    key = (kind, shape, dtype.str, axes, threads, ducc.FFTW)
     return Plan(key, plan, inp, out, inp.nbytes + out.nbytes, _GENERATIONS.get(key, 0))
 
 
@@ -192,7 +192,7 @@ def _unplanned(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tu
         pass
     like = build_buffers(kind, shape, dtype, axes)
     _STATS["unplanned_transforms"] += 1
-    key = (kind, shape, np.dtype(dtype).str, axes, threads)
+    key = (kind, shape, np.dtype(dtype).str, axes, threads, ducc.FFTW)
     return Plan(key, NumpyTransform(kind, like[0], like[1], axes), like[0], like[1], like[0].nbytes + like[1].nbytes, -1)
 
 
@@ -297,7 +297,7 @@ config.on_change(lambda new: CACHE.resize(new.fftw_cache_bytes))
 
 
 @contextmanager
-def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[int, ...]) -> Iterator[Plan]:
+def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[int, ...], backend: str = ducc.FFTW) -> Iterator[Plan]:
     """Check out a plan for one transform; it returns to the cache afterwards.
 
     Parameters
@@ -310,17 +310,22 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
         The working dtype; single precision plans for float32/complex64.
     axes : tuple of int
         Axes transformed (non-negative); the last one is halved for real transforms.
+    backend : {"fftw", "ducc0"}
+        Who transforms: an FFTW plan, or a ducc0 call between the same kind of cached buffers
+        (no planning, no wisdom, outside the shape budget).
 
     Yields
     ------
     Plan
         Fill ``plan.input``, call ``plan.fftw.execute()``, read ``plan.output``.
     """
-    threads = threads_for(math.prod(shape))
-    key = (kind, tuple(shape), np.dtype(dtype).str, tuple(axes), threads)
+    threads = threads_for(math.prod(shape), backend)
+    key = (kind, tuple(shape), np.dtype(dtype).str, tuple(axes), threads, backend)
     current = CACHE.take(key)
     if current is None:
-        if budget.admit(key[:4]):
+        if backend == ducc.DUCC0:
+            current = _ducc_plan(key)
+        elif budget.admit(key[:4]):
             current = build(kind, tuple(shape), np.dtype(dtype), tuple(axes), threads)
             background.submit(key, _plan_patiently)
         else:
@@ -331,21 +336,30 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
         CACHE.give_back(current)
 
 
+def _ducc_plan(key: tuple[Any, ...]) -> Plan:
+    """A ducc0 "plan" for ``key``: aligned buffers and the ducc0 call between them."""
+    kind, shape, dtype, axes, threads, _ = key
+    inp, out = build_buffers(kind, shape, dtype, axes)
+    _STATS["ducc0_plans"] += 1
+    return Plan(key, ducc.DuccTransform(kind, inp, out, axes, threads), inp, out, inp.nbytes + out.nbytes)
+
+
 def _plan_patiently(key: tuple[Any, ...]) -> None:
     """Plan ``key`` with FFTW_MEASURE (leaving wisdom), then retire its ESTIMATE plans (background thread)."""
-    kind, shape, dtype, axes, threads = key
+    kind, shape, dtype, axes, threads, _ = key
     build(kind, shape, dtype, axes, threads, effort="FFTW_MEASURE", timelimit=background.seconds() or None)
     retire(key)
 
 
 def stats() -> dict[str, int]:
     """Counters: plans created, plans reused from the cache, wisdom files loaded, transforms run by
-    numpy past the shape budget; idle plans cached (bytes, count); shapes planned."""
+    numpy past the shape budget, ducc0 buffers made; idle plans cached (bytes, count); shapes planned."""
     return {
         "plans_created": _STATS["plans_created"],
         "plans_reused": _STATS["plans_reused"],
         "wisdom_loaded": wisdom.loaded(),
         "unplanned_transforms": _STATS["unplanned_transforms"],
+        "ducc0_plans": _STATS["ducc0_plans"],
         "cache_bytes": CACHE.nbytes,
         "cache_plans": len(CACHE),
         "planned_shapes": planned_shapes(),

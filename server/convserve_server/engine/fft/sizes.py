@@ -1,12 +1,25 @@
-"""Fast transform lengths: the sizes an FFT of at least ``n`` points should be padded to."""
+"""Fast transform lengths: the sizes an FFT of at least ``n`` points should be padded to, per backend."""
 
 from __future__ import annotations
 
 import functools
 
+from convserve_server.engine.fft import ducc
+
+
+def fast_length(n: int, backend: str = ducc.FFTW, real: bool = True) -> int:
+    """The fast transform length of at least ``n`` for ``backend``.
+
+    FFTW: the smallest 5-smooth length (:func:`fftw_length`); ducc0: ``ducc0.fft.good_size``
+    (``real`` for real data; ducc0 is also fast at 7- and 11-smooth complex lengths).
+    """
+    if backend == ducc.DUCC0:
+        return ducc.good_length(n, real)
+    return fftw_length(n)
+
 
 @functools.lru_cache(maxsize=4096)
-def fast_length(n: int) -> int:
+def fftw_length(n: int) -> int:
     """The smallest 5-smooth length (2^a 3^b 5^c) at least ``n``.
 
     Measured here with FFTW_ESTIMATE plans, 5-smooth lengths run faster than the 7-, 11- and

@@ -1,10 +1,11 @@
-"""The ``fft`` ConvLayer path: large kernels by FFTW with cached weight spectra.
+"""The ``fft`` ConvLayer path: large kernels by FFTs (FFTW or ducc0) with cached weight spectra.
 
 A cross-correlation of the padded input (spatial size ``P``) with a kernel of size ``k`` is the
 leading ``P - k + 1`` samples of a *circular* correlation of any length ``L >= P``: no output
 sample there wraps around. So each dimension is transformed at ``L = fast_length(P)`` only
-(not ``P + k - 1``), by real-to-complex FFTW plans from :mod:`convserve_server.engine.fft.plans`
-(cached, with their aligned buffers). Per frequency the channel contraction is a small matrix product,
+(not ``P + k - 1``), by real-to-complex plans from :mod:`convserve_server.engine.fft.plans`
+(cached, with their aligned buffers) of the backend the signal cost model predicts faster for the
+batch of transforms (:func:`convserve_server.engine.signal.cost_model.fft_backend`). Per frequency the channel contraction is a small matrix product,
 ``Y[f] (N, C_out) = X[f] (N, C_in) @ conj(W[f]) (C_in, C_out)``, done for all frequencies by
 one batched ``np.matmul``. Each of the three stages is split over the request's share of the
 cores (transforms by rows, products by frequencies) in a small thread pool: FFTW's own
@@ -26,6 +27,7 @@ float32 runs in single precision: the error measured against float64 stays well 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import math
 import os
@@ -41,14 +43,20 @@ from convserve_server.engine import cancellation, resources
 from convserve_server.engine.fft import plans
 from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.layers.tiling import plan_tiles, transform_shape
+from convserve_server.engine.signal import cost_model
 
 
-def _spectra(w: NDArray[Any], fshape: tuple[int, ...]) -> NDArray[Any]:
+def backend_for(rows: int, fshape: tuple[int, ...], dtype: np.dtype[Any]) -> str:
+    """The FFT backend predicted faster for ``rows`` real transforms of shape ``fshape``."""
+    return cost_model.fft_backend(rows, [(n, 1) for n in fshape], np.dtype(dtype), False, cost_model.constants())
+
+
+def _spectra(w: NDArray[Any], fshape: tuple[int, ...], backend: str = "fftw") -> NDArray[Any]:
     """``conj(rfftn(w, fshape)) / prod(fshape)`` as ``(F, C_in, C_out)``, contiguous."""
     nd = len(fshape)
     c_out, c_in = w.shape[0], w.shape[1]
     axes = tuple(range(1, 1 + nd))
-    with plans.plan("r2c", (c_in * c_out,) + fshape, w.dtype, axes) as p:
+    with plans.plan("r2c", (c_in * c_out,) + fshape, w.dtype, axes, backend) as p:
         corner = (slice(None),) + tuple(slice(0, k) for k in w.shape[2:])
         p.input[...] = 0
         p.input[corner] = w.swapaxes(0, 1).reshape((c_in * c_out,) + w.shape[2:])  # rows (C_in, C_out)
@@ -157,29 +165,37 @@ def _fft_batch(
     n, c_in = xp.shape[0], xp.shape[1]
     c_out = w.shape[0]
     fshape = transform_shape(tuple(int(s) for s in xp.shape[2:]))
-    spectra = _weight_spectra(w, fshape, xp.dtype, prepared)
+    backend = backend_for(n * max(c_in, c_out), fshape, xp.dtype)
+    spectra = _weight_spectra(w, fshape, xp.dtype, prepared, backend)
     parts = _parts(n * max(c_in, c_out) * math.prod(fshape))
-    xf = _forward(xp, fshape, spectra.dtype, parts)
+    xf = _forward(xp, fshape, spectra.dtype, parts, backend)
     cancellation.check()
     yf = _products(xf.reshape(-1, n, c_in), spectra, parts if n * c_in * c_out < _BLAS_THREADED_MIN else 1)
     del xf
     cancellation.check()
-    out = _inverse(yf.reshape(-1, n * c_out), fshape, xp.dtype, strides, out_spatial, parts)
+    out = _inverse(yf.reshape(-1, n * c_out), fshape, xp.dtype, strides, out_spatial, parts, backend)
     return out.reshape((n, c_out) + out_spatial)
 
 
-def _weight_spectra(w: NDArray[Any], fshape: tuple[int, ...], dtype: np.dtype[Any], prepared: MutableMapping[Any, Any] | None) -> NDArray[Any]:
+def _weight_spectra(
+    w: NDArray[Any], fshape: tuple[int, ...], dtype: np.dtype[Any], prepared: MutableMapping[Any, Any] | None, backend: str = "fftw"
+) -> NDArray[Any]:
     """The weight spectra for transform size ``fshape``, memoized in ``prepared`` under ``("fft", fshape, dtype)``."""
     key = ("fft", fshape, dtype.str)
     spectra = prepared.get(key) if prepared is not None else None
     if spectra is None:
-        spectra = _spectra(w, fshape)
+        spectra = _spectra(w, fshape, backend)
         if prepared is not None:
             prepared[key] = spectra
     return spectra
 
 
-def _forward(xp: NDArray[Any], fshape: tuple[int, ...], spectrum_dtype: np.dtype[Any], parts: int) -> NDArray[Any]:
+def _one_thread_each(parts: int) -> contextlib.AbstractContextManager[None]:
+    """One thread per transform while the work is split over ``parts`` threads already."""
+    return resources.thread_share(1) if parts > 1 else contextlib.nullcontext()
+
+
+def _forward(xp: NDArray[Any], fshape: tuple[int, ...], spectrum_dtype: np.dtype[Any], parts: int, backend: str = "fftw") -> NDArray[Any]:
     """The forward transforms of every ``(N * C_in)`` row of ``xp`` at ``fshape``, as ``(F, N * C_in)``."""
     rows = xp.shape[0] * xp.shape[1]
     padded = tuple(int(s) for s in xp.shape[2:])
@@ -189,7 +205,7 @@ def _forward(xp: NDArray[Any], fshape: tuple[int, ...], spectrum_dtype: np.dtype
     rows_in = xp.reshape((rows,) + padded)
 
     def forward(lo: int, hi: int) -> None:
-        with plans.plan("r2c", (hi - lo,) + fshape, xp.dtype, axes) as p:
+        with _one_thread_each(parts), plans.plan("r2c", (hi - lo,) + fshape, xp.dtype, axes, backend) as p:
             corner = (slice(None),) + tuple(slice(0, s) for s in padded)
             p.input[corner] = rows_in[lo:hi]
             for axis, size in enumerate(padded, start=1):  # zero the tail of each dimension
@@ -221,7 +237,13 @@ def _products(xf3: NDArray[Any], spectra: NDArray[Any], parts: int) -> NDArray[A
 
 
 def _inverse(
-    yf2: NDArray[Any], fshape: tuple[int, ...], dtype: np.dtype[Any], strides: tuple[int, ...], out_spatial: tuple[int, ...], parts: int
+    yf2: NDArray[Any],
+    fshape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    strides: tuple[int, ...],
+    out_spatial: tuple[int, ...],
+    parts: int,
+    backend: str = "fftw",
 ) -> NDArray[Any]:
     """The inverse transforms of the ``(F, N * C_out)`` spectra, cropped and subsampled to ``(N * C_out, *out_spatial)``."""
     points, rows = yf2.shape
@@ -230,7 +252,7 @@ def _inverse(
     crop = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
 
     def inverse(lo: int, hi: int) -> None:
-        with plans.plan("c2r", (hi - lo,) + fshape, dtype, axes) as q:
+        with _one_thread_each(parts), plans.plan("c2r", (hi - lo,) + fshape, dtype, axes, backend) as q:
             q.input.reshape(hi - lo, points)[...] = yf2[:, lo:hi].T
             q.fftw.execute()
             out[lo:hi] = q.output[crop]

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve_server.engine.signal import direct, fft_product, integers, overlap_add
-from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, nonfinite_warnings  # noqa: F401 (re-exported)
+from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, has_nonfinite, nonfinite_warnings  # noqa: F401 (re-exported)
 from convserve_server.engine.signal.planner import SignalPlan, plan_signal_call
 
 
@@ -86,10 +86,11 @@ def correlate(
 
 def _finish(plan: SignalPlan, return_info: bool) -> Any:
     """Run a plan, time it, and package the result."""
+    if not return_info:
+        return execute(plan)
     started = time.perf_counter()
     result = execute(plan)
-    info = CallInfo(method=plan.method, compute_seconds=time.perf_counter() - started, warnings=tuple(plan.warnings))
-    return (result, info) if return_info else result
+    return result, CallInfo(method=plan.method, compute_seconds=time.perf_counter() - started, warnings=tuple(plan.warnings))
 
 
 def execute(plan: SignalPlan) -> npt.NDArray[Any]:
@@ -100,8 +101,8 @@ def execute(plan: SignalPlan) -> npt.NDArray[Any]:
     """
     with np.errstate(invalid="ignore", over="ignore"):  # reported as a call warning instead
         result = _compute(plan)
-    if not any("NaN" in note for note in plan.warnings):
-        plan.warnings.extend(nonfinite_warnings(result))
+        if not any("NaN" in note for note in plan.warnings) and has_nonfinite(result, guarded=False):
+            plan.warnings.append(NONFINITE_WARNING)
     return result
 
 
@@ -113,13 +114,13 @@ def _compute(plan: SignalPlan) -> npt.NDArray[Any]:
         if plan.method == "direct":
             raw = _direct_circular(plan, work)
         else:
-            raw = fft_product.circular(plan.x, plan.h, plan.axes, work)
+            raw = fft_product.circular(plan.x, plan.h, plan.axes, work, plan.fft_backend)
     elif plan.method == "direct":
         raw = direct.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
     elif plan.method == "overlap_add":
-        raw = overlap_add.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
+        raw = overlap_add.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work, plan.fft_backend)
     else:
-        raw = fft_product.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
+        raw = fft_product.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work, plan.fft_backend)
     return _cast(raw, plan, exact_fft).reshape(plan.output_shape)
 
 

@@ -34,10 +34,12 @@ except ImportError:  # pragma: no cover - exercised only in installs without Ope
     cv2 = None
 
 EXACT_FLOAT64 = float(2**53)
-# OpenCV sums directly (exactly, for integers in float64) for 1-D kernels below 50 taps and 2-D
-# kernels up to 11x11 (measured: beyond, its DFT path spreads a NaN over the whole output).
+# OpenCV sums directly (exactly, for integers in float64) for kernels below 50 taps, and below 130
+# taps when a float32 image is filtered into float32; beyond, its DFT path rounds integers and
+# spreads a NaN over the whole output (OpenCV's dft_filter_size; measured with OpenCV 5.0: a 9x9
+# integer kernel into float64 was off by one).
 CV_DIRECT_MAX_TAPS = 49
-CV_DIRECT_MAX_SIDE = 11
+CV_DIRECT_MAX_TAPS_SINGLE = 129
 # numpy.convolve beats a one-row OpenCV filter below this kernel length (measured here).
 NUMPY_1D_MAX_TAPS = 8
 SEPARABLE_MIN_SIDE = 5
@@ -81,14 +83,15 @@ def try_linear_region(
     compute = np.dtype(np.float64) if integer else work_dtype
     if chosen == "numpy_1d":
         return _numpy_1d(x, h, starts[0], lengths[0], compute)
-    if chosen == "opencv" and (summed(sides) or _finite_floats(x, h)):
+    single = compute == np.float32 and x.dtype == np.float32  # a float32 image OpenCV reads as it is
+    if chosen == "opencv" and (summed(sides, single) or _finite_floats(x, h)):
         return _opencv(x, h, axes, starts, lengths, compute)
     return None  # the numpy tap loop (OpenCV's DFT path would round integers and spread NaN)
 
 
-def summed(sides: Sequence[int]) -> bool:
-    """Whether OpenCV sums directly (no DFT) for a kernel of these sides."""
-    return math.prod(sides) <= CV_DIRECT_MAX_TAPS or (len(sides) == 2 and max(sides) <= CV_DIRECT_MAX_SIDE)
+def summed(sides: Sequence[int], single: bool = False) -> bool:
+    """Whether OpenCV sums directly (no DFT) for a kernel of these sides (``single``: a float32 image into float32)."""
+    return math.prod(sides) <= (CV_DIRECT_MAX_TAPS_SINGLE if single else CV_DIRECT_MAX_TAPS)
 
 
 def backend(n_axes: int, ndim: int, sides: Sequence[int], work_dtype: np.dtype[Any], integer_ok: bool) -> str:
@@ -108,7 +111,7 @@ def backend(n_axes: int, ndim: int, sides: Sequence[int], work_dtype: np.dtype[A
     if not integer_ok:
         return "loop"
     one_signal = n_axes == 1 and ndim == 1
-    if one_signal and (cv2 is None or work_dtype.kind == "c" or math.prod(sides) <= NUMPY_1D_MAX_TAPS or not summed(sides)):
+    if one_signal and (cv2 is None or work_dtype.kind == "c" or math.prod(sides) <= NUMPY_1D_MAX_TAPS or not summed(sides, work_dtype == np.float32)):
         return "numpy_1d"
     if cv2 is None or work_dtype.kind == "c" or n_axes > 2:
         return "loop"
@@ -175,6 +178,8 @@ def _opencv(
 ) -> npt.NDArray[Any] | None:
     """Batches of 1-D or 2-D convolutions by OpenCV, batch axes broadcast."""
     ddepth = cv2.CV_64F if dtype == np.float64 else cv2.CV_32F
+    if x.ndim == 2 and len(axes) == 2:  # one image: no batch axes to arrange
+        return _region_2d(_as_source(np.ascontiguousarray(x), dtype), h, starts, lengths, ddepth, dtype)
     conv = list(axes)
     batch_axes = [a for a in range(x.ndim) if a not in conv]
     order = batch_axes + conv
@@ -226,7 +231,7 @@ def _region_2d(
     rows, m = lengths[0], h.shape[0]
     if separable is not None:
         per_pixel = h.shape[0] + h.shape[1]
-    elif summed(h.shape):
+    elif summed(h.shape, src.dtype == np.float32 and dtype == np.float32):
         per_pixel = h.shape[0] * h.shape[1]
     else:
         per_pixel = _DFT_PIXEL_COST
@@ -283,7 +288,7 @@ def is_separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> bool:
 
 def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]] | None:
     """Column and row factors of a rank-1 float kernel of 5x5 or more, else None."""
-    if min(kernel.shape) < SEPARABLE_MIN_SIDE or dtype.kind != "f":
+    if min(kernel.shape) < SEPARABLE_MIN_SIDE or dtype.kind != "f" or not _near_rank_one(kernel):
         return None
     u, s, vt = np.linalg.svd(kernel.astype(np.float64))
     tolerance = 1e-7 if dtype == np.float32 else 1e-14
@@ -292,6 +297,20 @@ def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> tuple[npt.NDAr
     column = (u[:, 0] * s[0]).astype(dtype)
     row = vt[0].astype(dtype)
     return column, row
+
+
+def _near_rank_one(kernel: npt.NDArray[Any]) -> bool:
+    """A cheap test before the SVD: whether the rank-1 matrix through the largest entry's row and
+    column reproduces ``kernel`` within 1e-3 of that entry (a looser bound than the SVD's, so no
+    separable kernel is missed; a random 63x63 kernel is refused in about 30 us instead of 1-2 ms)."""
+    k = kernel.astype(np.float64)
+    p, q = np.unravel_index(int(np.argmax(np.abs(k))), k.shape)
+    pivot = k[p, q]
+    if pivot == 0 or not np.isfinite(pivot):
+        return False
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(k - np.outer(k[:, q], k[p, :] / pivot)).max()
+    return bool(error <= 1e-3 * abs(pivot))
 
 
 def _row_split(src: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, ddepth: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:

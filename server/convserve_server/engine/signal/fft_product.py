@@ -1,6 +1,6 @@
-"""The FFT product: products of cached FFTW transforms, real-to-complex for real data.
+"""The FFT product: products of cached transforms (FFTW or ducc0), real-to-complex for real data.
 
-Single precision stays single precision; transform lengths are FFTW's fast sizes. Plans and
+Single precision stays single precision; transform lengths are the backend's fast sizes. Plans and
 their aligned buffers come from :mod:`convserve_server.engine.fft.plans` (cached, so a repeated shape neither plans
 nor faults fresh pages); the inputs are copied into the plan's buffer once, zero-padded in
 place, and the 1/L normalisation is folded into the copy of the smaller operand.
@@ -57,6 +57,7 @@ def periodic_product(
     axes: Sequence[int],
     work_dtype: np.dtype[Any],
     finish: Finisher,
+    backend: str = "fftw",
 ) -> npt.NDArray[Any]:
     """Cyclic convolution of two zero-padded operands, handed to ``finish`` before release.
 
@@ -75,19 +76,21 @@ def periodic_product(
     finish : callable
         Receives the (normalised) cyclic convolution, a view of a reused buffer, and returns
         an array that owns its memory (a crop copied out, an overlap-add...).
+    backend : {"fftw", "ducc0"}
+        Who transforms (:func:`convserve_server.engine.fft.plans.plan`).
     """
     real = work_dtype.kind != "c"
     axes = tuple(axes)
     scale = 1.0 / math.prod(x_shape[a] for a in axes)
     forward = "r2c" if real else "c2c"
     out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
-    with plans.plan(forward, tuple(x_shape), work_dtype, axes) as px:
+    with plans.plan(forward, tuple(x_shape), work_dtype, axes, backend) as px:
         load_x(px.input)
         px.fftw.execute()
-        with plans.plan(forward, tuple(h_shape), work_dtype, axes) as ph:
+        with plans.plan(forward, tuple(h_shape), work_dtype, axes, backend) as ph:
             load(ph.input, h, scale)
             ph.fftw.execute()
-            with plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, axes) as pi:
+            with plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, axes, backend) as pi:
                 np.multiply(px.output, ph.output, out=pi.input)
                 pi.fftw.execute()
                 return finish(pi.output)
@@ -113,23 +116,26 @@ def linear_region(
     starts: Sequence[int],
     lengths: Sequence[int],
     work_dtype: np.dtype[Any],
+    backend: str = "fftw",
 ) -> npt.NDArray[Any]:
     """Return part of the full linear convolution of ``x`` and ``h`` along ``axes``.
 
     On axis ``axes[i]`` the result holds full-convolution indices
-    ``starts[i] .. starts[i] + lengths[i] - 1``; other axes broadcast.
+    ``starts[i] .. starts[i] + lengths[i] - 1``; other axes broadcast. Transform lengths are
+    ``backend``'s fast lengths.
     """
     if math.prod(h.shape) > math.prod(x.shape):
         x, h = h, x  # the scale and the zero-padding go with the smaller operand
-    sizes = {a: fast_length(x.shape[a] + h.shape[a] - 1) for a in axes}
+    real = work_dtype.kind != "c"
+    sizes = {a: fast_length(x.shape[a] + h.shape[a] - 1, backend, real) for a in axes}
     x_shape = [sizes.get(i, n) for i, n in enumerate(x.shape)]
     h_shape = [sizes.get(i, n) for i, n in enumerate(h.shape)]
     crop = _crop(starts, lengths, axes, x.ndim)
-    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, lambda y: _owned(y[crop]))
+    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, lambda y: _owned(y[crop]), backend)
 
 
-def circular(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: Sequence[int], work_dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+def circular(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: Sequence[int], work_dtype: np.dtype[Any], backend: str = "fftw") -> npt.NDArray[Any]:
     """Cyclic convolution along ``axes``: ``h`` zero-padded to ``x``'s length there."""
     x_shape = list(x.shape)
     h_shape = [x.shape[i] if i in axes else n for i, n in enumerate(h.shape)]
-    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, _owned)
+    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, _owned, backend)

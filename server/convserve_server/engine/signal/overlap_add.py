@@ -76,6 +76,7 @@ class _Layout:
     h_shape: tuple[int, ...]  # the forward transform of h: (..., 1, L)
     out_shape: tuple[int, ...]  # the inverse transform of their product
     transform_axes: tuple[int, ...]
+    backend: str  # who transforms: "fftw" or "ducc0"
 
 
 def linear_region(
@@ -85,30 +86,34 @@ def linear_region(
     starts: Sequence[int],
     lengths: Sequence[int],
     work_dtype: np.dtype[Any],
+    backend: str = "fftw",
 ) -> npt.NDArray[Any]:
-    """Part of the full linear convolution (see ``direct.linear_region``), blocked along one axis."""
+    """Part of the full linear convolution (see ``direct.linear_region``), blocked along one axis.
+
+    ``backend`` ("fftw" or "ducc0") runs the transforms; the other convolved axes get its fast lengths.
+    """
     if math.prod(h.shape[a] for a in axes) > math.prod(x.shape[a] for a in axes):
         x, h = h, x
     position = max(range(len(axes)), key=lambda i: x.shape[axes[i]] / h.shape[axes[i]])
     axis = axes[position]
     length = choose_block(x.shape[axis], h.shape[axis])
     if length >= fast_length(x.shape[axis] + h.shape[axis] - 1):
-        return fft_product.linear_region(x, h, axes, starts, lengths, work_dtype)
+        return fft_product.linear_region(x, h, axes, starts, lengths, work_dtype, backend)
     # Move the blocked axis last; the block index becomes a new batch axis just before it.
     xm, hm = np.moveaxis(x, axis, -1), np.moveaxis(h, axis, -1)
-    layout = _layout(xm.shape, hm.shape, [a - (a > axis) for a in axes if a != axis], length, work_dtype)
+    layout = _layout(xm.shape, hm.shape, [a - (a > axis) for a in axes if a != axis], length, work_dtype, backend)
     crop = _crop_other_axes(axes, starts, lengths, axis, x.ndim)
     acc = _convolve_blocks(xm, hm, layout, crop, work_dtype)
     start, size = starts[position], lengths[position]
     return np.moveaxis(acc[..., start : start + size], -1, axis)
 
 
-def _layout(x_shape: tuple[int, ...], h_shape: tuple[int, ...], others: list[int], length: int, work_dtype: np.dtype[Any]) -> _Layout:
+def _layout(x_shape: tuple[int, ...], h_shape: tuple[int, ...], others: list[int], length: int, work_dtype: np.dtype[Any], backend: str) -> _Layout:
     """The transforms for blocks of transform length ``length`` along the last axis (``others``: the other convolved axes)."""
     n, m = x_shape[-1], h_shape[-1]
     block = length - m + 1
     blocks = -(-n // block)
-    sizes = {a: fast_length(x_shape[a] + h_shape[a] - 1) for a in others}
+    sizes = {a: fast_length(x_shape[a] + h_shape[a] - 1, backend, work_dtype.kind != "c") for a in others}
     x_blocked = [sizes.get(i, s) for i, s in enumerate(x_shape[:-1])] + [blocks, length]
     h_blocked = [sizes.get(i, s) for i, s in enumerate(h_shape[:-1])] + [1, length]
     # Blocks per group: spectra bytes per block bounded by GROUP_BYTES (all blocks if they fit).
@@ -118,7 +123,7 @@ def _layout(x_shape: tuple[int, ...], h_shape: tuple[int, ...], others: list[int
     group = max(1, min(blocks, GROUP_BYTES // max(1, spectrum)))
     x_blocked[-2] = group
     out_shape = tuple(np.broadcast_shapes(tuple(x_blocked), tuple(h_blocked)))
-    return _Layout(n, m, block, blocks, group, tuple(x_blocked), tuple(h_blocked), out_shape, tuple(others) + (len(x_shape),))
+    return _Layout(n, m, block, blocks, group, tuple(x_blocked), tuple(h_blocked), out_shape, tuple(others) + (len(x_shape),), backend)
 
 
 def _crop_other_axes(axes: Sequence[int], starts: Sequence[int], lengths: Sequence[int], axis: int, ndim: int) -> tuple[slice, ...]:
@@ -159,10 +164,11 @@ def _convolve_blocks(xm: npt.NDArray[Any], hm: npt.NDArray[Any], layout: _Layout
     forward = "r2c" if real else "c2c"
     axes = layout.transform_axes
     scale = 1.0 / math.prod(layout.x_shape[a] for a in axes)
+    backend = layout.backend
     with (
-        plans.plan(forward, layout.x_shape, work_dtype, axes) as px,
-        plans.plan(forward, layout.h_shape, work_dtype, axes) as ph,
-        plans.plan("c2r" if real else "c2c_inverse", layout.out_shape, work_dtype, axes) as pi,
+        plans.plan(forward, layout.x_shape, work_dtype, axes, backend) as px,
+        plans.plan(forward, layout.h_shape, work_dtype, axes, backend) as ph,
+        plans.plan("c2r" if real else "c2c_inverse", layout.out_shape, work_dtype, axes, backend) as pi,
     ):
         fft_product.load(ph.input, hm.reshape(hm.shape[:-1] + (1, layout.m)), scale)
         ph.fftw.execute()

@@ -8,6 +8,7 @@ found here, before any work starts. ``auto`` is a pure function of shapes, dtype
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,21 +16,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.signal import cost_model, direct_fast, integers
-from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.errors import InvalidArgumentError
-from convserve_server.engine.signal.options import (
-    BOUNDARIES,
-    BOUNDARY_ALIASES,
-    METHODS,
-    MODES,
-    as_input,
-    choose,
-    normalize_axes,
-    normalize_fill_value,
-    normalize_output_dtype,
-    output_shape,
-)
+from convserve_server.engine.fft import plans
+from convserve_server.engine.fft.sizes import fast_length
+from convserve_server.engine.info import has_nonfinite
+from convserve_server.engine.signal import cost_model, direct_fast, integers, signature
+from convserve_server.engine.signal.options import METHODS, MODES, as_input, choose, normalize_axes, normalize_output_dtype
+from convserve_server.engine.signal.signature import float_work_dtype, output_window
 
 
 @dataclass
@@ -48,6 +41,7 @@ class SignalPlan:
     exact_integer: bool
     output_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    fft_backend: str = "fftw"  # who transforms when the method is an FFT: "fftw" or "ducc0"
 
 
 def plan_signal_call(
@@ -61,104 +55,60 @@ def plan_signal_call(
     output_dtype: Any,
     correlate: bool,
 ) -> SignalPlan:
-    """Validate a call and decide how to compute it (see ``engine.convolve`` for the arguments)."""
-    mode = choose(mode, MODES, "mode")
-    method = choose(method, METHODS, "method")
-    boundary = choose(boundary, BOUNDARIES, "boundary", BOUNDARY_ALIASES)
-    x = as_input(in1, "in1")
-    h = as_input(in2, "in2")
-    scalar = x.ndim == 0 and h.ndim == 0
-    if scalar:
+    """Validate a call and decide how to compute it (see ``engine.convolve`` for the arguments).
+
+    The checks that need only the call's signature (shapes, dtypes, options) run once per
+    signature (:func:`signature.call_shape`, memoised); those that need the values (integer
+    bounds, NaN/Inf, the kernel's separability) run on every call.
+    """
+    x = in1 if type(in1) is np.ndarray else as_input(in1, "in1")
+    h = in2 if type(in2) is np.ndarray else as_input(in2, "in2")
+    key = (x.shape, x.dtype, h.shape, h.dtype, mode, method, tuple(axes) if type(axes) is list else axes, boundary, fill_value, output_dtype)
+    try:
+        call = signature.call_shape(*key)
+    except TypeError:  # an unhashable option: checked without the memo
+        call = signature.call_shape.__wrapped__(*key)
+    if call.scalar:
         x, h = x.reshape(1), h.reshape(1)
-    natural = np.result_type(x.dtype, h.dtype)
-    out_dtype = normalize_output_dtype(output_dtype, natural)
-    complex_work = out_dtype.kind == "c" or natural.kind == "c"
-    fill = normalize_fill_value(fill_value, complex_work)
-    conv_axes = normalize_axes(axes, x.ndim) if x.ndim else ()
-    if x.ndim == 0:
-        raise InvalidArgumentError("in2", "in1 is a scalar but in2 is not; both must have the same dimensionality")
-    h = _align_kernel(x, h, conv_axes, axes is not None)
+    if h.shape != call.h_shape:
+        h = h.reshape(call.h_shape)
+    conv_axes = call.axes
     if correlate:
         h = np.flip(h, axis=conv_axes)
         if h.dtype.kind == "c":
             h = np.conj(h)
-    sizes_x = [x.shape[a] for a in conv_axes]
-    sizes_h = [h.shape[a] for a in conv_axes]
-    starts, lengths = _output_window(mode, sizes_x, sizes_h)
-    needs_extension = mode in ("full", "same") and (boundary != "fill" or fill != 0)
-    if mode == "circular" and (boundary != "fill" or fill != 0):
-        raise InvalidArgumentError("boundary", "mode 'circular' is periodic by definition; leave boundary='fill', fill_value=0")
-    if needs_extension:
-        x = _extend(x, conv_axes, sizes_h, boundary, fill)
-        starts = [s + m - 1 for s, m in zip(starts, sizes_h)]
-    exact = out_dtype.kind in "biu"
+    if call.extends:
+        x = _extend(x, conv_axes, [h.shape[a] for a in conv_axes], call.boundary, call.fill)
     plan_warnings: list[str] = []
     bound = 0.0
-    if exact:
+    work: np.dtype[Any]
+    if call.exact:
         bound = integers.worst_case_bound(x, h)
-        work = integers.accumulator_for(bound, out_dtype, x.dtype.kind in "bu" and h.dtype.kind in "bu")
+        work = integers.accumulator_for(bound, call.out_dtype, x.dtype.kind in "bu" and h.dtype.kind in "bu")
     else:
-        work = _float_work_dtype(x.dtype, h.dtype, out_dtype, complex_work)
-    shape = output_shape(x.shape, h.shape, conv_axes, lengths)
-    chosen = _choose_method(method, mode, x, h, conv_axes, lengths, exact, bound, work, plan_warnings)
+        assert call.work_dtype is not None
+        work = call.work_dtype
+    lengths = list(call.lengths)
+    if call.method == "auto" and not call.exact:  # the common case: one lookup for the method and the backend
+        chosen, backend = _auto_float(key, x, h, conv_axes, lengths, call.mode, work, plan_warnings)
+    else:
+        chosen = _choose_method(call.method, call.mode, x, h, conv_axes, lengths, call.exact, bound, work, plan_warnings)
+        backend = choose_backend(chosen, call.mode, x.shape, h.shape, conv_axes, call.exact, work)
     return SignalPlan(
         x=x,
         h=h,
         axes=conv_axes,
-        mode=mode,
-        starts=starts,
+        mode=call.mode,
+        starts=list(call.starts),
         lengths=lengths,
-        out_dtype=out_dtype,
+        out_dtype=call.out_dtype,
         work_dtype=work,
         method=chosen,
-        exact_integer=exact,
-        output_shape=() if scalar else tuple(shape),
+        exact_integer=call.exact,
+        output_shape=call.output_shape,
         warnings=plan_warnings,
+        fft_backend=backend,
     )
-
-
-def _align_kernel(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: tuple[int, ...], axes_given: bool) -> npt.NDArray[Any]:
-    """Give ``h`` x's number of dimensions and check broadcasting on the axes not convolved.
-
-    ``h`` has x's number of dimensions, or (with ``axes`` given) one per axis, laid on those axes
-    with size 1 on the others.
-    """
-    if h.ndim != x.ndim:
-        if axes_given and h.ndim == len(axes):
-            shape = [1] * x.ndim
-            for axis, size in zip(axes, h.shape):
-                shape[axis] = size
-            h = h.reshape(shape)
-        else:
-            expected = f"{x.ndim}" + (f" or len(axes) = {len(axes)}" if axes_given else "")
-            raise InvalidArgumentError("in2", f"has {h.ndim} dimensions; expected the same dimensionality as in1 ({expected})")
-    for axis in range(x.ndim):
-        if axis not in axes and x.shape[axis] != h.shape[axis] and 1 not in (x.shape[axis], h.shape[axis]):
-            raise InvalidArgumentError(
-                "in2",
-                f"size {h.shape[axis]} on axis {axis}, which is not convolved, does not match in1's size {x.shape[axis]}; expected equal sizes or 1",
-            )
-    return h
-
-
-def _output_window(mode: str, sizes_x: list[int], sizes_h: list[int]) -> tuple[list[int], list[int]]:
-    """First full-convolution index and length of the output on each convolved axis."""
-    if mode == "full":
-        return [0] * len(sizes_x), [n + m - 1 for n, m in zip(sizes_x, sizes_h)]
-    if mode == "same":
-        return [(m - 1) // 2 for m in sizes_h], list(sizes_x)
-    if mode == "circular":
-        if any(m > n for n, m in zip(sizes_x, sizes_h)):
-            raise InvalidArgumentError("in2", f"shape {sizes_h} is longer than in1 {sizes_x} on a convolved axis; mode 'circular' needs in2 no longer than in1")
-        return [0] * len(sizes_x), list(sizes_x)
-    x_larger = all(n >= m for n, m in zip(sizes_x, sizes_h))
-    h_larger = all(m >= n for n, m in zip(sizes_x, sizes_h))
-    if not (x_larger or h_larger):
-        raise InvalidArgumentError(
-            "in2",
-            f"for 'valid' mode, one must be at least as large as the other in every dimension; in1 is {sizes_x} and in2 is {sizes_h} on the convolved axes",
-        )
-    return [min(n, m) - 1 for n, m in zip(sizes_x, sizes_h)], [abs(n - m) + 1 for n, m in zip(sizes_x, sizes_h)]
 
 
 _PAD_MODE = {"fill": "constant", "wrap": "wrap", "symmetric": "symmetric", "reflect": "reflect", "edge": "edge"}
@@ -169,21 +119,10 @@ def _extend(x: npt.NDArray[Any], axes: tuple[int, ...], sizes_h: list[int], boun
     pad = [(0, 0)] * x.ndim
     for axis, m in zip(axes, sizes_h):
         pad[axis] = (m - 1, m - 1)
-    if boundary == "reflect" and any(x.shape[a] == 1 and m > 1 for a, m in zip(axes, sizes_h)):
-        raise InvalidArgumentError("boundary", "'reflect' needs at least 2 samples on every convolved axis of in1")
     if boundary == "fill":
         dtype = np.result_type(x.dtype, np.asarray(fill).dtype) if fill != 0 else x.dtype
         return np.pad(x.astype(dtype, copy=False), pad, mode="constant", constant_values=fill)
     return np.pad(x, pad, mode=_PAD_MODE[boundary])  # type: ignore[call-overload]
-
-
-def _float_work_dtype(a: np.dtype[Any], b: np.dtype[Any], out: np.dtype[Any], complex_work: bool) -> np.dtype[Any]:
-    """Single precision when the output and both inputs are at most single; double otherwise."""
-    small = {"f2", "f4", "c8", "b1", "u1", "i1", "u2", "i2"}
-    single = out.itemsize <= (8 if out.kind == "c" else 4) and all(f"{d.kind}{d.itemsize}" in small for d in (a, b))
-    if complex_work:
-        return np.dtype(np.complex64 if single else np.complex128)
-    return np.dtype(np.float32 if single else np.float64)
 
 
 def _choose_method(
@@ -199,9 +138,11 @@ def _choose_method(
     notes: list[str],
 ) -> str:
     """Resolve ``auto`` with the cost model and keep integer results exact and NaN local."""
-    sizes = [(x.shape[a], h.shape[a]) for a in axes]
-    fft_size = math.prod(fast_length(n + m - 1) for n, m in sizes)
-    if exact and method in ("fft", "overlap_add", "auto") and not integers.fft_is_exact(x, h, fft_size):
+    if (
+        exact
+        and method in ("fft", "overlap_add", "auto")
+        and not integers.fft_is_exact(x, h, math.prod(fast_length(x.shape[a] + h.shape[a] - 1) for a in axes))
+    ):
         if method != "auto":
             notes.append(f"method '{method}' cannot give exact integers at this range; ran 'direct' instead")
         return "direct"
@@ -219,9 +160,59 @@ def _choose_method(
     return chosen
 
 
+# (signature, separable, token) -> (method, backend) of ``auto`` for float calls; cleared when full.
+_AUTO: dict[tuple[Any, ...], tuple[str, str]] = {}
+
+
+def _auto_float(
+    key: tuple[Any, ...],
+    x: npt.NDArray[Any],
+    h: npt.NDArray[Any],
+    axes: tuple[int, ...],
+    lengths: list[int],
+    mode: str,
+    work: np.dtype[Any],
+    notes: list[str],
+) -> tuple[str, str]:
+    """``auto``'s method and FFT backend for a float call: memoised by signature, the kernel's
+    separability, the thread share and the constants; then the NaN rule on the values."""
+    memo: tuple[Any, ...] | None = (key, _separable(x.shape, h, axes, work), _memo_token())
+    try:
+        decided = _AUTO.get(memo)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable option: decided without the memo
+        memo, decided = None, None
+    if decided is None:
+        method = fastest(mode, x.shape, h, axes, lengths, False, True, work)
+        decided = (method, choose_backend(method, mode, x.shape, h.shape, axes, False, work))
+        if memo is not None:
+            if len(_AUTO) >= signature.MAX_SIGNATURES:
+                _AUTO.clear()
+            _AUTO[memo] = decided
+    if decided[0] != "direct" and not _finite(x, h):
+        notes.append("an input holds NaN or Inf; ran 'direct' to keep it local")
+        return "direct", "fftw"
+    return decided
+
+
+def _separable(x_shape: tuple[int, ...], h: npt.NDArray[Any] | tuple[int, ...], axes: tuple[int, ...], fft_work: np.dtype[Any]) -> bool:
+    """Whether the cost model must count ``h`` as separable (a 2-D float kernel of 5x5 or more, the smaller operand, of rank 1)."""
+    if not isinstance(h, np.ndarray) or len(axes) != 2 or fft_work.kind != "f":
+        return False
+    h_shape = h.shape
+    if min(h_shape[a] for a in axes) < direct_fast.SEPARABLE_MIN_SIDE or math.prod(h_shape[a] for a in axes) > math.prod(x_shape[a] for a in axes):
+        return False
+    return direct_fast.is_separable(np.squeeze(h), fft_work)
+
+
 def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
-    """Whether both inputs are free of NaN and Inf (checked only when an FFT would run)."""
-    return bool(np.isfinite(h).all()) and bool(np.isfinite(x).all())
+    """Whether both inputs are free of NaN and Inf (checked only when an FFT would run; one cheap pass each)."""
+    return not has_nonfinite(h) and not has_nonfinite(x)
+
+
+def _memo_token() -> tuple[Any, ...]:
+    """What the cost model's choices depend on besides the call: the threads a transform may use
+    (the setting and the request's share) and the constants in force."""
+    return (plans.max_threads(), tuple(cost_model.constants().values()))
 
 
 def fastest(
@@ -236,20 +227,63 @@ def fastest(
 ) -> str:
     """The method of least predicted time (``auto``'s choice before the exactness and NaN rules).
 
-    ``h`` is the aligned kernel, or only its shape (see :func:`predict_method`).
+    ``h`` is the aligned kernel, or only its shape (see :func:`predict_method`). The kernel's
+    values matter only through its separability (checked here); the prediction is memoised.
     """
     h_shape = tuple(h.shape) if isinstance(h, np.ndarray) else tuple(h)
+    fft_work = np.dtype(np.float64) if exact else work
+    separable = _separable(tuple(x_shape), h, axes, fft_work)
+    return _fastest(mode, tuple(x_shape), h_shape, tuple(axes), tuple(lengths), exact, integer_ok, fft_work, separable, _memo_token())
+
+
+@functools.lru_cache(maxsize=signature.MAX_SIGNATURES)
+def _fastest(
+    mode: str,
+    x_shape: tuple[int, ...],
+    h_shape: tuple[int, ...],
+    axes: tuple[int, ...],
+    lengths: tuple[int, ...],
+    exact: bool,
+    integer_ok: bool,
+    fft_work: np.dtype[Any],
+    separable: bool,
+    token: tuple[Any, ...],
+) -> str:
+    """:func:`fastest` for shapes only (``token``: :func:`_memo_token`, so new constants or threads predict afresh)."""
     sizes = [(x_shape[a], h_shape[a]) for a in axes]
     batch = math.prod(max(x_shape[a], h_shape[a]) for a in range(len(x_shape)) if a not in axes)
     c = cost_model.constants()
-    fft_work = np.dtype(np.float64) if exact else work
+    fft_backend = cost_model.fft_backend(batch, sizes, fft_work, exact, c)
     predicted = {
-        "direct": cost_model.direct_cost(x_shape, h, axes, lengths, batch, fft_work, integer_ok, c),
-        "fft": cost_model.fft_cost(batch, sizes, fft_work, c),
+        "direct": cost_model.direct_cost(x_shape, h_shape, axes, lengths, batch, fft_work, integer_ok, c, separable),
+        "fft": cost_model.fft_cost(batch, sizes, fft_work, c, fft_backend),
     }
     if mode != "circular" and len(sizes) == 1:  # measured: blocking one axis of an image loses to a whole FFT
-        predicted["overlap_add"] = cost_model.overlap_add_cost(batch, sizes, fft_work, c)
+        oa_backend = cost_model.overlap_add_backend(batch, sizes, fft_work, exact, c)
+        predicted["overlap_add"] = cost_model.overlap_add_cost(batch, sizes, fft_work, c, oa_backend)
     return min(predicted, key=lambda name: predicted[name])
+
+
+def choose_backend(method: str, mode: str, x_shape: tuple[int, ...], h_shape: tuple[int, ...], axes: tuple[int, ...], exact: bool, work: np.dtype[Any]) -> str:
+    """The FFT backend of least predicted time for ``method`` (FFTW for exact integers and for ``direct``; memoised)."""
+    if method == "direct" or exact:
+        return "fftw"
+    return _backend(method, mode, tuple(x_shape), tuple(h_shape), tuple(axes), work, _memo_token())
+
+
+@functools.lru_cache(maxsize=signature.MAX_SIGNATURES)
+def _backend(
+    method: str, mode: str, x_shape: tuple[int, ...], h_shape: tuple[int, ...], axes: tuple[int, ...], work: np.dtype[Any], token: tuple[Any, ...]
+) -> str:
+    """:func:`choose_backend` for a float call (``token``: :func:`_memo_token`)."""
+    sizes = [(x_shape[a], h_shape[a]) for a in axes]
+    batch = math.prod(max(x_shape[a], h_shape[a]) for a in range(len(x_shape)) if a not in axes)
+    c = cost_model.constants()
+    if method == "overlap_add" and mode != "circular":
+        return cost_model.overlap_add_backend(batch, sizes, work, False, c)
+    if mode == "circular":
+        sizes = [(n, 1) for n, _ in sizes]  # circular transforms at in1's length exactly
+    return cost_model.fft_backend(batch, sizes, work, False, c)
 
 
 @dataclass
@@ -306,7 +340,7 @@ def predict_method(
     natural = np.result_type(dtype1, dtype2)
     out_dtype = normalize_output_dtype(output_dtype, natural)
     sizes_h = [h_shape[a] for a in conv_axes]
-    _, lengths = _output_window(mode, [x_shape[a] for a in conv_axes], sizes_h)
+    _, lengths = output_window(mode, [x_shape[a] for a in conv_axes], sizes_h)
     if extends and mode in ("full", "same"):
         x_shape = tuple(n + 2 * (sizes_h[conv_axes.index(i)] - 1) if i in conv_axes else n for i, n in enumerate(x_shape))
     exact = out_dtype.kind in "biu"
@@ -318,7 +352,7 @@ def predict_method(
         work = np.dtype(np.int64)
     else:
         integer_ok = True
-        work = _float_work_dtype(np.dtype(dtype1), np.dtype(dtype2), out_dtype, complex_work)
+        work = float_work_dtype(np.dtype(dtype1), np.dtype(dtype2), out_dtype, complex_work)
     if method == "auto":
         chosen = fastest(mode, x_shape, h_shape, conv_axes, lengths, exact, integer_ok, work)
     else:
