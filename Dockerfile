@@ -29,8 +29,8 @@ COPY server/ server/
 RUN pip install --no-cache-dir ".[server]" \
     && python -m compileall -q /opt/venv/lib
 
-# Collect the licence files pyFFTW ships (found through its installed metadata, not a fixed
-# path, so a new pyFFTW version with a different layout still works), plus the GPL text.
+# Collect the licence files pyFFTW and ducc0 ship (found through their installed metadata, not a
+# fixed path, so a new version with a different layout still works), plus the GPL text.
 RUN mkdir -p /licenses && python -c '\
 import importlib.metadata as md, pathlib, shutil; \
 dist = md.distribution("pyfftw"); out = pathlib.Path("/licenses"); \
@@ -43,7 +43,14 @@ libs = sorted(p.name for p in pathlib.Path(dist.locate_file("pyfftw.libs")).glob
   "and Massachusetts Institute of Technology, bundled in the pyFFTW " + dist.version + " wheel as:\n  " \
   + "\n  ".join(libs) + "\n" \
   "FFTW is free software under the GNU General Public License, version 2 or (at your option)\n" \
-  "any later version: see GPL-2 in this folder. pyFFTW itself is BSD-3-Clause: see pyfftw-*.\n")' \
+  "any later version: see GPL-2 in this folder. pyFFTW itself is BSD-3-Clause: see pyfftw-*.\n"); \
+ducc = md.distribution("ducc0"); \
+licences = [f for f in ducc.files or [] if any(k in f.name.lower() for k in ("licen", "copying"))]; \
+assert licences, "no licence file in the ducc0 distribution"; \
+[shutil.copy(ducc.locate_file(f), out / ("ducc0-" + f.name)) for f in licences]; \
+(out / "NOTICE").write_text((out / "NOTICE").read_text() + "This image contains ducc0 " + ducc.version + \
+  " (https://gitlab.mpcdf.mpg.de/mtr/ducc), free software under the GNU General Public License,\n" \
+  "version 2 or (at your option) any later version: see ducc0-* and GPL-2 in this folder.\n")' \
     && cp /usr/share/common-licenses/GPL-2 /licenses/GPL-2
 
 # ---- runtime stage ---------------------------------------------------------------------------
