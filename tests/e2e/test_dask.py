@@ -38,7 +38,7 @@ def cluster() -> Iterator[distributed.Client]:
             yield client
 
 
-@pytest.mark.parametrize("mode,boundary", itertools.product(["full", "same", "valid"], BOUNDARIES))
+@pytest.mark.parametrize("mode,boundary", list(itertools.product(["full", "same", "valid"], BOUNDARIES)))
 def test_dask_equals_one_shot_with_whole_array_boundaries(service: RunningServer, cluster: distributed.Client, mode: str, boundary: str) -> None:
     """Chunks smaller than the kernel's reach: ``wrap`` must take the far end of the array, not the chunk's."""
     x = RNG.standard_normal((50, 37))
