@@ -16,6 +16,7 @@ Run: ``python bench/bench_floor.py [--sizes-kib 1 64 1024 16384 131072 1048576] 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -49,13 +50,21 @@ def rounds_for(nbytes: int) -> tuple[int, int]:
 
 
 def interleaved(contenders: dict[str, Sample], rounds: int, calls: int) -> dict[str, tuple[float, float]]:
-    """Median (round trip, compute) seconds per contender, run round-robin after one warm-up each."""
+    """Median (round trip, compute) seconds per contender, after one warm-up each.
+
+    Each round runs every contender, in a new seeded random order: in a fixed order the one that
+    follows a large transfer pays for what that left behind (freed memory, cold caches).
+    """
     for sample in contenders.values():
         sample()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     computes: dict[str, list[float]] = {name: [] for name in contenders}
+    order = random.Random(0)
     for _ in range(rounds):
-        for name, sample in contenders.items():
+        names = list(contenders)
+        order.shuffle(names)
+        for name in names:
+            sample = contenders[name]
             for _ in range(calls):
                 started = time.perf_counter()
                 compute = sample()
