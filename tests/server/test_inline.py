@@ -24,10 +24,6 @@ def _signal(n1: tuple[int, ...], n2: tuple[int, ...]) -> pb.SignalRequest:
     return _options.signal_request(np.zeros(n1), np.zeros(n2), "full", "auto", None, "fill", 0, None)
 
 
-def _layer(input_shape: tuple[int, ...], weight_shape: tuple[int, ...], padding: int = 0, pool: dict | None = None) -> pb.ConvLayerRequest:
-    return _options.conv_layer_request(np.zeros(input_shape, np.float32), np.zeros(weight_shape, np.float32), None, 1, padding, 1, 1, "zeros", None, pool)
-
-
 def test_only_tiny_signal_calls_run_inline() -> None:
     assert inline.signal_work(_signal((6,), (1,)))
     assert inline.signal_work(_signal((1000,), (3,)))
@@ -37,13 +33,12 @@ def test_only_tiny_signal_calls_run_inline() -> None:
     assert not inline.signal_work(_signal((2, 128), (1, 100)))  # N-D with more taps than a few passes
 
 
-def test_only_tiny_layers_run_inline_and_padding_counts() -> None:
-    assert inline.layer_work(_layer((1, 1, 8, 8), (2, 1, 3, 3)))
-    assert not inline.layer_work(_layer((1, 1, 8, 8), (2, 1, 3, 3), padding=100))  # a small input, a large output
-    assert not inline.layer_work(_layer((8, 16, 32, 32), (16, 16, 3, 3)))
-    assert not inline.layer_work(_layer((1, 1, 8, 8), (2, 1, 3, 3), pool={"kind": "max", "kernel_size": 2}))
-    registered = object()
-    assert not inline.layer_work(_layer((1, 1, 8, 8), (2, 1, 3, 3)), registered)  # type: ignore[arg-type]
+def test_layers_never_run_inline() -> None:
+    from convserve_server.transport import rpcs
+
+    tiny = _options.conv_layer_request(np.zeros((1, 1, 8, 8), np.float32), np.zeros((2, 1, 3, 3), np.float32), None, 1, 0, 1, 1, "zeros", None, None)
+    assert not rpcs.CONV_LAYER.inline(tiny, None) and not rpcs.CONV_TRANSPOSE.inline(tiny, None)
+    assert rpcs.CONVOLVE.inline(_signal((6,), (1,)), None)
 
 
 def test_inline_work_is_admitted_like_pooled_work() -> None:

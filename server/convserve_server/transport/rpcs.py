@@ -92,15 +92,7 @@ def _no_bytes(request: Any, entry: Entry | None) -> int:
 
 _SIGNAL = RpcSpec("", pb.SignalRequest, ("in1", "in2"), requests.check_signal, _signal_bytes, response=pb.SignalResponse, inline=inline.signal_work)
 _LAYER = RpcSpec(
-    "",
-    pb.ConvLayerRequest,
-    ("input", "weight", "bias"),
-    requests.check_layer,
-    estimates.conv_layer_request_bytes,
-    None,
-    "output",
-    pb.ConvLayerResponse,
-    inline=inline.layer_work,
+    "", pb.ConvLayerRequest, ("input", "weight", "bias"), requests.check_layer, estimates.conv_layer_request_bytes, None, "output", pb.ConvLayerResponse
 )
 
 CONVOLVE = dataclasses.replace(_SIGNAL, name="Convolve", compute=compute.convolve)
@@ -113,7 +105,6 @@ CONV_TRANSPOSE = dataclasses.replace(
     check=requests.check_transpose,
     estimate=estimates.conv_transpose_request_bytes,
     compute=compute.transpose,
-    inline=lambda request, entry: False,
 )
 # Runs compute.register itself (its result is an entry of the registry, not a tensor).
 REGISTER_WEIGHTS = RpcSpec("RegisterWeights", pb.RegisterWeightsRequest, ("weight", "bias"), requests.check_nothing, estimates.register_request_bytes)
