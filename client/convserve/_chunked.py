@@ -51,15 +51,11 @@ def request_parts(header: Any, arrays: dict[str, npt.NDArray[Any]], part_type: A
                 progress(sent, total)
 
 
-CHUNKED_METHODS = {"ConvolveChunked": pb.SignalRequestPart, "CorrelateChunked": pb.SignalRequestPart, "ConvLayerChunked": pb.ConvLayerRequestPart}
-SERVICE = "convserve.v1.ConvolutionService"
-
-
 def chunked_stubs(stub: Any, channel: Any) -> None:
     """Replace the stub's chunked methods by ones that write and read chunks with :mod:`._wire` (sync or aio channel)."""
-    for name in CHUNKED_METHODS:
+    for name in _wire.CHUNKED_PARTS:
         method = channel.stream_stream(
-            f"/{SERVICE}/{name}", request_serializer=_wire.serialize, response_deserializer=_wire.deserializer(pb.ResponsePart), _registered_method=True
+            f"/{_wire.SERVICE}/{name}", request_serializer=_wire.serialize, response_deserializer=_wire.deserializer(pb.ResponsePart), _registered_method=True
         )
         setattr(stub, name, method)
 

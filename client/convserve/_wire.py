@@ -18,6 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from convserve._retry import SERVICE
+from convserve.v1 import convserve_pb2 as pb
+
+# The chunked RPCs and their request part types (their responses are ResponseParts): the client's
+# stubs and the server's handlers of these methods use this module's (de)serializers.
+CHUNKED_PARTS: dict[str, Any] = {"ConvolveChunked": pb.SignalRequestPart, "CorrelateChunked": pb.SignalRequestPart, "ConvLayerChunked": pb.ConvLayerRequestPart}
+
+__all__ = ["CHUNKED_PARTS", "SERVICE", "Chunk", "deserializer", "encode", "read_chunk", "serialize"]
+
 _PART_CHUNK = 0x12  # field 2, length-delimited: the part's chunk
 _FIELD = 0x0A  # TensorChunk.field: field 1, length-delimited
 _OFFSET = 0x10  # TensorChunk.offset: field 2, varint

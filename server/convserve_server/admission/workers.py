@@ -110,14 +110,19 @@ class WorkerPool:
             self._reserved -= nbytes
             self.on_change(self._in_flight, self._reserved)
 
-    async def run(self, function: Callable[..., Result], *args: Any, nbytes: int = 0, reservation: Reservation | None = None, release: bool = True) -> Result:
+    async def run(
+        self, function: Callable[..., Result], *args: Any, nbytes: int = 0, reservation: Reservation | None = None, release: bool = True, inline: bool = False
+    ) -> Result:
         """Run ``function(*args)`` on a worker under ``reservation`` (or a new one for ``nbytes`` bytes).
 
         The reservation is released when the work has stopped, not when the caller stops waiting.
         With ``release=False`` (a chunked result that is still being sent) the caller releases it
         after a success; when the work fails or the caller is cancelled, it is still released
-        here, once the work has stopped.
+        here, once the work has stopped. ``inline=True`` (tiny work, see :meth:`run_inline`) runs
+        it right here, admitted the same way.
         """
+        if inline and reservation is None:
+            return self.run_inline(function, *args, nbytes=nbytes)
         if reservation is None:
             reservation = self.reserve(nbytes)
         token = threading.Event()

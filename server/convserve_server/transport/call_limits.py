@@ -167,9 +167,6 @@ class Ticket:
         self._limiter.release(self.identity)
 
 
-Behaviour = Callable[..., Any]
-
-
 class CallLimitInterceptor(grpc.aio.ServerInterceptor):
     """Refuse calls beyond ``max_calls`` in progress, or beyond ``max_per_identity`` for one identity.
 

@@ -24,10 +24,6 @@ from convserve_server.settings import Settings
 from convserve_server.transport import chunked, rpcs, shared_memory, streaming, unary
 
 Context: TypeAlias = grpc.aio.ServicerContext
-SERVICE = "convserve.v1.ConvolutionService"
-# The chunked RPCs and their request part types: their chunks are read and written by
-# convserve._wire (one copy of each chunk's bytes a side, where protobuf makes two).
-CHUNKED_PARTS = {"ConvolveChunked": pb.SignalRequestPart, "CorrelateChunked": pb.SignalRequestPart, "ConvLayerChunked": pb.ConvLayerRequestPart}
 
 
 class _Handlers:
@@ -49,10 +45,10 @@ def register(servicer: pb_grpc.ConvolutionServiceServicer, server: grpc.aio.Serv
     kept = _Handlers()
     pb_grpc.add_ConvolutionServiceServicer_to_server(servicer, kept)
     handlers = kept.handlers
-    for name, part in CHUNKED_PARTS.items():
+    for name, part in _wire.CHUNKED_PARTS.items():
         handlers[name] = grpc.stream_stream_rpc_method_handler(handlers[name].stream_stream, _wire.deserializer(part), _wire.serialize)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_wire.SERVICE, handlers),))
+    server.add_registered_method_handlers(_wire.SERVICE, handlers)
 
 
 class ConvolutionServicer(pb_grpc.ConvolutionServiceServicer):

@@ -290,9 +290,6 @@ async def serve(
         for name in spec.tensor_fields:
             check_declared(getattr(declared, name), name, settings)
         nbytes = spec.estimated(declared)
-        if spec.inline(declared, None):  # tiny work: computed on the event loop, admitted all the same
-            dtype, shape, info = pool.run_inline(compute, request, correlate, settings, nbytes=nbytes)
-        else:
-            dtype, shape, info = await pool.run(compute, request, correlate, settings, nbytes=nbytes)
+        dtype, shape, info = await pool.run(compute, request, correlate, settings, nbytes=nbytes, inline=spec.inline(declared, None))
     record.ok(info.method, 0)
     return pb.SharedResponse(result=encode.declared_result(dtype, shape), info=encode.compute_info(info))

@@ -36,10 +36,7 @@ async def serve(spec: RpcSpec, request: Any, context: grpc.aio.ServicerContext, 
         spec.check_headers(request, settings)
         entry = registered(request, weights)
         nbytes = spec.estimated(request, entry)
-        if spec.inline(request, entry):  # tiny work: the hop to a worker would cost more than it
-            result, info = pool.run_inline(spec.compute, request, None, entry, settings, nbytes=nbytes)
-        else:
-            result, info = await pool.run(spec.compute, request, None, entry, settings, nbytes=nbytes)
+        result, info = await pool.run(spec.compute, request, None, entry, settings, nbytes=nbytes, inline=spec.inline(request, entry))
     response = spec.respond(result, encode.compute_info(info))
     record.ok(info.method, result.nbytes)
     return response
