@@ -6,7 +6,7 @@
 # Settings are CONVSERVE_* environment variables (see `convserve serve --help`); the server
 # handles SIGTERM itself (in-flight calls get CONVSERVE_GRACE_SECONDS, then exit 0).
 #
-# LICENCE: the server extra installs pyFFTW, whose wheels bundle the FFTW3 libraries
+# LICENCE: the server package installs pyFFTW, whose wheels bundle the FFTW3 libraries
 # (pyfftw.libs/libfftw3*.so). FFTW is GPL-2.0-or-later, so this image, which redistributes
 # those binaries, carries FFTW's licence terms: pyFFTW's own licence file(s) found in the
 # installed distribution (its dist-info; they say pyFFTW is BSD-3-Clause and FFTW3 is GPL) and
@@ -22,11 +22,10 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 # Only what the package build needs (see .dockerignore as well).
-COPY pyproject.toml README.md ./
 COPY proto/ proto/
 COPY client/ client/
 COPY server/ server/
-RUN pip install --no-cache-dir ".[server]" \
+RUN pip install --no-cache-dir ./client ./server \
     && python -m compileall -q /opt/venv/lib
 
 # Collect the licence files pyFFTW and ducc0 ship (found through their installed metadata, not a

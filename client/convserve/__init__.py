@@ -27,7 +27,7 @@ from convserve.errors import (
     UnavailableError,
 )
 
-__version__ = "0.1.0"
+from convserve._version import __version__
 
 __all__ = [
     "AsyncClient",

@@ -4,4 +4,9 @@
 and runs the server.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# The distribution's version, which is the client's (importing convserve here would load grpc into the engine).
+__version__ = version("convserve-server")
+
+__all__ = ["__version__"]

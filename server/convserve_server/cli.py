@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What `pip install 'convserve[server]'` brings (an ImportError of one of them: the server is not installed).
+# What the `convserve-server` distribution brings (an ImportError of one of them: the server is not installed whole).
 SERVER_DEPENDENCIES = ("pyfftw", "cv2", "grpc_health", "grpc_reflection", "grpc_status", "prometheus_client", "onnxruntime")
-INSTALL_SERVER = "pip install 'convserve[server]'"
+INSTALL_SERVER = "pip install convserve-server (from the repository: pip install ./client ./server)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

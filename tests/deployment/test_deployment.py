@@ -345,7 +345,7 @@ def test_dockerfile_copies_only_existing_sources_that_dockerignore_lets_through(
     for source in copied:
         assert (ROOT / source).exists() or source == "README.md", f"COPY {source}: not in the repository"
         assert source in allowed, f"COPY {source}: excluded by .dockerignore"
-    assert {"pyproject.toml", "README.md", "client", "server", "proto"} <= set(copied)
+    assert {"client", "server", "proto"} <= set(copied)
 
 
 def test_image_carries_fftw_licence() -> None:
@@ -370,11 +370,12 @@ def test_healthcheck_parses_as_the_health_command() -> None:
         assert args.command == "health" and args.target.startswith("127.0.0.1:")
 
 
-def test_convserve_console_script_is_declared() -> None:
+def test_convserve_console_script_is_declared_by_the_client_and_the_server_adds_its_commands() -> None:
     tomllib = pytest.importorskip("tomllib")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["convserve"] == "convserve.cli:main"
-    assert "server" in project["optional-dependencies"]
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    server = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())["project"]
+    assert client["scripts"]["convserve"] == "convserve.cli:main" and "scripts" not in server
+    assert set(server["entry-points"]["convserve.commands"]) == {"serve", "health", "calibrate"}
 
 
 def test_compose_files_set_the_metrics_port_apart_from_the_grpc_port() -> None:
