@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.fft import plans
+from convserve_server.engine.fft import plans, pruned
+from convserve_server.engine.fft.ducc import DUCC0
 from convserve_server.engine.fft.sizes import fast_length
 
 Loader = Callable[[npt.NDArray[Any]], None]
@@ -58,6 +59,8 @@ def periodic_product(
     work_dtype: np.dtype[Any],
     finish: Finisher,
     backend: str = "fftw",
+    x_extents: Sequence[int] | None = None,
+    needed: Sequence[tuple[int, int]] | None = None,
 ) -> npt.NDArray[Any]:
     """Cyclic convolution of two zero-padded operands, handed to ``finish`` before release.
 
@@ -78,7 +81,15 @@ def periodic_product(
         an array that owns its memory (a crop copied out, an overlap-add...).
     backend : {"fftw", "ducc0"}
         Who transforms (:func:`convserve_server.engine.fft.plans.plan`).
+    x_extents : sequence of int, optional
+        How much of x's buffer ``load_x`` fills (zeros beyond): with ducc0 the transform skips
+        the zero lines (:mod:`convserve_server.engine.fft.pruned`), as it does for ``h``'s.
+    needed : sequence of (start, stop), optional
+        The part of the cyclic convolution that ``finish`` reads (all of it when omitted); with
+        ducc0 the inverse transform computes only that part.
     """
+    if backend == DUCC0:
+        return _pruned_product(x_shape, load_x, h, h_shape, tuple(axes), work_dtype, finish, x_extents or x_shape, needed)
     real = work_dtype.kind != "c"
     axes = tuple(axes)
     scale = 1.0 / math.prod(x_shape[a] for a in axes)
@@ -93,6 +104,35 @@ def periodic_product(
             with plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, axes, backend) as pi:
                 np.multiply(px.output, ph.output, out=pi.input)
                 pi.fftw.execute()
+                return finish(pi.output)
+
+
+def _pruned_product(
+    x_shape: Sequence[int],
+    load_x: Loader,
+    h: npt.NDArray[Any],
+    h_shape: Sequence[int],
+    axes: tuple[int, ...],
+    work_dtype: np.dtype[Any],
+    finish: Finisher,
+    x_extents: Sequence[int],
+    needed: Sequence[tuple[int, int]] | None,
+) -> npt.NDArray[Any]:
+    """:func:`periodic_product` on ducc0, each transform skipping known zeros or unread output."""
+    real = work_dtype.kind != "c"
+    scale = 1.0 / math.prod(x_shape[a] for a in axes)
+    forward, inverse = ("r2c", "c2r") if real else ("c2c", "c2c_inverse")
+    out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
+    with plans.plan(forward, tuple(x_shape), work_dtype, axes, DUCC0) as px:
+        threads = px.fftw.threads
+        load_x(px.input)
+        pruned.forward(forward, px.input, px.output, axes, x_extents, threads)
+        with plans.plan(forward, tuple(h_shape), work_dtype, axes, DUCC0) as ph:
+            load(ph.input, h, scale)
+            pruned.forward(forward, ph.input, ph.output, axes, h.shape, threads)
+            with plans.plan(inverse, out_shape, work_dtype, axes, DUCC0) as pi:
+                np.multiply(px.output, ph.output, out=pi.input)
+                pruned.inverse(inverse, pi.input, pi.output, axes, needed or [(0, n) for n in out_shape], threads)
                 return finish(pi.output)
 
 
@@ -131,11 +171,14 @@ def linear_region(
     x_shape = [sizes.get(i, n) for i, n in enumerate(x.shape)]
     h_shape = [sizes.get(i, n) for i, n in enumerate(h.shape)]
     crop = _crop(starts, lengths, axes, x.ndim)
-    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, lambda y: _owned(y[crop]), backend)
+    out_shape = np.broadcast_shapes(tuple(x_shape), tuple(h_shape))
+    needed = [(index.start or 0, out_shape[i] if index.stop is None else index.stop) for i, index in enumerate(crop)]
+    load_x = lambda buffer: load(buffer, x)  # noqa: E731
+    return periodic_product(x_shape, load_x, h, h_shape, axes, work_dtype, lambda y: _owned(y[crop]), backend, x.shape, needed)
 
 
 def circular(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: Sequence[int], work_dtype: np.dtype[Any], backend: str = "fftw") -> npt.NDArray[Any]:
     """Cyclic convolution along ``axes``: ``h`` zero-padded to ``x``'s length there."""
     x_shape = list(x.shape)
     h_shape = [x.shape[i] if i in axes else n for i, n in enumerate(h.shape)]
-    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, _owned, backend)
+    return periodic_product(x_shape, lambda buffer: load(buffer, x), h, h_shape, axes, work_dtype, _owned, backend, x.shape)
