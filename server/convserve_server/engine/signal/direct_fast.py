@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -286,9 +288,37 @@ def is_separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> bool:
     return kernel.ndim == 2 and _separable(kernel, dtype) is not None
 
 
-def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]] | None:
-    """Column and row factors of a rank-1 float kernel of 5x5 or more, else None."""
-    if min(kernel.shape) < SEPARABLE_MIN_SIDE or dtype.kind != "f" or not _near_rank_one(kernel):
+Factors = tuple[npt.NDArray[Any], npt.NDArray[Any]]
+# Small kernels' answers, by content: the planner and the direct path each ask once per call, and a
+# service sees the same few kernels again and again (the test costs 25 us a time for a 7x7 kernel).
+_FACTORS: OrderedDict[tuple[Any, ...], Factors | None] = OrderedDict()
+_FACTORS_LOCK = threading.Lock()
+FACTORS_ENTRIES = 256
+FACTORS_MAX_KERNEL_BYTES = 64 * 64 * 8
+
+
+def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> Factors | None:
+    """Column and row factors of a rank-1 float kernel of 5x5 or more, else None (remembered by content)."""
+    if min(kernel.shape) < SEPARABLE_MIN_SIDE or dtype.kind != "f":
+        return None
+    if kernel.nbytes > FACTORS_MAX_KERNEL_BYTES:
+        return _factors(kernel, dtype)
+    key = (kernel.tobytes(), kernel.shape, kernel.dtype.str, dtype.str)
+    with _FACTORS_LOCK:
+        if key in _FACTORS:
+            _FACTORS.move_to_end(key)
+            return _FACTORS[key]
+    found = _factors(kernel, dtype)
+    with _FACTORS_LOCK:
+        _FACTORS[key] = found
+        while len(_FACTORS) > FACTORS_ENTRIES:
+            _FACTORS.popitem(last=False)
+    return found
+
+
+def _factors(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> Factors | None:
+    """:func:`_separable` without the memo: the factors (read-only arrays), or None."""
+    if not _near_rank_one(kernel):
         return None
     u, s, vt = np.linalg.svd(kernel.astype(np.float64))
     tolerance = 1e-7 if dtype == np.float32 else 1e-14
@@ -296,6 +326,7 @@ def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> tuple[npt.NDAr
         return None
     column = (u[:, 0] * s[0]).astype(dtype)
     row = vt[0].astype(dtype)
+    column.flags.writeable = row.flags.writeable = False  # shared by every call with this kernel
     return column, row
 
 
