@@ -1,13 +1,19 @@
-"""The seeds' examples, end to end through the client: the project's gallery."""
+"""The gallery's facts as quick in-process tests of the client: dice, blurs, edges, an echo, a CNN layer.
+
+The runnable gallery, with pictures, is ``examples/``: run ``python examples/dice.py`` (and the others)
+against a server. This file is their pytest twin: ``python -m pytest tests/e2e/test_gallery.py``, or
+``python tests/e2e/test_gallery.py``, which runs pytest on it.
+"""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+import pytest
 import scipy.signal as ss
 
 import convserve
-
-from tests.engine.layers.test_conv_layer import ref_conv
 
 
 def test_sum_of_two_dice(client: convserve.Client) -> None:
@@ -59,7 +65,8 @@ def test_cnn_layer_with_stride_2_and_zero_padding(client: convserve.Client) -> N
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     y = client.conv_layer(x, w, stride=2, padding=1)
     assert y.shape == (1, 4, 4, 4)  # floor((8 + 2*1 - 3) / 2) + 1
-    expected = ref_conv(x, w, None, (2, 2), [(1, 1), (1, 1)], (1, 1), 1, "zeros")
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding 1
+    expected = np.stack([sum(ss.correlate(padded[0, c], w[o, c], mode="valid") for c in range(3))[::2, ::2] for o in range(4)])[None]
     assert np.max(np.abs(y - expected)) <= 1e-5 * np.abs(expected).max()
 
 
@@ -71,3 +78,7 @@ def test_deep_learning_convolution_is_cross_correlation(client: convserve.Client
     np.testing.assert_allclose(layer, client.correlate(x, k, mode="valid"), atol=1e-12)
     np.testing.assert_allclose(layer, client.convolve(x, k[::-1, ::-1], mode="valid"), atol=1e-12)  # flip the kernel
     np.testing.assert_allclose(layer, ss.correlate(x, k, mode="valid"), atol=1e-12)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
-CHECKED_FOLDERS = ("server", "client", "tests", "bench", "scripts")
+CHECKED_FOLDERS = ("server", "client", "tests", "bench", "scripts", "examples")
 GENERATED = ROOT / "client" / "convserve" / "v1"
 MAPPED_PACKAGES = (ROOT / "server" / "convserve_server", ROOT / "client" / "convserve")
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
