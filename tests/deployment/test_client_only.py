@@ -13,7 +13,10 @@ import sys
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from tests.conftest import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DEPENDENCIES = ("grpcio", "protobuf", "numpy")
@@ -85,6 +88,39 @@ def test_nothing_beyond_grpcio_protobuf_and_numpy_is_installed(client_venv: Path
     requires = subprocess.run([str(client_venv / "python"), "-c", code], capture_output=True, text=True)
     base = [r for r in json.loads(requires.stdout) if "extra ==" not in r]
     assert sorted(r.split(">")[0].split("=")[0] for r in base) == sorted(CLIENT_DEPENDENCIES), base
+
+
+def test_the_file_commands_work_in_a_client_only_install(client_venv: Path, tmp_path: Path) -> None:
+    """``convserve convolve`` on .npy needs no extra; against a real server it gives numpy's answer."""
+    x = np.random.default_rng(5).standard_normal(1000)
+    np.save(tmp_path / "x.npy", x)
+    server = start_server()
+    try:
+        done = _run(client_venv, "convserve", "convolve", str(tmp_path / "x.npy"), "box:3", "-o", str(tmp_path / "y.npy"), "--target", server.target)
+    finally:
+        stop_server(server)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.convolve(x, np.ones(3) / 3), atol=1e-12)
+
+
+def test_an_image_without_the_cli_extra_says_how_to_install_it(client_venv: Path, tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # never read: Pillow is missing first
+    done = _run(client_venv, "convserve", "convolve", str(tmp_path / "x.png"), "box:3", "-o", str(tmp_path / "y.png"))
+    assert done.returncode == 2 and "pip install 'convserve[cli]'" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1(client_venv: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones(8))
+    done = _run(
+        client_venv, "convserve", "convolve", str(tmp_path / "x.npy"), "box:3", "-o", str(tmp_path / "y.npy"), "--target", "127.0.0.1:1", "--timeout", "2"
+    )
+    assert done.returncode == 1 and "UNAVAILABLE" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_version_names_only_the_client(client_venv: Path) -> None:
+    done = _run(client_venv, "python", "-m", "convserve", "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"convserve {_version()}", done.stdout + done.stderr
 
 
 def _version() -> str:

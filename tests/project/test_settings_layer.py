@@ -30,6 +30,7 @@ GENERATED = ROOT / "client" / "convserve" / "v1"
 # of its own (gRPC's C core reads GRPC_* itself, outside Python), so it has no entry.
 ENVIRONMENT_READERS = {
     "server/convserve_server/settings.py": "the settings layer: CONVSERVE_* variables -> Settings",
+    "client/convserve/_environment.py": "the client's defaults: CONVSERVE_TARGET and CONVSERVE_TOKEN for the command line, compat and dask",
 }
 ENVIRONMENT_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
 
