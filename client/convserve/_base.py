@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve import _options, codec
+from convserve import torch as _torch
 from convserve._retry import RETRY_BUFFER_BYTES, RetryPolicy
 from convserve._shared_memory import RegionPair, SharedRegions
 from convserve._types import ComputeInfo, ServerInfo, Weights
@@ -294,7 +295,13 @@ class BaseClient:
         return weights_flow(weight, bias, lambda w, b: self._transpose_request(input, w, b, stride, padding, output_padding, groups, dilation))
 
     @staticmethod
+    def _tensors(input: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, _torch.Restore]:
+        """A layer call's torch tensors as numpy arrays and how its result goes back (the rules of :mod:`convserve.torch`)."""
+        return _torch.layer_arguments(input, weight, bias)
+
+    @staticmethod
     def _weights_request(weight: npt.ArrayLike, bias: npt.ArrayLike | None) -> tuple[pb.RegisterWeightsRequest, npt.NDArray[Any], npt.NDArray[Any] | None]:
+        _, weight, bias, _ = _torch.layer_arguments(None, weight, bias)
         w = _options.as_array(weight, "weight")
         b = None if bias is None else _options.as_array(bias, "bias")
         request = pb.RegisterWeightsRequest(weight=codec.encode(w, "weight"))
@@ -342,8 +349,10 @@ class BaseClient:
         return np.array(codec.decode(tensor, "result")), response.info  # a writable array the caller owns
 
     @staticmethod
-    def _finish(result: tuple[npt.NDArray[Any], pb.ComputeInfo], return_info: bool) -> npt.NDArray[Any] | tuple[npt.NDArray[Any], ComputeInfo]:
+    def _finish(result: tuple[npt.NDArray[Any], pb.ComputeInfo], return_info: bool, restore: _torch.Restore = None) -> Any:
         array, info = result
+        if restore is not None:
+            array = restore(array)  # a torch tensor when the input was one
         if not return_info:
             return array
         return array, ComputeInfo(info.method, info.compute_seconds, tuple(info.warnings))

@@ -166,11 +166,12 @@ class AsyncClient(AsyncTransport):
         *,
         timeout: float | None = _DEFAULT,
     ) -> npt.NDArray[Any] | WithInfo:
-        """A CNN layer, as ``torch.nn.ConvNd`` (see :meth:`convserve.Client.conv_layer`)."""
+        """A CNN layer, as ``torch.nn.ConvNd`` (see :meth:`convserve.Client.conv_layer`; torch tensors in, tensors out)."""
+        input, weight, bias, restore = self._tensors(input, weight, bias)
         flow = self._layer_flow(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
         stub = self._stub
         result = await self._drive(flow, lambda prepared: self._run(prepared, stub.ConvLayer, stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), timeout)
-        return self._finish(result, return_info)
+        return self._finish(result, return_info, restore)
 
     async def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, timeout: float | None = _DEFAULT) -> Weights:
         """Store a layer's weights (and bias) on the server, so later calls send only activations.
@@ -228,9 +229,9 @@ class AsyncClient(AsyncTransport):
 
         Parameters
         ----------
-        input : array_like
-            ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``, float32 or float64.
-        weight : array_like or Weights
+        input : array_like or torch.Tensor
+            ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``, float32 or float64 (a tensor gives a tensor back).
+        weight : array_like, torch.Tensor or Weights
             ``(C_in, C_out / groups, *kernel)``, or weights from :meth:`register_weights`.
         bias : array_like, optional
             ``(C_out,)``.
@@ -247,9 +248,10 @@ class AsyncClient(AsyncTransport):
         -------
         numpy.ndarray or (numpy.ndarray, ComputeInfo)
         """
+        input, weight, bias, restore = self._tensors(input, weight, bias)
         flow = self._transpose_flow(input, weight, bias, stride, padding, output_padding, groups, dilation)
         result = await self._drive(flow, lambda request: self._unary(self._stub.ConvTranspose, request, timeout), timeout)
-        return self._finish(result, return_info)
+        return self._finish(result, return_info, restore)
 
     async def convolve_stream(
         self,

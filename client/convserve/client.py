@@ -217,11 +217,11 @@ class Client(SyncTransport):
 
         Parameters
         ----------
-        input : array_like
+        input : array_like or torch.Tensor
             ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``, float32 or float64.
-        weight : array_like
-            ``(C_out, C_in / groups, *kernel)``.
-        bias : array_like, optional
+        weight : array_like, torch.Tensor or Weights
+            ``(C_out, C_in / groups, *kernel)`` (an ``nn.Parameter`` too), or weights from :meth:`register_weights`.
+        bias : array_like or torch.Tensor, optional
             ``(C_out,)``.
         stride, dilation : int or tuple of int
             One value for every spatial dimension, or one per dimension.
@@ -242,23 +242,26 @@ class Client(SyncTransport):
 
         Returns
         -------
-        numpy.ndarray or (numpy.ndarray, ComputeInfo)
-            ``(N, C_out, *spatial_out)`` (unbatched input: no N axis).
+        numpy.ndarray, torch.Tensor, or either with a ComputeInfo
+            ``(N, C_out, *spatial_out)`` (unbatched input: no N axis); a tensor on the input's
+            device when ``input`` is a tensor, never requiring grad (see :mod:`convserve.torch`:
+            a :class:`~convserve.errors.GradientNotComputedWarning` says so once).
         """
+        input, weight, bias, restore = self._tensors(input, weight, bias)
         flow = self._layer_flow(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
         stub = self._stub
         result = self._drive(flow, lambda prepared: self._run(prepared, stub.ConvLayer, stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), timeout)
-        return self._finish(result, return_info)
+        return self._finish(result, return_info, restore)
 
     def register_weights(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, *, timeout: float | None = _DEFAULT) -> Weights:
         """Store a layer's weights (and bias) on the server, so later calls send only activations.
 
         Parameters
         ----------
-        weight : array_like
+        weight : array_like or torch.Tensor
             ``(C_out, C_in / groups, *kernel)`` for ``conv_layer`` or ``(C_in, C_out / groups, *kernel)``
             for ``conv_transpose``; float32 or float64.
-        bias : array_like, optional
+        bias : array_like or torch.Tensor, optional
             ``(C_out,)``.
         timeout : float or None, optional
             Deadline of this call in seconds (default: the client's).
@@ -306,11 +309,11 @@ class Client(SyncTransport):
 
         Parameters
         ----------
-        input : array_like
+        input : array_like or torch.Tensor
             ``(N, C_in, *spatial)`` or ``(C_in, *spatial)``, float32 or float64.
-        weight : array_like or Weights
+        weight : array_like, torch.Tensor or Weights
             ``(C_in, C_out / groups, *kernel)``, or weights from :meth:`register_weights`.
-        bias : array_like, optional
+        bias : array_like or torch.Tensor, optional
             ``(C_out,)``.
         stride, padding, output_padding, dilation : int or tuple of int
             As torch.
@@ -323,11 +326,13 @@ class Client(SyncTransport):
 
         Returns
         -------
-        numpy.ndarray or (numpy.ndarray, ComputeInfo)
+        numpy.ndarray, torch.Tensor, or either with a ComputeInfo
+            A tensor when ``input`` is one, as :meth:`conv_layer`.
         """
+        input, weight, bias, restore = self._tensors(input, weight, bias)
         flow = self._transpose_flow(input, weight, bias, stride, padding, output_padding, groups, dilation)
         result = self._drive(flow, lambda request: self._from_unary(self._call(self._stub.ConvTranspose, request, timeout)), timeout)
-        return self._finish(result, return_info)
+        return self._finish(result, return_info, restore)
 
     def convolve_stream(
         self, blocks: Iterable[npt.ArrayLike], kernel: npt.ArrayLike, output_dtype: npt.DTypeLike | None = None, *, timeout: float | None = None

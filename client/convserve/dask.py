@@ -7,6 +7,9 @@ The boundary is applied to the WHOLE array first (``wrap`` takes the far end of 
 the chunk), lazily, by dask; the extended array is then convolved in ``valid`` mode with
 ``map_overlap`` (depth M-1 after each chunk on every convolved axis), one service call per block.
 Each worker process opens one :class:`convserve.Client` per target and options, at its first block.
+Without ``target``, the server is the one of :func:`convserve.compat.configure` (else the
+``CONVSERVE_TARGET`` environment variable, else ``127.0.0.1:50051``), read when the graph is built,
+so that the workers need no configuration of their own.
 
 Examples
 --------
@@ -28,6 +31,7 @@ import numpy.typing as npt
 
 from convserve import _tiles
 from convserve.client import Client
+from convserve.compat import _config
 
 _CLIENTS: dict[Any, Client] = {}
 _LOCK = threading.Lock()
@@ -48,6 +52,14 @@ def _client(target: str, options: Mapping[str, Any]) -> Client:
         return _CLIENTS[key]
 
 
+def _service(target: str | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The target and client options of a call: its own, or the configured ones (``convserve.compat.configure``) under its own options."""
+    if target is not None:
+        return target, options
+    configured, defaults = _config.settings()
+    return configured, {**defaults, **options}
+
+
 def _close_all() -> None:
     with _LOCK:
         for client in _CLIENTS.values():
@@ -64,7 +76,7 @@ def convolve(
     boundary: str = "fill",
     fill_value: complex = 0,
     *,
-    target: str,
+    target: str | None = None,
     output_dtype: npt.DTypeLike | None = None,
     **client_options: Any,
 ) -> da.Array:
@@ -81,8 +93,9 @@ def convolve(
         with ``Client.convolve(in1.compute(), in2, "circular")``.
     method, axes, boundary, fill_value, output_dtype
         As :meth:`convserve.Client.convolve`; the boundary extends the whole array, not each chunk.
-    target : str
-        The service, e.g. ``"ipv4:h1:p1,h2:p2"`` (round robin over replicas).
+    target : str, optional
+        The service, e.g. ``"ipv4:h1:p1,h2:p2"`` (round robin over replicas); default: the one
+        configured with :func:`convserve.compat.configure`.
     **client_options
         Keyword arguments of :class:`convserve.Client` (token, TLS files, timeout, retry, ...).
 
@@ -104,7 +117,7 @@ def correlate(
     boundary: str = "fill",
     fill_value: complex = 0,
     *,
-    target: str,
+    target: str | None = None,
     output_dtype: npt.DTypeLike | None = None,
     **client_options: Any,
 ) -> da.Array:
@@ -121,11 +134,12 @@ def _signal(
     axes: Any,
     boundary: str,
     fill_value: complex,
-    target: str,
+    target: str | None,
     output_dtype: Any,
     options: dict[str, Any],
 ) -> da.Array:
     """The lazy Convolve/Correlate of a dask array."""
+    target, options = _service(target, options)
     x = in1 if isinstance(in1, da.Array) else da.asarray(in1)
     h = np.asarray(in2)
     if isinstance(mode, str) and mode.lower() == "circular":
@@ -228,7 +242,7 @@ def conv_layer(
     activation: str | None = None,
     pool: Mapping[str, Any] | None = None,
     *,
-    target: str,
+    target: str | None = None,
     **client_options: Any,
 ) -> da.Array:
     """A CNN layer (as :meth:`convserve.Client.conv_layer`) over a batch chunked along its first axis.
@@ -239,8 +253,8 @@ def conv_layer(
         ``(N, C_in, *spatial)``, float32 or float64, in chunks along N (other axes are made whole).
     weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool
         As :meth:`convserve.Client.conv_layer` (numpy weights, sent with every block).
-    target : str
-        The service.
+    target : str, optional
+        The service (default: the configured one, as :func:`convolve`).
     **client_options
         Keyword arguments of :class:`convserve.Client`.
 
@@ -251,6 +265,7 @@ def conv_layer(
     """
     if input.ndim < 3:
         raise ValueError(f"input: expected (N, C_in, *spatial) chunked along N; got shape {input.shape}")
+    target, client_options = _service(target, client_options)
     w = np.asarray(weight)
     b = None if bias is None else np.asarray(bias)
     batch = input.rechunk({axis: -1 for axis in range(1, input.ndim)})

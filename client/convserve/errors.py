@@ -54,6 +54,15 @@ class InvalidArgumentError(ConvserveError, ValueError):
     default_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class GradientNotComputedWarning(UserWarning):
+    """A torch tensor that requires grad went to the server, which computes no gradient.
+
+    The result comes back with ``requires_grad=False``: nothing flows back to the input or the
+    weights in ``loss.backward()``. Warned once per process (filter it with
+    ``warnings.simplefilter("ignore", convserve.GradientNotComputedWarning)``).
+    """
+
+
 class OutOfRangeError(ConvserveError, OverflowError):
     """An integer result would not fit the output dtype (OUT_OF_RANGE); the message names one that would."""
 

@@ -113,3 +113,22 @@ def test_dask_worker_processes_on_loopback(service: RunningServer) -> None:
         expected = one_shot.convolve(x, h, "same", boundary="wrap")
     np.testing.assert_allclose(got, expected, atol=1e-10)
     assert len(workers) == 2
+
+
+def test_dask_without_target_uses_the_configured_server(service: RunningServer, cluster: distributed.Client) -> None:
+    """``convserve.compat.configure`` names the server once, for compat and dask alike; the old ``target=`` still wins."""
+    import convserve.compat
+
+    x = RNG.standard_normal((30, 20))
+    h = RNG.standard_normal((3, 4))
+    convserve.compat.configure(service.target, timeout=30)
+    try:
+        lazy = convserve.dask.convolve(da.from_array(x, chunks=(10, 10)), h, "same", boundary="symmetric")
+        layer = convserve.dask.conv_layer(da.from_array(x[None, None], chunks=(1, 1, 30, 20)), h[None, None], padding=1)
+        with convserve.Client(service.target) as client:
+            np.testing.assert_allclose(lazy.compute(), client.convolve(x, h, "same", boundary="symmetric"), atol=1e-10)
+            np.testing.assert_allclose(layer.compute(), client.conv_layer(x[None, None], h[None, None], padding=1), atol=1e-10)
+        convserve.compat.configure("127.0.0.1:1")  # the graph keeps the target it was built with; a new one takes the new target
+        np.testing.assert_allclose(lazy.compute(), convserve.dask.convolve(da.from_array(x, chunks=10), h, "same", boundary="symmetric", target=service.target))
+    finally:
+        convserve.compat.configure(None)
