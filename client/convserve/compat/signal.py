@@ -253,4 +253,6 @@ def _two_d(name: str, in1: Any, in2: Any, mode: str, boundary: str, fillvalue: A
         raise ValueError("Incorrect boundary value. Acceptable boundary flags are 'fill' (or 'pad'), 'wrap' (or 'circular') and 'symm' (or 'symmetric').")
     if mode == "valid" and not (all(n >= m for n, m in zip(a.shape, b.shape)) or all(m >= n for n, m in zip(a.shape, b.shape))):
         raise ValueError("For 'valid' mode, one must be at least as large as the other in every dimension")
-    return a, b, _BOUNDARIES[boundary], fill_value(fillvalue, np.result_type(a, b))
+    fill = fill_value(fillvalue, np.result_type(a, b))  # scipy checks the cast for every boundary...
+    server = _BOUNDARIES[boundary]
+    return a, b, server, fill if server == "fill" else 0  # ...but uses the value with "fill" only (the server refuses it elsewhere)

@@ -104,6 +104,8 @@ def call_shape(
     sizes_h = [h_shape[a] for a in conv_axes]
     starts, lengths = output_window(mode, sizes_x, sizes_h)
     extends = mode in ("full", "same") and (boundary != "fill" or fill != 0)
+    if boundary != "fill" and fill != 0:  # numpy.pad refuses constant_values for its other modes too
+        raise InvalidArgumentError("fill_value", f"only boundary='fill' uses a fill value; boundary={boundary!r} takes its values from in1")
     if mode == "circular" and (boundary != "fill" or fill != 0):
         raise InvalidArgumentError("boundary", "mode 'circular' is periodic by definition; leave boundary='fill', fill_value=0")
     if extends:
