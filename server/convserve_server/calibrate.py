@@ -174,6 +174,39 @@ def calibrate(repeats: int = 7, log: Callable[[str], None] = print) -> dict[str,
     return fitted
 
 
+def layer_constants(repeats: int, log: Callable[[str], None] = print) -> dict[str, float]:
+    """ConvLayer's policy constants on this host: ONNX Runtime's seconds per multiply-add and the FFT path's measured/modelled factor.
+
+    Times two representative layers, interleaved (the fastest of ``3 * repeats``): a 7x7 layer
+    on ONNX Runtime (N1 C16 64x64 K32, 103 M multiply-adds in MLAS's blocked-channel kernels)
+    and an 11x11 layer on the FFT path (N1 C16 96x96 K16). Without ONNX Runtime the defaults stay.
+    """
+    from convserve_server.engine.layers import onnx, policy, tiling
+    from convserve_server.engine.layers.conv_layer import conv_layer, plan_layer
+
+    if not onnx.available():
+        log("  ConvLayer: no ONNX Runtime, default policy constants")
+        return {}
+    rng = np.random.default_rng(0)
+    direct = (rng.standard_normal((1, 16, 64, 64), dtype=np.float32), rng.standard_normal((32, 16, 7, 7), dtype=np.float32), 3)
+    fft = (rng.standard_normal((1, 16, 96, 96), dtype=np.float32), rng.standard_normal((16, 16, 11, 11), dtype=np.float32), 5)
+
+    def runner(x: np.ndarray, w: np.ndarray, pad: int, path: str) -> Callable[[], Any]:
+        store: dict[Any, Any] = {}
+        return lambda: conv_layer(x, w, padding=pad, path=path, prepared=store)
+
+    runs = {"direct": runner(*direct, "onnxruntime"), "fft": runner(*fft, "fft")}
+    seconds = _medians(runs, 3 * repeats)
+    p_direct = plan_layer(direct[0], direct[1], padding=3).problem
+    p_fft = plan_layer(fft[0], fft[1], padding=5).problem
+    # Clamped to [1/4, 4] of the defaults: a burst of other load must not flip every choice.
+    default = policy.DIRECT_PER_MAC
+    per_mac = min(4 * default, max(default / 4, seconds["direct"] / p_direct.macs))
+    scale = min(4.0, max(0.25, seconds["fft"] / tiling.plan_tiles(p_fft.padded, p_fft.kernel, p_fft.n, p_fft.c_in, p_fft.c_out)[1]))
+    log(f"  ConvLayer: ONNX Runtime {1e-9 / per_mac:.1f} G multiply-adds/s, FFT path x{scale:.2f} of its model (default {policy.DIRECT_PER_MAC:.3g} s, x1)")
+    return {"layer_direct_per_mac": per_mac, "layer_fft_scale": scale}
+
+
 def parallel_threshold(repeats: int, log: Callable[[str], None] = print) -> tuple[float, float]:
     """(points from which FFTW's threads pay off here, 1e18 for never; their speed-up), timing 2^18 and 2^20 points."""
     threads = plans.max_threads()
@@ -243,6 +276,7 @@ def main(argv: list[str]) -> int:
     )
     cost_model.load("/nonexistent")  # the built-in constants with this host's threads while measuring
     fitted = calibrate(args.repeats)
+    fitted.update(layer_constants(args.repeats))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = {
         "version": cost_model.CALIBRATION_VERSION,

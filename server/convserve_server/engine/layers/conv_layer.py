@@ -165,7 +165,7 @@ def execute(plan: LayerPlan, prepared: MutableMapping[Any, Any] | None = None, r
     """
     started = time.perf_counter()
     chosen = plan.path
-    if chosen == "fft" and not (np.isfinite(plan.x).all() and np.isfinite(plan.w).all()):
+    if chosen == "fft" and not (_all_finite(plan.x) and _all_finite(plan.w)):
         chosen = policy.fallback(plan.problem)  # an FFT would smear NaN/Inf over the output
     if prepared is None:
         prepared = store_for(plan.w)
@@ -208,8 +208,23 @@ def _onnx_input(plan: LayerPlan) -> tuple[NDArray[Any], list[tuple[int, int]]]:
     return _pad(plan.x, pads, plan.padding_mode), [(0, 0)] * plan.nd
 
 
+def _all_finite(a: NDArray[Any]) -> bool:
+    """Whether ``a`` has no NaN or Inf: one BLAS dot product of ``a`` with itself, element-wise only when that is not finite.
+
+    The dot is NaN or Inf for any NaN or Inf element (and for finite values whose squares
+    overflow: the element-wise check then decides). Measured: a quarter of ``isfinite(a).all()``'s time.
+    """
+    flat = a.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        square = np.dot(flat, flat)
+    return bool(np.isfinite(square)) or bool(np.isfinite(a).all())
+
+
 def _run_numpy(plan: LayerPlan, chosen: str, prepared: MutableMapping[Any, Any]) -> NDArray[Any]:
     """Run numpy path ``chosen``, then add the bias and apply the ReLU in place (no pooling)."""
+    if chosen == "fft" and plan.padding_mode == "zeros":  # the transform pads in its own buffer
+        out = fft.fft_correlate(plan.x, plan.w, plan.strides, plan.out_spatial, prepared, pads=plan.pads)
+        return _finish(plan, out)
     xp = _pad(plan.x, list(plan.pads), plan.padding_mode)
     if chosen == "fft":
         out = fft.fft_correlate(xp, plan.w, plan.strides, plan.out_spatial, prepared)
@@ -219,6 +234,11 @@ def _run_numpy(plan: LayerPlan, chosen: str, prepared: MutableMapping[Any, Any])
         out = depthwise.depthwise(xp, plan.w, plan.strides, plan.dilations, plan.out_spatial, prepared)
     else:
         out = gemm.im2col_gemm(xp, plan.w, plan.strides, plan.dilations, plan.groups, plan.out_spatial, prepared)
+    return _finish(plan, out)
+
+
+def _finish(plan: LayerPlan, out: NDArray[Any]) -> NDArray[Any]:
+    """Add the bias and apply the ReLU in place; return ``out`` in the input's dtype."""
     if plan.bias is not None:
         out += plan.bias.astype(out.dtype).reshape((1, -1) + (1,) * plan.nd)
     if out.dtype != plan.x.dtype:

@@ -75,6 +75,7 @@ def fft_correlate(
     out_spatial: tuple[int, ...],
     prepared: MutableMapping[Any, Any] | None,
     tile: tuple[int, ...] | None = None,
+    pads: tuple[tuple[int, int], ...] | None = None,
 ) -> NDArray[Any]:
     """Cross-correlate a padded input with ``w`` (groups 1, dilation 1) through FFTs.
 
@@ -98,6 +99,10 @@ def fft_correlate(
     tile : tuple of int, optional
         The transform size per dimension (forces tiling; tests use it). Default: the cheapest
         by :func:`plan_tiles`.
+    pads : tuple of (int, int), optional
+        Zero padding (before, after) per spatial dimension still to apply to ``xp``: the
+        untiled transform then writes ``xp`` into its buffer at the offset (measured on
+        N8 C64 15x15 with 12x12 and padding 6: ``np.pad`` was a quarter of the call).
 
     Returns
     -------
@@ -106,12 +111,14 @@ def fft_correlate(
     """
     n, c_in = xp.shape[0], xp.shape[1]
     c_out = w.shape[0]
-    padded = tuple(int(v) for v in xp.shape[2:])
+    padded = tuple(int(v) + (0 if pads is None else sum(pads[i])) for i, v in enumerate(xp.shape[2:]))
     kernel = tuple(int(k) for k in w.shape[2:])
     nd = len(padded)
     sizes = tile if tile is not None else plan_tiles(padded, kernel, n, c_in, c_out)[0]
     if all(t >= fast_length(p) for t, p in zip(sizes, padded)):
-        return _fft_batch(xp, w, strides, out_spatial, prepared)
+        return _fft_batch(xp, w, strides, out_spatial, prepared, pads)
+    if pads is not None:
+        xp = np.pad(xp, [(0, 0), (0, 0)] + list(pads))
     full = tuple(p - k + 1 for p, k in zip(padded, kernel))  # the stride-1 output
     step = tuple(t - k + 1 for t, k in zip(sizes, kernel))  # output samples per tile
     counts = tuple(-(-o // st) for o, st in zip(full, step))
@@ -137,6 +144,7 @@ def _fft_batch(
     strides: tuple[int, ...],
     out_spatial: tuple[int, ...],
     prepared: MutableMapping[Any, Any] | None,
+    pads: tuple[tuple[int, int], ...] | None = None,
 ) -> NDArray[Any]:
     """The untiled transform: the whole padded input at ``fast_length`` per dimension.
 
@@ -156,6 +164,8 @@ def _fft_batch(
         The output's spatial shape.
     prepared : MutableMapping, optional
         The per-weights store for the weight spectra (key ``("fft", fshape, dtype)``).
+    pads : tuple of (int, int), optional
+        Zero padding still to apply to ``xp`` (see :func:`fft_correlate`).
 
     Returns
     -------
@@ -164,11 +174,11 @@ def _fft_batch(
     """
     n, c_in = xp.shape[0], xp.shape[1]
     c_out = w.shape[0]
-    fshape = transform_shape(tuple(int(s) for s in xp.shape[2:]))
+    fshape = transform_shape(tuple(int(s) + (0 if pads is None else sum(pads[i])) for i, s in enumerate(xp.shape[2:])))
     backend = backend_for(n * max(c_in, c_out), fshape, xp.dtype)
     spectra = _weight_spectra(w, fshape, xp.dtype, prepared, backend)
     parts = _parts(n * max(c_in, c_out) * math.prod(fshape))
-    xf = _forward(xp, fshape, spectra.dtype, parts, backend)
+    xf = _forward(xp, fshape, spectra.dtype, parts, backend, pads)
     cancellation.check()
     yf = _products(xf.reshape(-1, n, c_in), spectra, parts if n * c_in * c_out < _BLAS_THREADED_MIN else 1)
     del xf
@@ -195,23 +205,36 @@ def _one_thread_each(parts: int) -> contextlib.AbstractContextManager[None]:
     return resources.thread_share(1) if parts > 1 else contextlib.nullcontext()
 
 
-def _forward(xp: NDArray[Any], fshape: tuple[int, ...], spectrum_dtype: np.dtype[Any], parts: int, backend: str = "fftw") -> NDArray[Any]:
-    """The forward transforms of every ``(N * C_in)`` row of ``xp`` at ``fshape``, as ``(F, N * C_in)``."""
+def _forward(
+    xp: NDArray[Any],
+    fshape: tuple[int, ...],
+    spectrum_dtype: np.dtype[Any],
+    parts: int,
+    backend: str = "fftw",
+    pads: tuple[tuple[int, int], ...] | None = None,
+) -> NDArray[Any]:
+    """The forward transforms of every ``(N * C_in)`` row of ``xp`` at ``fshape``, as ``(F, N * C_in)``.
+
+    With ``pads`` (zero padding not yet applied), each row is copied into the plan's buffer at its
+    offset and only the border is zeroed: no padded copy of the input is made.
+    """
     rows = xp.shape[0] * xp.shape[1]
-    padded = tuple(int(s) for s in xp.shape[2:])
-    axes = tuple(range(1, 1 + len(padded)))
+    spatial = tuple(int(s) for s in xp.shape[2:])
+    before = tuple(b for b, _ in pads) if pads is not None else (0,) * len(spatial)
+    axes = tuple(range(1, 1 + len(spatial)))
     points = math.prod(fshape[:-1]) * (fshape[-1] // 2 + 1)
     xf = np.empty((points, rows), dtype=spectrum_dtype)  # (F, N*C_in)
-    rows_in = xp.reshape((rows,) + padded)
+    rows_in = xp.reshape((rows,) + spatial)
 
     def forward(lo: int, hi: int) -> None:
         with _one_thread_each(parts), plans.plan("r2c", (hi - lo,) + fshape, xp.dtype, axes, backend) as p:
-            corner = (slice(None),) + tuple(slice(0, s) for s in padded)
-            p.input[corner] = rows_in[lo:hi]
-            for axis, size in enumerate(padded, start=1):  # zero the tail of each dimension
-                if size < fshape[axis - 1]:
-                    tail = tuple(slice(0, padded[i - 1]) if i < axis else slice(None) for i in range(1, axis))
-                    p.input[(slice(None),) + tail + (slice(size, None),)] = 0
+            p.input[(slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, spatial))] = rows_in[lo:hi]
+            for axis, (b, size) in enumerate(zip(before, spatial), start=1):  # zero the border of each dimension
+                inner = tuple(slice(before[i - 1], before[i - 1] + spatial[i - 1]) for i in range(1, axis))
+                if b:
+                    p.input[(slice(None),) + inner + (slice(0, b),)] = 0
+                if b + size < fshape[axis - 1]:
+                    p.input[(slice(None),) + inner + (slice(b + size, None),)] = 0
             p.fftw.execute()
             xf[:, lo:hi] = p.output.reshape(hi - lo, points).T
 

@@ -8,9 +8,11 @@ on every benchmark layer (see ``docs/conv_layer.md``), so it is the float32 work
 The model is tiny (one or two nodes, the weights as an initializer) and is encoded by hand as
 protobuf bytes (:func:`~convserve_server.engine.layers.onnx_model.conv_model_bytes`), so the
 server needs ``onnxruntime`` only, not the ``onnx`` package. A session is specialised to one
-input shape (but any batch size), one set of options and one thread count; sessions are kept in
-the weights' ``prepared`` store (the registered weights' one, or
-:mod:`convserve_server.engine.layers.prepared`'s for inline weights).
+input shape (but any batch size) and one set of options; sessions are kept in the weights'
+``prepared`` store (the registered weights' one, or
+:mod:`convserve_server.engine.layers.prepared`'s for inline weights). All sessions of the
+process share one ONNX Runtime thread pool (:func:`global_pools`), so one layer's spinning
+workers never compete with the next layer's.
 
 ONNX Runtime is optional: :func:`available` says whether it imports, and the policy falls
 back to the numpy paths without it. It runs float32 only (its CPU ``Conv`` has no float64).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -31,7 +34,6 @@ from convserve_server.engine import cancellation, config, resources
 from convserve_server.engine.layers import pooling_taps
 from convserve_server.engine.layers.onnx_model import conv_model_bytes, conv_out_spatial
 from convserve_server.engine.layers.pooling import PoolSpec
-from convserve_server.engine.layers.prepared import digest
 
 try:  # optional: the numpy paths serve without it
     import onnxruntime as _ort
@@ -73,20 +75,60 @@ def available() -> bool:
 # --------------------------------------------------------------------------- sessions
 
 
+# Whether this process's sessions share ONNX Runtime's global thread pools: decided once, when the
+# first session is made (the pools must exist before ONNX Runtime's environment does).
+_GLOBAL_POOLS: bool | None = None
+_GLOBAL_LOCK = threading.Lock()
+
+
+def global_pools() -> bool:
+    """Whether sessions run on one process-wide ONNX Runtime thread pool (set up on first use).
+
+    Each session otherwise owns a pool whose workers spin for a while after every run, so the
+    next layer's session (another pool) competes with them for the cores. Measured with 2
+    threads, a chain of six N8 C32 28x28 3x3 layers (six sessions) took 26-80 ms (median)
+    with a pool per session against 4.3-4.5 ms with the shared pool; one layer alone ran at the
+    same speed either way (0.62 against 0.66 ms). The shared pool spins (its workers wait for
+    the next parallel section without sleeping), so it is used when the configuration's
+    ``layer_ort_spin`` is on when the process makes its first session; otherwise every session
+    gets its own non-spinning pool. The choice holds for the process (ONNX Runtime refuses
+    sessions with their own pools once the shared one exists).
+    """
+    global _GLOBAL_POOLS
+    with _GLOBAL_LOCK:
+        if _GLOBAL_POOLS is None:
+            _GLOBAL_POOLS = False
+            if _ort is not None and config.current().layer_ort_spin:
+                try:
+                    _ort_state.set_global_thread_pool_sizes(_CPUS, 1)
+                    _GLOBAL_POOLS = True
+                except Exception:  # pragma: no cover - an ONNX Runtime without global pools
+                    pass
+        return _GLOBAL_POOLS
+
+
+def session_threads(threads: int) -> int:
+    """The thread count a session for a request's share of ``threads`` is keyed by (0: the shared pool)."""
+    return 0 if global_pools() else threads
+
+
 def _new_session(model: bytes, threads: int) -> Any:
-    """An ``InferenceSession`` for ``model`` on ``threads`` intra-op threads."""
+    """An ``InferenceSession`` for ``model``: on the shared pool (``threads == 0``) or on its own pool of ``threads`` intra-op threads."""
     assert _ort is not None
     options = _ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    if threads == 0:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Spinning workers wait for the next parallel section without sleeping. Measured on the
+        # benchmark layers with 2 threads: without spinning ONNX Runtime runs at its 1-thread speed
+        # (0.9-1.5x torch); with it 0.15-0.9x torch. The configuration's ``layer_ort_spin = False``
+        # turns it off (for hosts where the cores are shared with other busy processes).
+        spin = config.current().layer_ort_spin
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.execution_mode = _ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = _ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning workers wait for the next parallel section without sleeping. Measured on the
-    # benchmark layers with 2 threads: without spinning ONNX Runtime runs at its 1-thread speed
-    # (0.9-1.5x torch); with it 0.15-0.9x torch. The configuration's ``layer_ort_spin = False``
-    # turns it off (for hosts where the cores are shared with other busy processes).
-    spin = config.current().layer_ort_spin
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.log_severity_level = 3
     return _ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
@@ -113,14 +155,14 @@ def run(
         As :func:`~convserve_server.engine.layers.onnx_model.conv_model_bytes`.
     prepared : MutableMapping
         The per-weights store; the session is kept there under
-        ``("onnxruntime", shape without batch, options, bias digest, threads)``.
+        ``("onnxruntime", shape without batch, options, bias bytes, threads)``.
 
     Returns
     -------
     ndarray
         float32 ``(N, C_out, *out_spatial)``.
     """
-    threads = resources.thread_limit(_CPUS)
+    threads = session_threads(resources.thread_limit(_CPUS))
     if cancellation.current() is None:  # library use: one run of the whole layer
         return _run_part(x, weight, bias, strides, pads, dilations, groups, relu, prepared, pool, threads, None)
     # Served: ORT checks its terminate flag only between the graph's nodes, so the layer runs in
@@ -224,7 +266,7 @@ def _run_part(
     """One ORT run (the session cached in ``prepared``; ``part``: the channel or group slice of the
     weights it holds), terminated if the request is cancelled."""
     pool_key = None if pool is None else (pool.kind, pool.kernel_size, pool.stride, pool.padding)
-    key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, pool_key, digest(bias), threads) + (
+    key = ("onnxruntime", tuple(x.shape[1:]), strides, tuple(pads), dilations, groups, relu, pool_key, b"" if bias is None else bias.tobytes(), threads) + (
         () if part is None else ("part",) + part
     )
     session = prepared.get(key)

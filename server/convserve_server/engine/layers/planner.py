@@ -10,6 +10,7 @@ nothing is computed yet. :mod:`convserve_server.engine.layers.conv_layer` execut
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,11 +118,31 @@ def _arrays(input: Any, weight: Any, bias: Any, groups: Any) -> tuple[NDArray[An
 
 def _geometry(
     xb: NDArray[Any], w: NDArray[Any], stride: Any, padding: Any, dilation: Any, padding_mode: Any
-) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, int]], tuple[int, ...], tuple[int, ...]]:
-    """Step 2: strides, dilations, pads, the padded input's and the output's spatial shapes."""
-    nd = w.ndim - 2
-    spatial = tuple(int(s) for s in xb.shape[2:])
-    kernel = tuple(int(k) for k in w.shape[2:])
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...], tuple[int, ...]]:
+    """Step 2: strides, dilations, pads, the padded input's and the output's spatial shapes.
+
+    A pure function of the shapes and the options: memoised by them (:func:`_geometry_of`) when
+    every option is a plain int, a tuple of plain ints or a string, so a repeated layer pays one
+    dictionary lookup. Errors are never memoised.
+    """
+    key = (stride, padding, dilation, padding_mode)
+    if all(_memoisable(v) for v in key):
+        return _geometry_of(tuple(xb.shape), tuple(w.shape), *key)
+    return _geometry_uncached(tuple(xb.shape), tuple(w.shape), *key)
+
+
+def _memoisable(value: object) -> bool:
+    """Whether an option may key the memo: a str, a plain int or a tuple of plain ints (no bool, no numpy)."""
+    return type(value) in (int, str) or (type(value) is tuple and all(type(v) is int for v in value))
+
+
+def _geometry_uncached(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any, padding: Any, dilation: Any, padding_mode: Any
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...], tuple[int, ...]]:
+    """The checks and the geometry of :func:`_geometry`, from the shapes."""
+    nd = len(w_shape) - 2
+    spatial = tuple(int(s) for s in x_shape[2:])
+    kernel = tuple(int(k) for k in w_shape[2:])
     strides = int_tuple(stride, nd, "stride", "stride", 1)
     dilations = int_tuple(dilation, nd, "dilation", "dilation", 1)
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
@@ -140,7 +161,12 @@ def _geometry(
             f"kernel size can't be greater than the padded input size: padded input {padded}, (dilated) kernel {effective}",
         )
     out_spatial = tuple((p - e) // s + 1 for p, e, s in zip(padded, effective, strides))
-    return strides, dilations, pads, padded, out_spatial
+    return strides, dilations, tuple(pads), padded, out_spatial
+
+
+# Distinct layer geometries remembered (least recently used dropped): a few hundred bytes each.
+MAX_GEOMETRIES = 4096
+_geometry_of = functools.lru_cache(maxsize=MAX_GEOMETRIES)(_geometry_uncached)
 
 
 def _activation(activation: str | None) -> bool:
@@ -186,9 +212,9 @@ def plan_layer(
     xb, w, b, groups, batched = _arrays(input, weight, bias, groups)
     strides, dilations, pads, padded, out_spatial = _geometry(xb, w, stride, padding, dilation, padding_mode)
     relu = _activation(activation)
-    pool_spec = validate_pool(pool, out_spatial)
+    pool_spec = None if pool is None else validate_pool(pool, out_spatial)
     problem = policy.Problem(
-        dtype=xb.dtype.name,
+        dtype="float32" if xb.dtype.char == "f" else "float64",
         n=int(xb.shape[0]),
         c_in=int(xb.shape[1]),
         c_out=int(w.shape[0]),
@@ -200,4 +226,4 @@ def plan_layer(
         out_spatial=out_spatial,
     )
     chosen = _path(path, problem)
-    return LayerPlan(xb, w, b, batched, strides, dilations, tuple(pads), padding_mode, groups, out_spatial, relu, pool_spec, problem, chosen)
+    return LayerPlan(xb, w, b, batched, strides, dilations, pads, padding_mode, groups, out_spatial, relu, pool_spec, problem, chosen)

@@ -35,11 +35,13 @@ job (:func:`fallback`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from convserve_server.engine.layers import onnx
 from convserve_server.engine.layers.tiling import plan_tiles
+from convserve_server.engine.signal import cost_model
 
 PATHS: tuple[str, ...] = ("onnxruntime", "fft", "pointwise", "depthwise", "im2col_gemm")
 # Below this many multiply-adds a call stays in numpy (ONNX Runtime's per-call cost and a
@@ -49,8 +51,14 @@ SMALL_MACS = 1 << 16
 FFT_ADVANTAGE = 0.7
 # Seconds per multiply-add of the direct computation (ONNX Runtime / MLAS float32), measured on
 # the 2-core benchmark host with bench/bench_conv_layer.py; only its ratio to the FFT model's
-# constants (in :mod:`.tiling`) matters for the choice.
-DIRECT_PER_MAC = 1.0 / 40e9
+# constants (in :mod:`.tiling`) matters for the choice. ``convserve calibrate`` measures both on
+# the host: the cost model's constants ``layer_direct_per_mac`` and ``layer_fft_scale`` (a factor
+# on :func:`.tiling.plan_tiles`' seconds) then replace these defaults.
+DIRECT_PER_MAC = cost_model.DEFAULTS["layer_direct_per_mac"]  # 1 / 80e9
+# Cost factor of MLAS's direct convolution outside its blocked-channel kernels (see :func:`direct_cost`).
+DIRECT_SLOW = 3.0
+# Distinct layer problems whose choice is remembered (least recently used dropped).
+MAX_CHOICES = 4096
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,12 @@ def eligible(path: str, p: Problem) -> bool:
     return path == "im2col_gemm"
 
 
+def layer_constants() -> tuple[float, float]:
+    """(seconds per direct multiply-add, factor on the modelled FFT seconds) in force: the host's calibration, else the defaults."""
+    c = cost_model.constants()
+    return c["layer_direct_per_mac"], c["layer_fft_scale"]
+
+
 def fft_cost(p: Problem) -> float:
     """Modelled seconds of the ``fft`` path, whole or tiled (see :func:`.tiling.plan_tiles`).
 
@@ -104,12 +118,19 @@ def fft_cost(p: Problem) -> float:
     frequency), so with a small batch they are bound by memory bandwidth, not by arithmetic;
     tiling trades more transform work for a spectrum small enough to stay in cache.
     """
-    return plan_tiles(p.padded, p.kernel, p.n, p.c_in, p.c_out)[1]
+    return plan_tiles(p.padded, p.kernel, p.n, p.c_in, p.c_out)[1] * layer_constants()[1]
 
 
 def direct_cost(p: Problem) -> float:
-    """Modelled seconds of the direct (GEMM) computation."""
-    return p.macs * DIRECT_PER_MAC
+    """Modelled seconds of the direct (GEMM) computation.
+
+    MLAS runs a layer in its blocked-channel (NCHWc) kernels when each group's output channels
+    are a multiple of 16; otherwise through im2col and a GEMM with few rows, :data:`DIRECT_SLOW`
+    times slower per multiply-add (measured: 82 against 9-16 ps per multiply-add on 11x11 C8 96x96
+    and on 7x7 / 13x13 / 15x15 layers of 16 to 64 output channels).
+    """
+    slow = DIRECT_SLOW if (p.c_out // p.groups) % 16 else 1.0
+    return p.macs * layer_constants()[0] * slow
 
 
 def numpy_path(p: Problem) -> str:
@@ -129,7 +150,17 @@ def fallback(p: Problem) -> str:
 
 
 def choose(p: Problem) -> str:
-    """Return the path for problem ``p`` (deterministic; see the module docstring)."""
+    """Return the path for problem ``p`` (deterministic; see the module docstring).
+
+    Memoised by the problem, whether ONNX Runtime is usable and the constants in force, so a
+    repeated layer pays one dictionary lookup.
+    """
+    return _choose_memo(p, onnx.available(), layer_constants())
+
+
+@functools.lru_cache(maxsize=MAX_CHOICES)
+def _choose_memo(p: Problem, ort: bool, constants: tuple[float, float]) -> str:
+    """:func:`choose` for one key (``ort`` and ``constants`` only key the memo: the rules read them)."""
     if p.macs < SMALL_MACS:
         return numpy_path(p)
     if eligible("fft", p) and math.prod(p.kernel) >= 25 and fft_cost(p) < FFT_ADVANTAGE * direct_cost(p):

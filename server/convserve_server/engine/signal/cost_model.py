@@ -68,6 +68,11 @@ DEFAULTS: dict[str, float] = {
     # for FFTW, one thread unless calibrated otherwise: measured here on a busy day, 2 threads took
     # 2.3x the time of one on a 2160^2 inverse (0.69 against 0.30 of FFTW's), level on 576^2.
     "ducc0_parallel_min_points": 1e18,
+    # ConvLayer's path policy (engine/layers/policy.py): seconds per multiply-add of ONNX Runtime's
+    # direct float32 convolution (both cores), and a factor on the layer FFT path's modelled
+    # seconds (engine/layers/tiling.py); only their ratio matters for the choice.
+    "layer_direct_per_mac": 1.2e-11,
+    "layer_fft_scale": 1.0,
 }
 # One-axis transforms this many or more to a call (overlap-add's blocks) are a shape class of their own.
 BATCH_1D = 4
