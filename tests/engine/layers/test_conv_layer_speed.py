@@ -255,3 +255,13 @@ def test_finite_check_is_exact_for_huge_values_and_catches_nan() -> None:
     with_nan = x.copy()
     with_nan[0, 1, 5, 5] = np.nan
     assert conv_layer(with_nan, w, b, padding=3, path="fft", return_info=True)[1].method != "fft"
+
+
+def test_the_fingerprints_random_vector_stays_bounded_and_large_weights_use_the_digest() -> None:
+    """Weights past the bound are keyed by SHA-256, so a huge inline weight never grows a permanent vector."""
+    big = np.ones(prepared.FINGERPRINT_MAX_ELEMENTS + 1, np.float32)
+    assert prepared.fingerprint(big).startswith(b"sha256:")
+    small = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
+    assert not prepared.fingerprint(small).startswith(b"sha256:")
+    assert all(r.size <= prepared.FINGERPRINT_MAX_ELEMENTS for r in prepared._RANDOM.values())
+    assert prepared.fingerprint(small) == prepared.fingerprint(small.copy())  # by content

@@ -5,11 +5,12 @@ The server hands registered weights' store to
 inline weights has none. For those, this module keeps a small LRU of stores keyed by a
 fingerprint of the weights (with their shape and dtype), so a client that sends the same
 weights with every call still gets the packed matrices, FFT spectra and ONNX Runtime sessions
-made once. The fingerprint is one BLAS dot product of the weights with a random vector drawn
-once per process (16 us for 0.59 MB here, where SHA-256 took 330 us: on small layers with
+made once. The fingerprint is one dot product (numpy's einsum, one thread) of the weights with a random
+vector drawn once per process (16 us for 0.59 MB here, where SHA-256 took 330 us: on small layers with
 large weights that was a third of the call); a store found by it is used only if its copy of
 the weights is bit for bit the caller's (25 us more), so two weights with one fingerprint never
-share a store (the second one is then keyed by its SHA-256 digest instead).
+share a store (the second one is then keyed by its SHA-256 digest instead). Weights of more than
+2^20 elements are keyed by their SHA-256 digest, so the random vector stays at most 8 MB.
 
 The engine configuration's ``layer_cache_weights`` sets how many weights' stores are kept
 (default 16; 0 disables the cache, and then nothing is memoized across calls), and
@@ -36,6 +37,7 @@ _STORES: OrderedDict[bytes, dict[Any, Any]] = OrderedDict()
 _WEIGHT_BYTES: dict[bytes, int] = {}
 _WEIGHTS: dict[bytes, NDArray[Any]] = {}  # each store's copy of its weights
 _RANDOM: dict[str, NDArray[Any]] = {}  # per dtype: the fingerprints' random vector (grown on demand)
+FINGERPRINT_MAX_ELEMENTS = 1 << 20  # larger weights are keyed by their SHA-256 digest
 _LOCK = threading.Lock()
 
 
@@ -84,11 +86,16 @@ def fingerprint(array: NDArray[Any]) -> bytes:
     vector is secret to the process, so colliding weights cannot be made on purpose.
     """
     flat = np.ascontiguousarray(array).reshape(-1)
-    r = _RANDOM.get(flat.dtype.str)
-    if r is None or r.size < flat.size:
-        size = max(flat.size, 2 * (0 if r is None else r.size), 1024)
-        r = _RANDOM[flat.dtype.str] = np.random.default_rng().standard_normal(size).astype(flat.dtype)
-    dot = np.dot(flat, r[: flat.size]) if flat.dtype.kind == "f" else np.float64(int.from_bytes(digest(flat)[:8], "little"))
+    if flat.dtype.kind != "f" or flat.size > FINGERPRINT_MAX_ELEMENTS:  # the random vector stays small
+        return b"sha256:" + digest(array)
+    with _LOCK:
+        r = _RANDOM.get(flat.dtype.str)
+        if r is None or r.size < flat.size:
+            size = min(FINGERPRINT_MAX_ELEMENTS, max(flat.size, 2 * (0 if r is None else r.size), 1024))
+            r = _RANDOM[flat.dtype.str] = np.random.default_rng().standard_normal(size).astype(flat.dtype)
+    # einsum's own loop on one thread: a BLAS dot waits for its second thread when the other core is busy.
+    with np.errstate(over="ignore", invalid="ignore"):
+        dot = np.einsum("i,i->", flat, r[: flat.size])
     return f"{array.shape}{array.dtype.str}".encode() + np.asarray(dot).tobytes()
 
 
