@@ -50,7 +50,10 @@ def parse_args(description: str | None) -> argparse.Namespace:
     parser.add_argument("--small", action="store_true", help="a quick run on smaller inputs (as CI runs it)")
     parser.add_argument("--npz", action="store_true", help="also write the inputs and results to OUT/NAME.npz")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # an existing file of that name, no permission: one line, exit 2
+        parser.error(f"--out {args.out}: cannot use it as the output folder ({error.strerror or error})")
     return args
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from typing import NoReturn, Sequence
 
@@ -62,8 +64,12 @@ def build_parser(command: str) -> Parser:
     options = parser.add_argument_group("convolution (as scipy.signal)")
     options.add_argument("--mode", choices=list(MODES), help="output size (default: same for images, full otherwise)")
     options.add_argument("--method", choices=list(METHODS), default="auto", help="how the server computes (default auto)")
-    options.add_argument("--boundary", choices=list(BOUNDARIES), help="extension beyond the edges (default: edge for images, fill otherwise)")
-    options.add_argument("--fill-value", type=float, default=0.0, metavar="X", help="the constant of --boundary fill (default 0)")
+    options.add_argument(
+        "--boundary",
+        choices=list(BOUNDARIES),
+        help="extension beyond the edges (default: edge for images, fill otherwise and with --mode circular or --fill-value)",
+    )
+    options.add_argument("--fill-value", type=_finite, metavar="X", help="the constant of --boundary fill (default 0; given alone, it implies --boundary fill)")
     options.add_argument("--axes", type=_axes, metavar="A[,B...]", help="axes to convolve (default: all for .npy, 0,1 for images, 0 for audio)")
     options.add_argument("--output-dtype", metavar="DTYPE", help="sample type of the output (default: the input's)")
     options.add_argument("--rate", type=_positive, metavar="HZ", help="sample rate where the file has none (.npy): echo:, audio output")
@@ -72,7 +78,7 @@ def build_parser(command: str) -> Parser:
     levels.add_argument("--bias", type=_bias, metavar="BIAS", help="add BIAS to the result (BIAS%%, such as 50%%: percent of the output's full range)")
     levels.add_argument("--normalize", action="store_true", help="stretch images to the full range (-auto-level); audio and .npy to peak full scale")
     levels.add_argument("--alpha", choices=["keep", "convolve"], default="keep", help="an image's alpha channel: kept as it is (default) or convolved")
-    levels.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG quality of a .jpg output (default 95)")
+    levels.add_argument("--quality", type=_quality, default=95, metavar="Q", help="JPEG quality of a .jpg output, 1..100 (default 95)")
     audio = parser.add_argument_group("audio (as ffmpeg's afir)")
     audio.add_argument("--dry", type=float, default=1.0, metavar="G", help="input gain (default 1)")
     audio.add_argument("--wet", type=float, default=1.0, metavar="G", help="output gain (default 1)")
@@ -87,9 +93,32 @@ def build_parser(command: str) -> Parser:
     return parser
 
 
+NEGATIVE = re.compile(r"-\.?\d")  # a value such as -50%, -100,100% or -1e-3 (argparse takes it for an option)
+
+
 def parse(command: str, argv: Sequence[str]) -> argparse.Namespace:
     """Parse a command's arguments (exit 2 with one line on a bad one)."""
-    return build_parser(command).parse_intermixed_args(list(argv))  # KERNEL may come after -o OUTPUT
+    parser = build_parser(command)
+    return parser.parse_intermixed_args(joined_values(parser, argv))  # KERNEL may come after -o OUTPUT
+
+
+def joined_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--bias -50%`` as ``--bias=-50%``: an option that takes a value keeps the negative number after it."""
+    taking = {name for name, action in parser._option_string_actions.items() if action.nargs is None and action.option_strings and action.const is None}
+    result: list[str] = []
+    arguments = list(argv)
+    index = 0
+    while index < len(arguments):
+        token = arguments[index]
+        if token in taking and token.startswith("--") and index + 1 < len(arguments) and NEGATIVE.match(arguments[index + 1]):
+            result.append(f"{token}={arguments[index + 1]}")
+            index += 2
+            continue
+        if token == "--":
+            return result + arguments[index:]
+        result.append(token)
+        index += 1
+    return result
 
 
 def _target(text: str) -> str:
@@ -111,6 +140,26 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    return value
+
+
+def _quality(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 100; got {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 100; got {text!r}")
     return value
 
 

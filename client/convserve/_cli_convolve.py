@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +23,7 @@ from convserve import _cli_audio, _cli_files, _cli_image, _cli_kernels
 from convserve._cli_args import normal_axes, parse
 from convserve._cli_common import EXIT_FAILED, CliError, warn
 from convserve._cli_progress import Bar
+from convserve._options import BOUNDARIES
 from convserve._cli_samples import Array, Signal, dtype_of, quantize
 from convserve.errors import ConvserveError
 
@@ -34,7 +37,7 @@ def run(command: str, argv: Sequence[str]) -> int:
         print(f"convserve {command}: {exc}", file=sys.stderr)
         return exc.code
     except ConvserveError as exc:
-        print(f"convserve {command}: {exc}", file=sys.stderr)
+        print(f"convserve {command}: {_advice(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"convserve {command}: interrupted", file=sys.stderr)
@@ -57,27 +60,54 @@ def _run(command: str, args: argparse.Namespace) -> None:
         raise CliError(f"{args.input} has its own rate {signal.rate:g} Hz; --rate is for files without one")
     rate = signal.rate if signal.rate is not None else args.rate
     mode = args.mode or ("same" if signal.kind == "image" else "full")
-    boundary = args.boundary or ("edge" if signal.kind == "image" else "fill")
+    boundary = _boundary(args, mode, signal.kind)
     target = dtype_of(args.output_dtype) if args.output_dtype else signal.dtype
     kernel = _kernel(args, command, data, axes, rate, mode)
     if alpha is not None and mode not in ("same", "circular") and any(kernel.shape[axis] != 1 for axis in (0, 1)):
         raise CliError(f"--alpha keep needs an output the size of the input (--mode same or circular); got --mode {mode} (or use --alpha convolve)")
+    data, kernel, wire_dtype = _request_dtype(data, kernel, target)
+    final = _destination(args.output)  # a read-only OUTPUT is refused before the call
     with _client(args) as client, Bar(args.progress, f"{command} {Path(args.input).name}", data.nbytes + kernel.nbytes) as bar:
         call = client.convolve if command == "convolve" else client.correlate
         result = call(
-            data, kernel, mode=mode, method=args.method, axes=axes, boundary=boundary, fill_value=args.fill_value,
-            output_dtype=_request_dtype(data, kernel, target), tiles=args.tiles, progress=bar.callback,
+            data, kernel, mode=mode, method=args.method, axes=axes, boundary=boundary, fill_value=args.fill_value or 0.0,
+            output_dtype=wire_dtype, tiles=args.tiles, progress=bar.callback,
         )  # fmt: skip
     result = _levels(np.asarray(result), signal, target, args, out_kind)
-    final = Path(args.output)
     partial = final.with_name(f".{final.stem}.convserve-{os.getpid()}{final.suffix}")  # the same suffix: the same format
     try:
         _write(str(partial), args, out_kind, result, signal, target, alpha, rate)
+        if final.exists():
+            os.chmod(partial, stat.S_IMODE(final.stat().st_mode))  # the replaced file's permissions are kept
         os.replace(partial, final)  # OUTPUT appears whole, or not at all
     except OSError as exc:
-        raise CliError(f"cannot write {final}: {exc}") from None
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _destination(output: str) -> Path:
+    """The file OUTPUT names: a symbolic link's target (written through, the link kept); a read-only file is refused."""
+    final = Path(output)
+    if final.is_symlink():
+        final = final.resolve()
+    if final.is_dir():
+        raise CliError(f"cannot write {output}: it is a directory")
+    if final.exists() and not final.stat().st_mode & stat.S_IWUSR:
+        raise CliError(f"cannot write {output}: the file is read-only (make it writable, or choose another OUTPUT)")
+    return final
+
+
+def _boundary(args: argparse.Namespace, mode: str, kind: str) -> str:
+    """``--boundary``, else fill with ``--fill-value`` or ``--mode circular``, else edge for images and fill otherwise."""
+    fills = [name for name, code in BOUNDARIES.items() if code == BOUNDARIES["fill"]]
+    if args.boundary is None:
+        return "fill" if args.fill_value is not None or mode == "circular" or kind != "image" else "edge"
+    if args.fill_value is not None and args.boundary not in fills:
+        raise CliError(f"--fill-value is the constant of --boundary fill; it has no effect with --boundary {args.boundary} (drop one of them)")
+    if mode == "circular" and args.boundary not in fills:
+        raise CliError(f"--mode circular wraps the input around; it takes no --boundary {args.boundary} (drop --boundary, or choose another --mode)")
+    return str(args.boundary)
 
 
 def _kernel(args: argparse.Namespace, command: str, data: Array, axes: tuple[int, ...], rate: float | None, mode: str) -> Array:
@@ -103,22 +133,50 @@ def _aligned_tap(taps: int, mode: str, command: str) -> int:
     return taps - 1 - at if command == "correlate" and mode != "circular" else at
 
 
-def _request_dtype(data: Array, kernel: Array, target: np.dtype[Any]) -> Any:
-    """The ``output_dtype`` asked of the server.
+def _request_dtype(data: Array, kernel: Array, target: np.dtype[Any]) -> tuple[Array, Array, Any]:
+    """The inputs as sent and the ``output_dtype`` asked of the server.
 
-    Integers with integers: int64 (exact; the CLI then clips to the output's type). A float or complex
-    output type at least as wide as the inputs' result type: passed as it is. Otherwise the server's
-    own result type (float64 for 8-bit images and float64 kernels), which the CLI then rounds or casts.
+    A float or complex output type: integers with integers are computed in float64 (complex128),
+    which the server accepts for them and which holds their result's magnitude (exactly below 2**53);
+    other inputs in the output type when it is at least as wide as their result type, else in their
+    own result type, then cast. An integer output type with integers in and out: exactly, in int64
+    (uint64 inputs within its range are sent as int64; beyond it, a CliError), then clipped to the
+    output's type. Otherwise the server's own result type (float64 for 8-bit images and the float64
+    named kernels), which the CLI then rounds.
     """
-    if data.dtype.kind in "biu" and kernel.dtype.kind in "biu":
-        return np.int64
-    if target.kind in "fc" and np.result_type(data.dtype, kernel.dtype, target) == target:
-        return target
-    return None
+    integers = data.dtype.kind in "biu" and kernel.dtype.kind in "biu"
+    if target.kind in "fc":
+        if integers:
+            return data, kernel, np.dtype(np.float64 if target.kind == "f" else np.complex128)
+        if np.result_type(data.dtype, kernel.dtype, target) == target:
+            return data, kernel, target
+        return data, kernel, None
+    if not integers:
+        return data, kernel, None
+    if all(_fits_int64(array) for array in (data, kernel)):
+        return _as(data, np.int64), _as(kernel, np.int64), np.int64
+    raise CliError("uint64 values above 2**63-1: the server computes integers exactly within int64 only; use --output-dtype float64 (exact below 2**53)")
+
+
+def _fits_int64(array: Array) -> bool:
+    return array.dtype != np.uint64 or int(array.max()) <= np.iinfo(np.int64).max
+
+
+def _as(array: Array, dtype: Any) -> Array:
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def _advice(exc: ConvserveError) -> str:
+    """The server's message, with its advice in terms of this command's flags (``--output-dtype``, not ``output_dtype=``)."""
+    text = str(exc)
+    return re.sub(r"use output_dtype='?(\w+)'?", r"use --output-dtype \1", text)
 
 
 def _full_range(signal: Signal, target: np.dtype[Any]) -> float:
-    """What 100% is for ``--bias`` and ``--normalize``: the integer type's maximum, else 1.0.
+    """What 100% is for ``--bias`` and ``--normalize``: the output integer type's maximum, else the input's, else 1.0.
+
+    A float output of integer samples (an 8-bit image as float32) holds them unscaled, so 100% is
+    the input's quantum range, as ImageMagick's ``-bias 50%`` is half of it whatever the output depth.
 
     Audio counts in full-scale units: 1.0 for float samples, ``1 - 2**(1-bits)`` (the largest integer
     sample, 32767/32768 for 16 bits) for integer ones, so that a normalised peak is not clipped.
@@ -128,9 +186,11 @@ def _full_range(signal: Signal, target: np.dtype[Any]) -> float:
             return 1.0
         bits = signal.bits if target == signal.dtype and signal.bits else target.itemsize * 8
         return 1.0 - 2.0 ** (1 - bits)
-    if target.kind not in "iu":
-        return 1.0
-    return float(np.iinfo(target).max)
+    if target.kind in "iu":
+        return float(np.iinfo(target).max)
+    if signal.dtype.kind in "iu":  # a float output of integer samples keeps their values (0..255 for 8-bit): their range
+        return float(np.iinfo(signal.dtype).max)
+    return 1.0
 
 
 def _levels(result: Array, signal: Signal, target: np.dtype[Any], args: argparse.Namespace, out_kind: str) -> Array:
@@ -166,9 +226,11 @@ def _write(
     if args.subtype is not None:
         raise CliError("--subtype is for audio outputs (.wav, .flac)")
     scale, bits = 1.0, None
-    if signal.kind == "audio" and target.kind == "i":  # full-scale samples back to integers
+    if signal.kind == "audio" and target.kind in "iu":  # full-scale samples back to integers
         bits = signal.bits if target == signal.dtype and signal.bits else target.itemsize * 8
         scale = 2.0 ** (bits - 1)
+        if target.kind == "u":  # offset binary, as PCM_U8: -1.0 -> 0, 0.0 -> 2**(bits-1)
+            result, bits = result + 1.0, None
     samples = quantize(result, target, scale, bits, what=args.output)
     if alpha is not None:
         if samples.shape[:2] != alpha.shape:
@@ -177,7 +239,7 @@ def _write(
     if out_kind == "image":
         _cli_image.write(path, samples, signal if signal.kind == "image" else None, args.quality, shown=args.output)
     else:
-        _cli_files.write_array(path, samples)
+        _cli_files.write_array(path, samples, shown=args.output)
 
 
 def _client(args: argparse.Namespace) -> convserve.Client:

@@ -7,6 +7,7 @@ is the 3x3 array of 1/9. Every named kernel is float64.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -14,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve._cli_common import CliError
+from convserve._cli_files import load_npy
 
 MAX_KERNEL_ELEMENTS = 2**26  # a named kernel larger than this is a typo, not a kernel
 Array = npt.NDArray[Any]
@@ -38,13 +40,20 @@ def _size(name: str, text: str) -> int:
     (value,) = _numbers(name, text, 1)
     if value != int(value) or value < 1:
         raise CliError(f"kernel {name}: N must be a positive integer; got {text!r}")
+    if value > MAX_KERNEL_ELEMENTS:
+        raise CliError(f"kernel {name}: N = {text} is too large (a kernel has at most {MAX_KERNEL_ELEMENTS} elements)")
     return int(value)
+
+
+def _check_elements(name: str, size: int, ndim: int) -> None:
+    """Refuse a ``size``-per-axis kernel of ``ndim`` axes before any memory is taken for it."""
+    if size**ndim > MAX_KERNEL_ELEMENTS:
+        raise CliError(f"kernel {name}: {size}^{ndim} elements is too large (at most {MAX_KERNEL_ELEMENTS})")
 
 
 def _outer(vector: Array, ndim: int) -> Array:
     """The separable ``ndim``-dimensional kernel whose every axis is ``vector``."""
-    if vector.size**ndim > MAX_KERNEL_ELEMENTS:
-        raise CliError(f"kernel of {vector.size}^{ndim} elements: too large (at most {MAX_KERNEL_ELEMENTS})")
+    _check_elements("of", vector.size, ndim)
     result = vector
     for _ in range(ndim - 1):
         result = np.multiply.outer(result, vector)
@@ -59,25 +68,30 @@ def gaussian_1d(sigma: float) -> Array:
     return weights / weights.sum()
 
 
-def _sigma(name: str, value: float) -> float:
+def _sigma(name: str, value: float, ndim: int) -> float:
     if value <= 0:
         raise CliError(f"kernel {name}: SIGMA must be > 0; got {value}")
+    if 4.0 * value > MAX_KERNEL_ELEMENTS:
+        raise CliError(f"kernel {name}: SIGMA = {value:g} is too large (a kernel has at most {MAX_KERNEL_ELEMENTS} elements)")
+    _check_elements(name, 2 * int(4.0 * value + 0.5) + 1, ndim)
     return value
 
 
 def _box(args: str, ndim: int, rate: float | None) -> Array:
     n = _size("box", args)
+    _check_elements("box", n, ndim)
     return _outer(np.full(n, 1.0 / n), ndim)
 
 
 def _dice(args: str, ndim: int, rate: float | None) -> Array:
     n = _size("dice", args)  # one die's pmf of 1..N (one dimension per die)
+    _check_elements("dice", n, ndim)
     return _outer(np.full(n, 1.0 / n), ndim)
 
 
 def _gaussian(args: str, ndim: int, rate: float | None) -> Array:
     (sigma,) = _numbers("gaussian", args, 1)
-    return _outer(gaussian_1d(_sigma("gaussian", sigma)), ndim)
+    return _outer(gaussian_1d(_sigma("gaussian", sigma, ndim)), ndim)
 
 
 def _delta(shape: tuple[int, ...]) -> Array:
@@ -89,7 +103,7 @@ def _delta(shape: tuple[int, ...]) -> Array:
 
 def _unsharp(args: str, ndim: int, rate: float | None) -> Array:
     sigma, amount = _numbers("unsharp", args, 2)
-    blur = _outer(gaussian_1d(_sigma("unsharp", sigma)), ndim)
+    blur = _outer(gaussian_1d(_sigma("unsharp", sigma, ndim)), ndim)
     return (1.0 + amount) * _delta(blur.shape) - amount * blur  # x + amount * (x - blur(x))
 
 
@@ -159,11 +173,13 @@ def load_file(path: str) -> Array:
     suffix = Path(path).suffix.lower()
     try:
         if suffix == ".npy":
-            kernel = np.load(path, allow_pickle=False)
+            kernel = load_npy(path, "kernel file ")
         elif suffix in (".txt", ".csv"):
             with open(path, encoding="utf-8") as handle:
                 delimiter = "," if "," in handle.read() else None
-            kernel = np.loadtxt(path, delimiter=delimiter, ndmin=1, dtype=np.float64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "loadtxt: input contained no data": refused below in one line
+                kernel = np.loadtxt(path, delimiter=delimiter, ndmin=1, dtype=np.float64)
         else:
             raise CliError(f"kernel file {path}: unknown format {suffix or '(none)'!r}; expected .npy, .txt or .csv")
     except CliError:

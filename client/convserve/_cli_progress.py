@@ -46,7 +46,10 @@ class Bar:
         self.label = label
         self.input_bytes = input_bytes
         self.bar: Any = None
-        self.shown_from = 0.0  # monotonic time from which the bar is drawn (tqdm's own delay only holds for update())
+        self.shown_from: float | None = None  # monotonic time from which the bar is drawn (set by the first report)
+        self.counts_bytes = False
+        self.done = 0
+        self.total: int | None = None
         self._tqdm: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -67,36 +70,44 @@ class Bar:
 
     def __call__(self, done: int, total: int) -> None:
         with self._lock:
-            if self.bar is None:
+            if self.shown_from is None:
                 self.shown_from = time.monotonic() + (0.0 if self.forced else SHOW_AFTER_SECONDS)
-                counts_bytes = total == self.input_bytes
-                self.bar = self._tqdm(
-                    total=total,
-                    desc=self.label,
-                    unit="B" if counts_bytes else " tiles",
-                    unit_scale=counts_bytes,
-                    unit_divisor=1024,
-                    file=sys.stderr,
-                    delay=0 if self.forced else SHOW_AFTER_SECONDS,
-                    dynamic_ncols=True,
-                    leave=True,
-                )
-            self.bar.total = total
-            self.bar.n = done  # may go back to 0: a retried chunked call sends again
-            if done >= total and self.bar.unit == "B":  # every byte is out: the server computes
-                self.bar.set_postfix_str("computing", refresh=False)
+                self.counts_bytes = total == self.input_bytes
+            self.done, self.total = done, total  # done may go back to 0: a retried chunked call sends again
             self._draw()
 
     def _draw(self) -> None:
-        """Redraw the bar, once the job has run long enough to show one."""
-        if time.monotonic() >= self.shown_from:
-            self.bar.refresh()
+        """Draw the bar, once the job has run long enough to show one.
+
+        The tqdm bar is created at its first draw, with no delay of its own: a bar that tqdm thinks
+        was never drawn is not finished with a newline on close, and the next line would land on it.
+        """
+        if self.shown_from is None or self.total is None:
+            return
+        if self.bar is None:
+            if time.monotonic() < self.shown_from:
+                return
+            self.bar = self._tqdm(
+                total=self.total,
+                desc=self.label,
+                unit="B" if self.counts_bytes else " tiles",
+                unit_scale=self.counts_bytes,
+                unit_divisor=1024,
+                file=sys.stderr,
+                delay=0,
+                dynamic_ncols=True,
+                leave=True,
+            )
+        self.bar.total = self.total
+        self.bar.n = self.done
+        if self.done >= self.total and self.counts_bytes:  # every byte is out: the server computes
+            self.bar.set_postfix_str("computing", refresh=False)
+        self.bar.refresh()
 
     def _tick(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
             with self._lock:
-                if self.bar is not None:
-                    self._draw()
+                self._draw()
 
     def __enter__(self) -> Bar:
         if self.enabled:

@@ -100,19 +100,54 @@ def quantize(values: Array, dtype: np.dtype[Any], scale: float = 1.0, bits: int 
     if dtype.kind == "b":
         raise CliError(f"{what}: cannot write bool samples; choose a numeric --output-dtype")
     low, high = integer_range(dtype, bits)
-    finite = np.isfinite(scaled)
+    finite = np.isfinite(scaled) if scaled.dtype.kind == "f" else np.ones(scaled.shape, dtype=bool)
     if not finite.all():
         warn(f"{what}: {int((~finite).sum())} non-finite value(s) written as 0")
         scaled = np.where(finite, scaled, 0.0)
     rounded = np.rint(scaled) if scaled.dtype.kind == "f" else scaled
-    outside = (rounded < low) | (rounded > high)
-    count = int(outside.sum())
+    below, above = _outside(rounded, low, high)
+    count = int(below.sum() + above.sum())
     if count:
         share = 100.0 * count / rounded.size
         seen = f"min {float(scaled.min()) / scale:.6g}, max {float(scaled.max()) / scale:.6g}"
-        warn(f"{what}: {count} of {rounded.size} values ({share:.3g}%) outside {dtype.name}'s range {low}..{high} were clipped ({seen})")
-        rounded = np.clip(rounded, low, high)
-    return np.asarray(rounded).astype(dtype)
+        warn(f"{what}: {count} of {rounded.size} values ({share:.3g}%) outside {_range_name(dtype, bits)} {low}..{high} were clipped ({seen})")
+    return _convert(rounded, dtype, low, high, below, above)
+
+
+def _bounds(values: Array, low: int, high: int) -> tuple[Any, Any]:
+    """``low`` and ``high`` as the nearest values of ``values``' dtype inside the range (float64 cannot hold 2**63-1)."""
+    if values.dtype.kind == "f":
+        low_f, high_f = np.float64(low), np.float64(high)
+        if int(low_f) < low:
+            low_f = np.nextafter(low_f, np.inf)
+        if int(high_f) > high:
+            high_f = np.nextafter(high_f, -np.inf)
+        return low_f, high_f
+    info = np.iinfo(values.dtype)
+    return max(low, int(info.min)), min(high, int(info.max))
+
+
+def _outside(values: Array, low: int, high: int) -> tuple[Array, Array]:
+    """Masks of the (whole-number) values below ``low`` and above ``high``, compared exactly."""
+    low_v, high_v = _bounds(values, low, high)
+    return values < low_v, values > high_v
+
+
+def _convert(values: Array, dtype: np.dtype[Any], low: int, high: int, below: Array, above: Array) -> Array:
+    """Whole-number ``values`` as ``dtype``: in-range ones exactly, the clipped ones ``low`` or ``high`` exactly (no overflowing cast)."""
+    low_v, high_v = _bounds(values, low, high)
+    inside = np.clip(values, low_v, high_v) if (below.any() or above.any()) else values
+    result = np.asarray(inside).astype(dtype)
+    result[below] = low
+    result[above] = high
+    return result
+
+
+def _range_name(dtype: np.dtype[Any], bits: int | None) -> str:
+    """``int16's range`` or, for audio held in a wider integer, ``24-bit samples' range``."""
+    if bits is not None and bits != dtype.itemsize * 8:
+        return f"{bits}-bit samples' range"
+    return f"{dtype.name}'s range"
 
 
 def dtype_of(name: str) -> np.dtype[Any]:

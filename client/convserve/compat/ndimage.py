@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from convserve.compat._config import default_client
+from convserve.compat._config import lease
 from convserve.errors import OutOfRangeError
 
 MODES = {
@@ -153,7 +153,7 @@ def output_array(output: Any, input: npt.NDArray[Any], complex_output: bool) -> 
     """The array the result goes into, as ndimage's ``_get_output`` makes it."""
     shape = input.shape
     if output is None:
-        dtype = np.promote_types(input.dtype, np.complex64) if complex_output else input.dtype
+        dtype = np.promote_types(input.dtype, np.complex64) if complex_output else np.dtype(input.dtype.name)  # native order, as ndimage
         return np.zeros(shape, dtype=dtype)
     if isinstance(output, (type, np.dtype)):
         if complex_output and np.dtype(output).kind != "c":
@@ -252,8 +252,10 @@ def _compute(x: npt.NDArray[Any], kernel: npt.NDArray[Any], boundary: str, cval:
         ints = ints.astype(np.result_type(np.min_scalar_type(int(ints.min())), np.min_scalar_type(int(ints.max()))))
         holder = integer_holder(np.result_type(x.dtype, ints.dtype), _bounds(x, ints, int(fill.real) if boundary == "fill" else None), out_dtype)
         if holder is not None:
-            return np.asarray(default_client().correlate(x, ints, "same", "auto", None, boundary, int(fill.real), holder))
-    return np.asarray(default_client().correlate(x, kernel, "same", "auto", None, boundary, fill))  # float64 (complex128): the kernel's
+            with lease() as client:
+                return np.asarray(client.correlate(x, ints, "same", "auto", None, boundary, int(fill.real), holder))
+    with lease() as client:
+        return np.asarray(client.correlate(x, kernel, "same", "auto", None, boundary, fill))  # float64 (complex128): the kernel's
 
 
 def _bounds(x: npt.NDArray[Any], kernel: npt.NDArray[Any], fill: int | None) -> tuple[int, int]:

@@ -20,12 +20,13 @@ Examples
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from convserve.compat._config import default_client
+from convserve.compat._config import lease
 from convserve.errors import OutOfRangeError
 
 _MODES = ("full", "valid", "same")
@@ -112,7 +113,8 @@ def convolve2d(in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", bound
         ``numpy.result_type(in1, in2)``.
     """
     a, b, name, fill = _two_d("convolve2d", in1, in2, mode, boundary, fillvalue)
-    return _call(default_client().convolve, a, b, mode, "auto", None, name, fill)
+    with lease() as client:
+        return _call(client.convolve, a, b, mode, "auto", None, name, fill)
 
 
 def correlate2d(in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", boundary: str = "fill", fillvalue: complex = 0) -> npt.NDArray[Any]:
@@ -122,14 +124,15 @@ def correlate2d(in1: npt.ArrayLike, in2: npt.ArrayLike, mode: str = "full", boun
     larger array second returns scipy's reversed result; both are reproduced exactly.
     """
     a, b, name, fill = _two_d("correlate2d", in1, in2, mode, boundary, fillvalue)
-    client = default_client()
     if mode == "valid" and not all(n >= m for n, m in zip(a.shape, b.shape)):
         if not all(m >= n for n, m in zip(a.shape, b.shape)):
             raise ValueError("For 'valid' mode, one must be at least as large as the other in every dimension")
-        return _call(client.correlate, b, a, "valid")[::-1, ::-1].copy()  # scipy swaps, correlates and reverses
+        with lease() as client:
+            return _call(client.correlate, b, a, "valid")[::-1, ::-1].copy()  # scipy swaps, correlates and reverses
     if mode == "same":
         b = np.pad(b, [(1 - m % 2, 0) for m in b.shape])  # scipy's window starts at m // 2: a leading zero on even axes moves it there
-    return _call(client.correlate, a, b, mode, "auto", None, name, fill)
+    with lease() as client:
+        return _call(client.correlate, a, b, mode, "auto", None, name, fill)
 
 
 def _call(run: Any, *arguments: Any) -> npt.NDArray[Any]:
@@ -137,8 +140,15 @@ def _call(run: Any, *arguments: Any) -> npt.NDArray[Any]:
     try:
         return np.asarray(run(*arguments))
     except OutOfRangeError as exc:
-        hint = "scipy.signal would wrap around silently; widen an input first (in1.astype(...)) to get the exact result"
-        raise OutOfRangeError(f"{exc.details}; {hint}", code=exc.code, field_violations=exc.field_violations) from exc
+        raise OutOfRangeError(scipy_advice(exc.details, "in1"), code=exc.code, field_violations=exc.field_violations) from exc
+
+
+def scipy_advice(details: str, name: str) -> str:
+    """The server's overflow message told for scipy's signatures, which have no ``output_dtype``: cast an input instead."""
+    match = re.search(r"; use output_dtype='?(\w+)'?", details)
+    holder = match.group(1) if match else "float64"
+    what = details[: match.start()] if match else details
+    return f"{what}; cast an input to get the exact result, e.g. {name}.astype({holder!r}) (scipy would wrap around silently)"
 
 
 def _check_mode(mode: Any) -> None:
@@ -154,8 +164,8 @@ def _signal(correlate: bool, in1: Any, in2: Any, mode: str, method: str) -> npt.
     _check_mode(mode)
     if a.ndim != b.ndim:
         raise ValueError("in1 and in2 should have the same dimensionality")
-    client = default_client()
-    return _call(client.correlate if correlate else client.convolve, a, b, mode, method)
+    with lease() as client:
+        return _call(client.correlate if correlate else client.convolve, a, b, mode, method)
 
 
 def fft_dtype(a: np.dtype[Any], b: np.dtype[Any]) -> np.dtype[Any]:
@@ -193,7 +203,8 @@ def _fft_like(in1: Any, in2: Any, mode: str, axes: Any) -> npt.NDArray[Any]:
     if natural != target and not widens(natural, target):  # a result the service cannot widen: the inputs go in scipy's FFT dtype
         a, b = a.astype(np.result_type(a.dtype, target)), b.astype(np.result_type(b.dtype, target))
     output = None if np.result_type(a, b) == target else target
-    result = _call(default_client().convolve, a, b, mode, "auto", remaining, "fill", 0, output)
+    with lease() as client:
+        result = _call(client.convolve, a, b, mode, "auto", remaining, "fill", 0, output)
     return _centered(result, a.shape) if mode == "same" else result  # scipy's same is in1's shape on every axis
 
 
