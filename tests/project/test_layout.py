@@ -32,11 +32,12 @@ OUTSIDE_DOCUMENT = re.compile(r"\bDESIGN(?:\.md\b|\s+(?:section|issue|§)|\s*§)
 
 
 def python_files() -> Iterator[Path]:
-    """The Python files whose size is limited (the generated gRPC code excluded)."""
-    for folder in CHECKED_FOLDERS:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if GENERATED not in path.parents:
-                yield path
+    """The Python files whose size is limited: the repository's own (build leftovers such as
+    client/build/ after `pip install ./client` are ignored, as git ignores them), the generated gRPC code excluded."""
+    folders = tuple(ROOT / folder for folder in CHECKED_FOLDERS)
+    for path in repository_files():
+        if path.suffix == ".py" and any(folder in path.parents for folder in folders) and GENERATED not in path.parents:
+            yield path
 
 
 def repository_files() -> list[Path]:
