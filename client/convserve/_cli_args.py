@@ -6,7 +6,7 @@ import argparse
 import math
 import re
 import sys
-from typing import NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from convserve._base import DEFAULT_TARGET, DEFAULT_TIMEOUT
 from convserve._cli_common import EXIT_USAGE, CliError
@@ -133,46 +133,33 @@ def _timeout(text: str) -> float | None:
     return _positive(text)
 
 
-def _positive(text: str) -> float:
+def _checked(text: str, parse: Callable[[str], Any], accept: Callable[[Any], bool], expected: str) -> Any:
+    """``parse(text)`` when ``accept`` takes it, else argparse's error naming what was ``expected``."""
     try:
-        value = float(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
     return value
+
+
+def _positive(text: str) -> float:
+    return float(_checked(text, float, lambda v: 0 < v < math.inf, "a positive number"))
 
 
 def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
-    return value
+    return float(_checked(text, float, math.isfinite, "a finite number"))
 
 
 def _quality(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 100; got {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 100; got {text!r}")
-    return value
+    return int(_checked(text, int, lambda v: 1 <= v <= 100, "an integer from 1 to 100"))
 
 
 def _tiles(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto'; got {text!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto'; got {text!r}")
-    return count
+    return int(_checked(text, int, lambda v: v >= 1, "a positive integer or 'auto'"))
 
 
 def _axes(text: str) -> tuple[int, ...]:
