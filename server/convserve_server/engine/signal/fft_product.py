@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve_server.engine.fft import plans, pruned
-from convserve_server.engine.fft.ducc import DUCC0
+from convserve_server.engine.fft.ducc import DuccTransform
 from convserve_server.engine.fft.sizes import fast_length
 
 Loader = Callable[[npt.NDArray[Any]], None]
@@ -88,52 +88,38 @@ def periodic_product(
         The part of the cyclic convolution that ``finish`` reads (all of it when omitted); with
         ducc0 the inverse transform computes only that part.
     """
-    if backend == DUCC0:
-        return _pruned_product(x_shape, load_x, h, h_shape, tuple(axes), work_dtype, finish, x_extents or x_shape, needed)
     real = work_dtype.kind != "c"
     axes = tuple(axes)
     scale = 1.0 / math.prod(x_shape[a] for a in axes)
-    forward = "r2c" if real else "c2c"
+    forward, inverse = ("r2c", "c2r") if real else ("c2c", "c2c_inverse")
     out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
     with plans.plan(forward, tuple(x_shape), work_dtype, axes, backend) as px:
         load_x(px.input)
-        px.fftw.execute()
+        _transform(px, forward, axes, extents=x_extents or x_shape)
         with plans.plan(forward, tuple(h_shape), work_dtype, axes, backend) as ph:
             load(ph.input, h, scale)
-            ph.fftw.execute()
-            with plans.plan("c2r" if real else "c2c_inverse", out_shape, work_dtype, axes, backend) as pi:
+            _transform(ph, forward, axes, extents=h.shape)
+            with plans.plan(inverse, out_shape, work_dtype, axes, backend) as pi:
                 np.multiply(px.output, ph.output, out=pi.input)
-                pi.fftw.execute()
+                _transform(pi, inverse, axes, needed=needed)
                 return finish(pi.output)
 
 
-def _pruned_product(
-    x_shape: Sequence[int],
-    load_x: Loader,
-    h: npt.NDArray[Any],
-    h_shape: Sequence[int],
+def _transform(
+    plan: plans.Plan,
+    kind: str,
     axes: tuple[int, ...],
-    work_dtype: np.dtype[Any],
-    finish: Finisher,
-    x_extents: Sequence[int],
-    needed: Sequence[tuple[int, int]] | None,
-) -> npt.NDArray[Any]:
-    """:func:`periodic_product` on ducc0, each transform skipping known zeros or unread output."""
-    real = work_dtype.kind != "c"
-    scale = 1.0 / math.prod(x_shape[a] for a in axes)
-    forward, inverse = ("r2c", "c2r") if real else ("c2c", "c2c_inverse")
-    out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
-    with plans.plan(forward, tuple(x_shape), work_dtype, axes, DUCC0) as px:
-        threads = px.fftw.threads
-        load_x(px.input)
-        pruned.forward(forward, px.input, px.output, axes, x_extents, threads)
-        with plans.plan(forward, tuple(h_shape), work_dtype, axes, DUCC0) as ph:
-            load(ph.input, h, scale)
-            pruned.forward(forward, ph.input, ph.output, axes, h.shape, threads)
-            with plans.plan(inverse, out_shape, work_dtype, axes, DUCC0) as pi:
-                np.multiply(px.output, ph.output, out=pi.input)
-                pruned.inverse(inverse, pi.input, pi.output, axes, needed or [(0, n) for n in out_shape], threads)
-                return finish(pi.output)
+    extents: Sequence[int] | None = None,
+    needed: Sequence[tuple[int, int]] | None = None,
+) -> None:
+    """Run a checked-out plan: FFTW's whole transform, or ducc0's pruned one (zeros in, unread output out skipped)."""
+    transform = plan.fftw
+    if not isinstance(transform, DuccTransform):
+        transform.execute()
+    elif extents is not None:
+        pruned.forward(kind, plan.input, plan.output, axes, extents, transform.threads)
+    else:
+        pruned.inverse(kind, plan.input, plan.output, axes, needed or [(0, n) for n in plan.output.shape], transform.threads)
 
 
 def _crop(starts: Sequence[int], lengths: Sequence[int], axes: Sequence[int], ndim: int) -> tuple[slice, ...]:
