@@ -295,11 +295,6 @@ class BaseClient:
         return weights_flow(weight, bias, lambda w, b: self._transpose_request(input, w, b, stride, padding, output_padding, groups, dilation))
 
     @staticmethod
-    def _tensors(input: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, _torch.Restore]:
-        """A layer call's torch tensors as numpy arrays and how its result goes back (the rules of :mod:`convserve.torch`)."""
-        return _torch.layer_arguments(input, weight, bias)
-
-    @staticmethod
     def _weights_request(weight: npt.ArrayLike, bias: npt.ArrayLike | None) -> tuple[pb.RegisterWeightsRequest, npt.NDArray[Any], npt.NDArray[Any] | None]:
         _, weight, bias, _ = _torch.layer_arguments(None, weight, bias)
         w = _options.as_array(weight, "weight")

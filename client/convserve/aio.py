@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping, Sequence, overload
 import grpc
 import numpy.typing as npt
 
+from convserve import torch as _torch
 from convserve import _blocks, _fanout
 from convserve._aio_status import StatusWitness
 from convserve._transport import AsyncTransport
@@ -167,7 +168,7 @@ class AsyncClient(AsyncTransport):
         timeout: float | None = _DEFAULT,
     ) -> npt.NDArray[Any] | WithInfo:
         """A CNN layer, as ``torch.nn.ConvNd`` (see :meth:`convserve.Client.conv_layer`; torch tensors in, tensors out)."""
-        input, weight, bias, restore = self._tensors(input, weight, bias)
+        input, weight, bias, restore = _torch.layer_arguments(input, weight, bias)
         flow = self._layer_flow(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
         stub = self._stub
         result = await self._drive(flow, lambda prepared: self._run(prepared, stub.ConvLayer, stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), timeout)
@@ -248,7 +249,7 @@ class AsyncClient(AsyncTransport):
         -------
         numpy.ndarray or (numpy.ndarray, ComputeInfo)
         """
-        input, weight, bias, restore = self._tensors(input, weight, bias)
+        input, weight, bias, restore = _torch.layer_arguments(input, weight, bias)
         flow = self._transpose_flow(input, weight, bias, stride, padding, output_padding, groups, dilation)
         result = await self._drive(flow, lambda request: self._unary(self._stub.ConvTranspose, request, timeout), timeout)
         return self._finish(result, return_info, restore)

@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping, Sequence, overload
 import grpc
 import numpy.typing as npt
 
+from convserve import torch as _torch
 from convserve import _blocks, _fanout
 from convserve._transport import SyncTransport
 from convserve._base import _DEFAULT, Axes, Ints, Progress, Tiles, WithInfo
@@ -247,7 +248,7 @@ class Client(SyncTransport):
             device when ``input`` is a tensor, never requiring grad (see :mod:`convserve.torch`:
             a :class:`~convserve.errors.GradientNotComputedWarning` says so once).
         """
-        input, weight, bias, restore = self._tensors(input, weight, bias)
+        input, weight, bias, restore = _torch.layer_arguments(input, weight, bias)
         flow = self._layer_flow(input, weight, bias, stride, padding, dilation, groups, padding_mode, activation, pool)
         stub = self._stub
         result = self._drive(flow, lambda prepared: self._run(prepared, stub.ConvLayer, stub.ConvLayerChunked, pb.ConvLayerRequestPart, timeout), timeout)
@@ -329,7 +330,7 @@ class Client(SyncTransport):
         numpy.ndarray, torch.Tensor, or either with a ComputeInfo
             A tensor when ``input`` is one, as :meth:`conv_layer`.
         """
-        input, weight, bias, restore = self._tensors(input, weight, bias)
+        input, weight, bias, restore = _torch.layer_arguments(input, weight, bias)
         flow = self._transpose_flow(input, weight, bias, stride, padding, output_padding, groups, dilation)
         result = self._drive(flow, lambda request: self._from_unary(self._call(self._stub.ConvTranspose, request, timeout)), timeout)
         return self._finish(result, return_info, restore)
