@@ -13,6 +13,7 @@ A peer whose estimated run exceeds ``--skip-seconds`` is reported as skipped, no
 Peers are optional (the ``bench`` extra): scipy, opencv-python-headless, pyfftw; ducc0 is a
 server dependency. The plain FFT peers are pyFFTW with FFTW_MEASURE plans (``--planning-timelimit``)
 and ducc0 (``r2c``/``c2r`` at ``good_size`` lengths, 2 threads), both with their buffers made ahead.
+All contenders run in one process with the server's malloc settings (`ops.allocator`, as `convserve serve` sets them).
 The target per case: at most the best peer + 25 us where that peer takes under 1 ms, else at most 1.1x.
 """
 
@@ -39,6 +40,8 @@ from convserve_server import engine  # noqa: E402
 from convserve_server.calibrate import engine_config  # noqa: E402
 from convserve_server.engine import convolve  # noqa: E402
 from convserve_server.engine.fft import background, plans  # noqa: E402
+from convserve_server.ops import allocator  # noqa: E402
+from convserve_server.settings import load as load_settings  # noqa: E402
 
 try:
     import scipy.ndimage as ndi
@@ -361,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--details", action="store_true", help="print every run's timing too")
     args = parser.parse_args(argv)
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.3)
-    # The engine settings of the CONVSERVE_* variables (as the server reads them), with this background planning.
+    # The engine settings of the CONVSERVE_* variables (as the server reads them), with this background planning,
+    # and the server's malloc settings (as `convserve serve` applies them; every contender shares the process).
     engine.configure(dataclasses.replace(engine_config(), fftw_background_planning_seconds=args.background_planning))
+    malloc = allocator.configure(load_settings().malloc_retain_bytes)
     plain = PlainFFTW(args.planning_timelimit)
     ducc = PlainDucc(2)
     cases = [case for case in make_cases(args.quick) if not args.only or any(part in case.label for part in args.only)]
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         f"convserve engine benchmark, {datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores, "
         f"{platform.machine()}), numpy {np.__version__}, FFTW effort {plans.planner_effort()}, "
         f"background planning {args.background_planning} s per shape (in the first call), "
-        f"{'quick' if args.quick else 'full'} run in {time.perf_counter() - started:.0f} s\n"
+        f"malloc: {malloc}, {'quick' if args.quick else 'full'} run in {time.perf_counter() - started:.0f} s\n"
     )
     print(table(cases))
     if args.details:

@@ -31,6 +31,19 @@ class CallInfo:
     warnings: tuple[str, ...] = field(default=())
 
 
+@dataclass
+class FiniteCheck:
+    """What a method learnt of its result's NaN/Inf while computing it, so that nobody checks twice.
+
+    Attributes
+    ----------
+    nonfinite : bool or None
+        Whether the result holds NaN or Inf; None when the method did not look.
+    """
+
+    nonfinite: bool | None = None
+
+
 def nonfinite_warnings(result: npt.NDArray[Any]) -> list[str]:
     """``[NONFINITE_WARNING]`` for a float or complex result holding NaN or Inf, else ``[]``.
 
@@ -59,6 +72,12 @@ def has_nonfinite(array: npt.NDArray[Any], guarded: bool = True) -> bool:
         return _nonfinite(array, kind)
     with np.errstate(invalid="ignore", over="ignore"):
         return _nonfinite(array, kind)
+
+
+def any_nonfinite(*arrays: npt.NDArray[Any]) -> bool:
+    """Whether any of ``arrays`` holds NaN or Inf (:func:`has_nonfinite` on each, inside one ``errstate``)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return any(a.dtype.kind in "fc" and a.size and _nonfinite(a, a.dtype.kind) for a in arrays)
 
 
 def _nonfinite(array: npt.NDArray[Any], kind: str) -> bool:

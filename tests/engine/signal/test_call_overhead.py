@@ -96,15 +96,15 @@ def test_integer_kernels_of_50_taps_and_more_stay_exact_on_the_direct_path(kerne
 
 
 def test_the_cheap_rank_one_test_keeps_every_kernel_the_svd_accepts() -> None:
-    from convserve_server.engine.signal import direct_fast
+    from convserve_server.engine.signal import separable
 
     gauss = np.exp(-(np.linspace(-2, 2, 15) ** 2))
     outer = np.outer(RNG.standard_normal(9), RNG.standard_normal(11))  # rank 1 up to rounding: the SVD accepts it
-    assert direct_fast.is_separable(np.outer(gauss, gauss).astype(np.float32), np.dtype(np.float32))
-    assert direct_fast.is_separable(outer, np.dtype(np.float64))
-    assert not direct_fast.is_separable(outer + 1e-6 * RNG.standard_normal(outer.shape), np.dtype(np.float64))
-    assert not direct_fast.is_separable(RNG.standard_normal((63, 63)), np.dtype(np.float64))
-    assert not direct_fast.is_separable(np.zeros((7, 7)), np.dtype(np.float64))
+    assert separable.is_separable(np.outer(gauss, gauss).astype(np.float32), np.dtype(np.float32))
+    assert separable.is_separable(outer, np.dtype(np.float64))
+    assert not separable.is_separable(outer + 1e-6 * RNG.standard_normal(outer.shape), np.dtype(np.float64))
+    assert not separable.is_separable(RNG.standard_normal((63, 63)), np.dtype(np.float64))
+    assert not separable.is_separable(np.zeros((7, 7)), np.dtype(np.float64))
     kernel = np.outer(gauss, gauss).astype(np.float32)
     image = RNG.standard_normal((64, 64)).astype(np.float32)
     np.testing.assert_allclose(

@@ -12,7 +12,7 @@ import pytest
 import scipy.signal as ss
 
 from convserve_server.engine import convolve, correlate
-from convserve_server.engine.signal import direct_fast
+from convserve_server.engine.signal import direct_fast, separable
 from convserve_server.engine.fft import plans, wisdom
 from convserve_server.engine.fft.sizes import fast_length
 
@@ -42,7 +42,7 @@ def test_separable_kernels_run_as_two_passes(mode: str) -> None:
     g = np.exp(-(np.linspace(-2, 2, 9) ** 2))
     h = np.outer(g, g[:7])
     x = RNG.standard_normal((60, 50))
-    assert direct_fast._separable(h, np.dtype(np.float64)) is not None
+    assert separable.factors(h, np.dtype(np.float64)) is not None
     close(convolve(x, h, mode, "direct"), ss.convolve(x, h, mode, "direct"), 1e-12)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.signal as ss
 
-from convserve_server.engine.signal import direct_fast
+from convserve_server.engine.signal import separable
 from convserve_server.engine.signal.convolution import convolve
 
 RNG = np.random.default_rng(77)
@@ -15,16 +15,16 @@ def test_a_kernel_changed_in_place_is_judged_again() -> None:
     """The memo keys on the bytes, not the array: a rank-1 kernel made full-rank in place is no longer factored."""
     g = np.exp(-(np.linspace(-2, 2, 7) ** 2))
     kernel = np.outer(g, g)
-    assert direct_fast._separable(kernel, np.dtype(np.float64)) is not None
+    assert separable.factors(kernel, np.dtype(np.float64)) is not None
     kernel[3, 3] += 0.5
-    assert direct_fast._separable(kernel, np.dtype(np.float64)) is None
+    assert separable.factors(kernel, np.dtype(np.float64)) is None
     x = RNG.standard_normal((40, 40))
     np.testing.assert_allclose(convolve(x, kernel, mode="same", method="direct"), ss.convolve(x, kernel, mode="same", method="direct"), atol=1e-12)
 
 
 def test_the_memo_is_bounded_and_its_factors_are_read_only() -> None:
-    for _ in range(direct_fast.FACTORS_ENTRIES + 20):
-        direct_fast._separable(np.outer(RNG.random(5), RNG.random(5)), np.dtype(np.float64))
-    assert len(direct_fast._FACTORS) <= direct_fast.FACTORS_ENTRIES
-    factors = direct_fast._separable(np.outer(np.arange(1.0, 6.0), np.arange(1.0, 6.0)), np.dtype(np.float64))
+    for _ in range(separable.FACTORS_ENTRIES + 20):
+        separable.factors(np.outer(RNG.random(5), RNG.random(5)), np.dtype(np.float64))
+    assert len(separable._FACTORS) <= separable.FACTORS_ENTRIES
+    factors = separable.factors(np.outer(np.arange(1.0, 6.0), np.arange(1.0, 6.0)), np.dtype(np.float64))
     assert factors is not None and not factors[0].flags.writeable and not factors[1].flags.writeable

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve_server.engine.signal import direct, fft_product, integers, overlap_add
-from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, has_nonfinite, nonfinite_warnings  # noqa: F401 (re-exported)
+from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, FiniteCheck, has_nonfinite, nonfinite_warnings  # noqa: F401 (re-exported)
 from convserve_server.engine.signal.planner import SignalPlan, plan_signal_call
 
 
@@ -97,17 +97,22 @@ def execute(plan: SignalPlan) -> npt.NDArray[Any]:
     """Compute a planned call and return the result in its output dtype and shape.
 
     A float or complex result holding NaN or Inf adds :data:`NONFINITE_WARNING` to
-    ``plan.warnings`` (unless the planner already warned about NaN), on every method.
+    ``plan.warnings`` (unless the planner already warned about NaN), on every method. A method
+    that checked its result while computing it (OpenCV's bands) saves the pass over it.
     """
+    checked = FiniteCheck()
     with np.errstate(invalid="ignore", over="ignore"):  # reported as a call warning instead
-        result = _compute(plan)
-        if not any("NaN" in note for note in plan.warnings) and has_nonfinite(result, guarded=False):
+        result = _compute(plan, checked)
+        if any("NaN" in note for note in plan.warnings):
+            return result
+        nonfinite = checked.nonfinite if checked.nonfinite is not None else has_nonfinite(result, guarded=False)
+        if nonfinite:
             plan.warnings.append(NONFINITE_WARNING)
     return result
 
 
-def _compute(plan: SignalPlan) -> npt.NDArray[Any]:
-    """Run the planned method and cast the result to its output dtype and shape."""
+def _compute(plan: SignalPlan, checked: FiniteCheck) -> npt.NDArray[Any]:
+    """Run the planned method and cast the result to its output dtype and shape (``checked``: see :class:`FiniteCheck`)."""
     exact_fft = plan.exact_integer and plan.method != "direct"
     work = np.dtype(np.float64) if exact_fft else plan.work_dtype
     if plan.mode == "circular":
@@ -116,11 +121,13 @@ def _compute(plan: SignalPlan) -> npt.NDArray[Any]:
         else:
             raw = fft_product.circular(plan.x, plan.h, plan.axes, work, plan.fft_backend)
     elif plan.method == "direct":
-        raw = direct.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work)
+        raw = direct.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work, checked)
     elif plan.method == "overlap_add":
         raw = overlap_add.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work, plan.fft_backend)
     else:
         raw = fft_product.linear_region(plan.x, plan.h, plan.axes, plan.starts, plan.lengths, work, plan.fft_backend)
+    if raw.dtype != plan.out_dtype:  # a cast may overflow: the verdict was for the uncast values
+        checked.nonfinite = None
     return _cast(raw, plan, exact_fft).reshape(plan.output_shape)
 
 

@@ -25,6 +25,7 @@ from convserve_server.engine import config
 from convserve_server.engine.fft import ducc, plans
 from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.signal import direct_fast
+from convserve_server.engine.signal import separable as separable_kernels
 from convserve_server.engine.signal.overlap_add import choose_block
 
 CALIBRATION_VERSION = 3
@@ -230,7 +231,7 @@ def direct_cost(
     if backend == "opencv":
         kernel = h if taps_h <= taps_x and isinstance(h, np.ndarray) else None
         if separable is None:
-            separable = kernel is not None and len(axes) == 2 and direct_fast.is_separable(np.squeeze(kernel), work)
+            separable = kernel is not None and len(axes) == 2 and separable_kernels.is_separable(np.squeeze(kernel), work)
         if separable and taps_h <= taps_x and len(axes) == 2:
             side_sum = sum(h_shape[a] for a in axes)
             return c["direct_call"] + scale * outputs * (c["opencv_sep_per_output"] + side_sum * c["opencv_sep_per_tap"])

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve_server.engine import cancellation
+from convserve_server.engine.info import FiniteCheck
 from convserve_server.engine.signal import direct_fast
 from convserve_server.engine.signal.options import output_shape
 
@@ -27,17 +28,19 @@ def linear_region(
     starts: Sequence[int],
     lengths: Sequence[int],
     work_dtype: np.dtype[Any],
+    checked: FiniteCheck | None = None,
 ) -> npt.NDArray[Any]:
     """Return part of the full linear convolution of ``x`` and ``h`` along ``axes``.
 
     On axis ``axes[i]`` the result holds full-convolution indices
     ``starts[i] .. starts[i] + lengths[i] - 1``; other axes broadcast. ``x`` and ``h`` have the
-    same number of dimensions.
+    same number of dimensions. ``checked`` learns whether the result holds NaN or Inf when the
+    compiled path found out while computing it.
     """
     # Convolution is commutative: loop over the taps of the smaller operand.
     if _taps(h, axes) > _taps(x, axes):
         x, h = h, x
-    fast = direct_fast.try_linear_region(x, h, axes, starts, lengths, work_dtype)
+    fast = direct_fast.try_linear_region(x, h, axes, starts, lengths, work_dtype, checked)
     if fast is not None:
         return fast.astype(work_dtype, copy=False)
     x = x.astype(work_dtype, copy=False)

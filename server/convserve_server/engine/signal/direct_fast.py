@@ -19,8 +19,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -28,6 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from convserve_server.engine import cancellation
+from convserve_server.engine.info import FiniteCheck, any_nonfinite
+from convserve_server.engine.signal import opencv_bands
+from convserve_server.engine.signal import separable as separable_kernels
 
 cv2: Any
 try:  # OpenCV is a server dependency; without it the numpy paths still give the same results
@@ -42,9 +43,11 @@ EXACT_FLOAT64 = float(2**53)
 # integer kernel into float64 was off by one).
 CV_DIRECT_MAX_TAPS = 49
 CV_DIRECT_MAX_TAPS_SINGLE = 129
+# From this many samples, a real signal's inputs are checked for NaN/Inf on another core while
+# numpy.convolve runs (numpy.convolve is single-threaded); below, the result is checked in cache.
+CONCURRENT_CHECK_MIN = 1 << 17
 # numpy.convolve beats a one-row OpenCV filter below this kernel length (measured here).
 NUMPY_1D_MAX_TAPS = 8
-SEPARABLE_MIN_SIDE = 5
 # One block of work between cancellation checks (a cancelled call stops within one): about this many multiply-adds,
 # 10-20 ms here for numpy.convolve (~5 GMAC/s) and OpenCV. Jobs below twice this run whole.
 CHUNK_MACS = 1 << 26
@@ -69,11 +72,13 @@ def try_linear_region(
     starts: Sequence[int],
     lengths: Sequence[int],
     work_dtype: np.dtype[Any],
+    checked: FiniteCheck | None = None,
 ) -> npt.NDArray[Any] | None:
     """The region of the full convolution (see ``direct.linear_region``), or None if not covered.
 
     ``x`` is the operand with more taps; the result has ``work_dtype`` (or float64 holding exact
-    integers when ``work_dtype`` is an integer type).
+    integers when ``work_dtype`` is an integer type). One image filtered in bands tells ``checked``
+    whether it holds NaN or Inf.
     """
     integer = work_dtype.kind in "iu"
     sides = [h.shape[a] for a in axes]
@@ -84,10 +89,10 @@ def try_linear_region(
     chosen = backend(len(axes), x.ndim, sides, work_dtype, integer_ok)
     compute = np.dtype(np.float64) if integer else work_dtype
     if chosen == "numpy_1d":
-        return _numpy_1d(x, h, starts[0], lengths[0], compute)
+        return _numpy_1d(x, h, starts[0], lengths[0], compute, checked)
     single = compute == np.float32 and x.dtype == np.float32  # a float32 image OpenCV reads as it is
     if chosen == "opencv" and (summed(sides, single) or _finite_floats(x, h)):
-        return _opencv(x, h, axes, starts, lengths, compute)
+        return _opencv(x, h, axes, starts, lengths, compute, checked)
     return None  # the numpy tap loop (OpenCV's DFT path would round integers and spread NaN)
 
 
@@ -121,20 +126,31 @@ def backend(n_axes: int, ndim: int, sides: Sequence[int], work_dtype: np.dtype[A
 
 
 def _finite_floats(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
-    """Float inputs without NaN or Inf (OpenCV may then use its DFT path for large kernels)."""
-    return x.dtype.kind == "f" and h.dtype.kind == "f" and bool(np.isfinite(x).all()) and bool(np.isfinite(h).all())
+    """Float inputs without NaN or Inf (OpenCV may then use its DFT path for large kernels).
+
+    One pass each (:func:`.info.has_nonfinite`); ``isfinite().all()`` took two, and a 64 MiB
+    temporary, on a 4096^2 image."""
+    return x.dtype.kind == "f" and h.dtype.kind == "f" and not any_nonfinite(h, x)
 
 
-def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, dtype: np.dtype[Any], checked: FiniteCheck | None = None) -> npt.NDArray[Any]:
     """One signal: numpy.convolve over the requested outputs, in chunks of ~CHUNK_MACS work.
 
     A chunk of outputs ``[a, b)`` convolves the slice ``x[lo:hi]`` it needs (``"valid"`` mode
     inside the signal, ``"full"`` at its ends), so every output is the same dot product numpy
     computes for the whole signal (bit-identical results); ``cancellation.check`` runs between
-    chunks. ``x`` is the longer operand (``len(x) >= len(h)``).
+    chunks. ``x`` is the longer operand (``len(x) >= len(h)``). For a long real signal the inputs
+    are checked on another core while numpy convolves (:func:`_finite_bound`), which can tell
+    ``checked`` that the result is finite.
     """
     xs, hs = x.astype(dtype, copy=False), h.astype(dtype, copy=False)
     m = hs.shape[0]
+    if checked is not None and xs.size >= CONCURRENT_CHECK_MIN and dtype.kind == "f":
+        bound = _POOL.submit(_finite_bound, xs, hs)
+        result = _numpy_1d(xs, hs, start, length, dtype)
+        if bound.result():
+            checked.nonfinite = False
+        return result
     if length * m <= 2 * CHUNK_MACS:
         return _numpy_chunk(xs, hs, start, start + length)
     step = max(m, CHUNK_MACS // m)
@@ -145,6 +161,19 @@ def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int,
         b = min(end, a + step)
         out[a - start : b - start] = _numpy_chunk(xs, hs, a, b)
     return out
+
+
+def _finite_bound(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
+    """Whether every output of convolving ``x`` by ``h`` is finite, proven from the inputs alone.
+
+    A finite sum of squares proves every ``x`` finite and ``max|x| <= sqrt(sum x^2)``, so every
+    partial sum is at most ``sqrt(sum x^2) * sum|h|``; below half the dtype's largest value nothing
+    overflows. One pass over ``x`` (``numpy.einsum``, one thread). False means "not proven".
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        squares = float(np.einsum("i,i->", x, x))
+        weight = float(np.abs(h).sum())
+    return math.isfinite(squares) and math.isfinite(weight) and math.sqrt(squares) * weight < float(np.finfo(x.dtype).max) / 2
 
 
 def _numpy_chunk(x: npt.NDArray[Any], h: npt.NDArray[Any], a: int, b: int) -> npt.NDArray[Any]:
@@ -177,11 +206,12 @@ def _opencv(
     starts: Sequence[int],
     lengths: Sequence[int],
     dtype: np.dtype[Any],
+    checked: FiniteCheck | None = None,
 ) -> npt.NDArray[Any] | None:
-    """Batches of 1-D or 2-D convolutions by OpenCV, batch axes broadcast."""
+    """Batches of 1-D or 2-D convolutions by OpenCV, batch axes broadcast (``checked``: one image's NaN/Inf verdict)."""
     ddepth = cv2.CV_64F if dtype == np.float64 else cv2.CV_32F
     if x.ndim == 2 and len(axes) == 2:  # one image: no batch axes to arrange
-        return _region_2d(_as_source(np.ascontiguousarray(x), dtype), h, starts, lengths, ddepth, dtype)
+        return _region_2d(_as_source(np.ascontiguousarray(x), dtype), h, starts, lengths, ddepth, dtype, checked)
     conv = list(axes)
     batch_axes = [a for a in range(x.ndim) if a not in conv]
     order = batch_axes + conv
@@ -196,7 +226,7 @@ def _opencv(
         src = _as_source(np.ascontiguousarray(xm), dtype)
         if len(conv) == 1 and src.shape[0] == 1:
             return _row_split(src, hm, starts[1], lengths[1], ddepth, dtype)
-        region = _region_2d(src, hm, starts, lengths, ddepth, dtype)
+        region = _region_2d(src, hm, starts, lengths, ddepth, dtype, checked)
         return region[0] if len(conv) == 1 else np.transpose(region, np.argsort(order))
     out = np.empty(batch_shape + (lengths[0], lengths[1]), dtype=dtype)
     shared_kernel = all(s == 1 for s in hm.shape[:nb])
@@ -221,19 +251,33 @@ def _opencv(
 
 
 def _region_2d(
-    src: npt.NDArray[Any], h: npt.NDArray[Any], starts: Sequence[int], lengths: Sequence[int], ddepth: int, dtype: np.dtype[Any]
+    src: npt.NDArray[Any],
+    h: npt.NDArray[Any],
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    ddepth: int,
+    dtype: np.dtype[Any],
+    checked: FiniteCheck | None = None,
 ) -> npt.NDArray[Any]:
     """Full-convolution rows ``starts[0]..`` and columns ``starts[1]..`` of one 2-D image.
 
-    Large jobs run in bands of output rows (each with the ``M - 1`` input rows of overlap it
-    needs) of about ``OPENCV_CHUNK_MACS`` work, with ``cancellation.check`` between bands.
+    Kernels OpenCV sums directly, on outputs as wide as the image (``same`` and ``full``), run in
+    cache-sized bands on the engine's threads (:mod:`.opencv_bands`), which tell ``checked``
+    whether the result holds NaN or Inf. Other large jobs run in bands of output rows (each with
+    the ``M - 1`` input rows of overlap it needs) of about ``OPENCV_CHUNK_MACS`` work, with
+    ``cancellation.check`` between bands.
     """
     kernel = np.ascontiguousarray(h[::-1, ::-1], dtype=dtype)
-    separable = _separable(kernel, dtype)
+    separable = separable_kernels.factors(kernel, dtype)
     rows, m = lengths[0], h.shape[0]
     if separable is not None:
         per_pixel = h.shape[0] + h.shape[1]
     elif summed(h.shape, src.dtype == np.float32 and dtype == np.float32):
+        if checked is not None:
+            banded = _banded(src, kernel, starts, lengths, ddepth, dtype)
+            if banded is not None:
+                checked.nonfinite = banded[1]
+                return banded[0]
         per_pixel = h.shape[0] * h.shape[1]
     else:
         per_pixel = _DFT_PIXEL_COST
@@ -251,6 +295,30 @@ def _region_2d(
     return out
 
 
+def _banded(
+    src: npt.NDArray[Any], kernel: npt.NDArray[Any], starts: Sequence[int], lengths: Sequence[int], ddepth: int, dtype: np.dtype[Any]
+) -> tuple[npt.NDArray[Any], bool] | None:
+    """The region by :func:`.opencv_bands.filter_rows` and its NaN/Inf verdict; None if it is narrower than the image."""
+    anchor, crop, padded = _placement(src, kernel, starts, lengths)
+    if crop[1] != 0 or lengths[1] != padded.shape[1]:
+        return None
+    return opencv_bands.filter_rows(cv2, padded, kernel, (anchor[1], anchor[0]), crop[0], lengths[0], ddepth, dtype)
+
+
+def _placement(src: npt.NDArray[Any], kernel: npt.NDArray[Any], starts: Sequence[int], lengths: Sequence[int]) -> tuple[list[int], list[int], npt.NDArray[Any]]:
+    """OpenCV's anchor (row, column), the crop offsets and the source padded at its far end, for :func:`_filter`."""
+    anchor, crop, after = [], [], []
+    for axis in (0, 1):
+        n, m, s, length = src.shape[axis], kernel.shape[axis], starts[axis], lengths[axis]
+        c = max(0, s - (m - 1))
+        anchor.append(m - 1 - (s - c))
+        crop.append(c)
+        after.append(max(0, c + length - n))
+    if any(after):
+        src = np.pad(src, [(0, after[0]), (0, after[1])])
+    return anchor, crop, src
+
+
 def _filter(
     src: npt.NDArray[Any],
     kernel: npt.NDArray[Any],
@@ -266,82 +334,13 @@ def _filter(
     crop offset ``c = max(0, s - (M - 1))`` and ``d = s - c`` keeps the anchor inside the kernel,
     so only the far end is ever zero-padded (``full`` mode).
     """
-    anchor, crop, after = [], [], []
-    for axis in (0, 1):
-        n, m, s, length = src.shape[axis], kernel.shape[axis], starts[axis], lengths[axis]
-        c = max(0, s - (m - 1))
-        anchor.append(m - 1 - (s - c))
-        crop.append(c)
-        after.append(max(0, c + length - n))
-    if any(after):
-        src = np.pad(src, [(0, after[0]), (0, after[1])])
+    anchor, crop, src = _placement(src, kernel, starts, lengths)
     if separable is not None:
         ky, kx = separable
         dst = cv2.sepFilter2D(src, ddepth, kx, ky, anchor=(anchor[1], anchor[0]), borderType=cv2.BORDER_CONSTANT)
     else:
         dst = cv2.filter2D(src, ddepth, kernel, anchor=(anchor[1], anchor[0]), borderType=cv2.BORDER_CONSTANT)
     return dst[crop[0] : crop[0] + lengths[0], crop[1] : crop[1] + lengths[1]]
-
-
-def is_separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> bool:
-    """Whether a 2-D kernel runs as two 1-D passes (rank 1, float, 5x5 or more)."""
-    return kernel.ndim == 2 and _separable(kernel, dtype) is not None
-
-
-Factors = tuple[npt.NDArray[Any], npt.NDArray[Any]]
-# Small kernels' answers, by content: the planner and the direct path each ask once per call, and a
-# service sees the same few kernels again and again (the test costs 25 us a time for a 7x7 kernel).
-_FACTORS: OrderedDict[tuple[Any, ...], Factors | None] = OrderedDict()
-_FACTORS_LOCK = threading.Lock()
-FACTORS_ENTRIES = 256
-FACTORS_MAX_KERNEL_BYTES = 64 * 64 * 8
-
-
-def _separable(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> Factors | None:
-    """Column and row factors of a rank-1 float kernel of 5x5 or more, else None (remembered by content)."""
-    if min(kernel.shape) < SEPARABLE_MIN_SIDE or dtype.kind != "f":
-        return None
-    if kernel.nbytes > FACTORS_MAX_KERNEL_BYTES:
-        return _factors(kernel, dtype)
-    key = (kernel.tobytes(), kernel.shape, kernel.dtype.str, dtype.str)
-    with _FACTORS_LOCK:
-        if key in _FACTORS:
-            _FACTORS.move_to_end(key)
-            return _FACTORS[key]
-    found = _factors(kernel, dtype)
-    with _FACTORS_LOCK:
-        _FACTORS[key] = found
-        while len(_FACTORS) > FACTORS_ENTRIES:
-            _FACTORS.popitem(last=False)
-    return found
-
-
-def _factors(kernel: npt.NDArray[Any], dtype: np.dtype[Any]) -> Factors | None:
-    """:func:`_separable` without the memo: the factors (read-only arrays), or None."""
-    if not _near_rank_one(kernel):
-        return None
-    u, s, vt = np.linalg.svd(kernel.astype(np.float64))
-    tolerance = 1e-7 if dtype == np.float32 else 1e-14
-    if s[0] == 0 or s[1] > tolerance * s[0]:
-        return None
-    column = (u[:, 0] * s[0]).astype(dtype)
-    row = vt[0].astype(dtype)
-    column.flags.writeable = row.flags.writeable = False  # shared by every call with this kernel
-    return column, row
-
-
-def _near_rank_one(kernel: npt.NDArray[Any]) -> bool:
-    """A cheap test before the SVD: whether the rank-1 matrix through the largest entry's row and
-    column reproduces ``kernel`` within 1e-3 of that entry (a looser bound than the SVD's, so no
-    separable kernel is missed; a random 63x63 kernel is refused in about 30 us instead of 1-2 ms)."""
-    k = kernel.astype(np.float64)
-    p, q = np.unravel_index(int(np.argmax(np.abs(k))), k.shape)
-    pivot = k[p, q]
-    if pivot == 0 or not np.isfinite(pivot):
-        return False
-    with np.errstate(invalid="ignore", over="ignore"):
-        error = np.abs(k - np.outer(k[:, q], k[p, :] / pivot)).max()
-    return bool(error <= 1e-3 * abs(pivot))
 
 
 def _row_split(src: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, ddepth: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:

@@ -3,7 +3,8 @@
 Single precision stays single precision; transform lengths are the backend's fast sizes. Plans and
 their aligned buffers come from :mod:`convserve_server.engine.fft.plans` (cached, so a repeated shape neither plans
 nor faults fresh pages); the inputs are copied into the plan's buffer once, zero-padded in
-place, and the 1/L normalisation is folded into the copy of the smaller operand.
+place, and the 1/L normalisation is folded into the copy of the smaller operand. The smaller
+operand's spectrum is remembered by its bytes (:mod:`.kernel_spectra`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy.typing as npt
 from convserve_server.engine.fft import plans, pruned
 from convserve_server.engine.fft.ducc import DuccTransform
 from convserve_server.engine.fft.sizes import fast_length
+from convserve_server.engine.signal import kernel_spectra
 
 Loader = Callable[[npt.NDArray[Any]], None]
 Finisher = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
@@ -93,16 +95,36 @@ def periodic_product(
     scale = 1.0 / math.prod(x_shape[a] for a in axes)
     forward, inverse = ("r2c", "c2r") if real else ("c2c", "c2c_inverse")
     out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
+    spectrum_key = kernel_spectra.key(h, (tuple(h_shape), work_dtype.str, axes, backend, scale))
     with plans.plan(forward, tuple(x_shape), work_dtype, axes, backend) as px:
         load_x(px.input)
         _transform(px, forward, axes, extents=x_extents or x_shape)
+        spectrum = kernel_spectra.get(spectrum_key)
+        if spectrum is not None:
+            return _inverse_product(px.output, spectrum, out_shape, inverse, work_dtype, axes, backend, finish, needed)
         with plans.plan(forward, tuple(h_shape), work_dtype, axes, backend) as ph:
             load(ph.input, h, scale)
             _transform(ph, forward, axes, extents=h.shape)
-            with plans.plan(inverse, out_shape, work_dtype, axes, backend) as pi:
-                np.multiply(px.output, ph.output, out=pi.input)
-                _transform(pi, inverse, axes, needed=needed)
-                return finish(pi.output)
+            kernel_spectra.put(spectrum_key, ph.output)
+            return _inverse_product(px.output, ph.output, out_shape, inverse, work_dtype, axes, backend, finish, needed)
+
+
+def _inverse_product(
+    x_spectrum: npt.NDArray[Any],
+    h_spectrum: npt.NDArray[Any],
+    out_shape: tuple[int, ...],
+    inverse: str,
+    work_dtype: np.dtype[Any],
+    axes: tuple[int, ...],
+    backend: str,
+    finish: Finisher,
+    needed: Sequence[tuple[int, int]] | None,
+) -> npt.NDArray[Any]:
+    """The inverse transform of the spectra's product, handed to ``finish``."""
+    with plans.plan(inverse, out_shape, work_dtype, axes, backend) as pi:
+        np.multiply(x_spectrum, h_spectrum, out=pi.input)
+        _transform(pi, inverse, axes, needed=needed)
+        return finish(pi.output)
 
 
 def _transform(

@@ -19,8 +19,9 @@ import numpy.typing as npt
 from convserve_server.engine.errors import InvalidArgumentError
 from convserve_server.engine.fft import plans
 from convserve_server.engine.fft.sizes import fast_length
-from convserve_server.engine.info import has_nonfinite
+from convserve_server.engine.info import any_nonfinite
 from convserve_server.engine.signal import cost_model, direct_fast, integers, signature
+from convserve_server.engine.signal import separable as separable_kernels
 from convserve_server.engine.signal.options import METHODS, MODES, as_input, choose, normalize_axes, normalize_output_dtype
 from convserve_server.engine.signal.signature import float_work_dtype, output_window
 
@@ -199,14 +200,14 @@ def _separable(x_shape: tuple[int, ...], h: npt.NDArray[Any] | tuple[int, ...], 
     if not isinstance(h, np.ndarray) or len(axes) != 2 or fft_work.kind != "f":
         return False
     h_shape = h.shape
-    if min(h_shape[a] for a in axes) < direct_fast.SEPARABLE_MIN_SIDE or math.prod(h_shape[a] for a in axes) > math.prod(x_shape[a] for a in axes):
+    if min(h_shape[a] for a in axes) < separable_kernels.SEPARABLE_MIN_SIDE or math.prod(h_shape[a] for a in axes) > math.prod(x_shape[a] for a in axes):
         return False
-    return direct_fast.is_separable(np.squeeze(h), fft_work)
+    return separable_kernels.is_separable(np.squeeze(h), fft_work)
 
 
 def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
     """Whether both inputs are free of NaN and Inf (checked only when an FFT would run; one cheap pass each)."""
-    return not has_nonfinite(h) and not has_nonfinite(x)
+    return not any_nonfinite(h, x)
 
 
 def _memo_token() -> tuple[Any, ...]:
