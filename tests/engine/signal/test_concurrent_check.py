@@ -52,9 +52,48 @@ def test_huge_finite_inputs_with_a_finite_result_are_not_reported() -> None:
 
 def test_the_bound_is_what_it_says() -> None:
     x = RNG.standard_normal(1000)
-    assert direct_fast._finite_bound(x, np.ones(3))
-    assert not direct_fast._finite_bound(x * 1e154, np.ones(3))  # squares overflow
-    assert not direct_fast._finite_bound(np.full(1000, 1e150), np.full(3, 1e158))  # the product may overflow
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert direct_fast._finite_bound(x, np.ones(3), f64)
+    assert not direct_fast._finite_bound(x * 1e154, np.ones(3), f64)  # squares overflow
+    assert not direct_fast._finite_bound(np.full(1000, 1e150), np.full(3, 1e158), f64)  # the product may overflow
+    assert not direct_fast._finite_bound(x, np.ones(3), f64, growth=1e308)
     x32 = RNG.standard_normal(1000).astype(np.float32)
-    assert direct_fast._finite_bound(x32, np.ones(3, np.float32))
-    assert not direct_fast._finite_bound(x32 * 1e18, np.ones(3, np.float32))
+    assert direct_fast._finite_bound(x32, np.ones(3, np.float32), f32)
+    assert not direct_fast._finite_bound(x32 * 1e18, np.ones(3, np.float32), f32)
+    assert direct_fast._finite_bound(x32 * 1e18, np.ones(3, np.float32), f64) is False  # float32 squares overflow: not proven
+    image = RNG.standard_normal((30, 40))[:, ::-2]  # any layout
+    assert direct_fast._finite_bound(image, np.ones((3, 3)), f64)
+    image[3, 4] = np.nan
+    assert not direct_fast._finite_bound(image, np.ones((3, 3)), f64)
+
+
+@pytest.mark.parametrize("dtype,k", [(np.float32, 15), (np.float64, 9)])
+def test_opencv_dft_path_proves_finite_inputs_and_still_reports_overflow(dtype, k: int) -> None:
+    import scipy.signal as ss
+
+    x, h = RNG.standard_normal((120, 90)).astype(dtype), RNG.standard_normal((k, k)).astype(dtype)
+    checked = FiniteCheck()
+    result = direct.linear_region(x, h, (0, 1), [k // 2, k // 2], [120, 90], np.dtype(dtype), checked)
+    assert checked.nonfinite is False
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(result, ss.convolve(x.astype(np.float64), h.astype(np.float64), "same"), atol=tolerance * np.abs(result).max())
+    huge = np.clip(x, -1, 1) * dtype(np.finfo(dtype).max / 4)  # finite inputs whose convolution overflows
+    assert np.isfinite(huge).all()
+    result, info = convolve(huge, h, "same", "direct", return_info=True)
+    assert NONFINITE_WARNING in info.warnings and not np.isfinite(result).all()
+    x[60, 45] = np.nan  # NaN stays local: not OpenCV's DFT path
+    result, info = convolve(x, h, "same", "direct", return_info=True)
+    assert NONFINITE_WARNING in info.warnings and 0 < np.isnan(result).sum() <= k * k
+
+
+def test_a_one_thread_request_checks_in_its_own_thread() -> None:
+    from convserve_server.engine import resources
+
+    x, h = RNG.standard_normal(N), RNG.standard_normal(3)
+    checked = FiniteCheck()
+    with resources.thread_share(1):
+        direct.linear_region(x, h, (0,), [0], [N + 2], np.dtype(np.float64), checked)
+    assert checked.nonfinite is None  # not proven beside numpy: the caller checks the result itself
+    with resources.thread_share(1):
+        x[7] = np.nan
+        assert NONFINITE_WARNING in convolve(x, h, return_info=True)[1].warnings

@@ -76,3 +76,11 @@ def test_kept_spectra_cannot_be_written() -> None:
     (spectrum,) = kernel_spectra._CACHE.values()
     with pytest.raises(ValueError):
         spectrum[0, 0] = 1.0
+
+
+def test_the_key_holds_the_kernel_it_transforms() -> None:
+    h = RNG.standard_normal((6, 5))[::-1, ::2]  # a view with negative strides
+    key = kernel_spectra.key(h, ("transform",))
+    np.testing.assert_array_equal(kernel_spectra.kernel_of(key), h)
+    h[0, 0] += 1.0  # the caller's array changes: the key's kernel does not
+    assert kernel_spectra.kernel_of(key)[0, 0] == h[0, 0] - 1.0

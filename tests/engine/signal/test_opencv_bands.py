@@ -121,3 +121,20 @@ def test_concurrent_callers_get_their_own_results(small_bands: None) -> None:
         t.join()
     for i in range(6):
         np.testing.assert_array_equal(results[i], expected[i])
+
+
+def test_a_tall_kernel_on_few_rows_keeps_no_spare_rows_alive() -> None:
+    result = convolve(np.ones((1, 1 << 16)), np.ones((49, 1)), "same", "direct")
+    owner = result if result.base is None else result.base
+    assert owner.nbytes <= 2 * result.nbytes
+    x = RNG.standard_normal((3, 4000))
+    result = convolve(x, RNG.standard_normal((40, 3)), "full", "direct")
+    owner = result if result.base is None else result.base
+    assert owner.nbytes <= 2 * result.nbytes
+
+
+def test_band_threads_follow_the_cores_this_process_may_use() -> None:
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        assert opencv_bands._CORES == len(os.sched_getaffinity(0))

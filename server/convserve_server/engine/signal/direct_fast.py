@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine import cancellation
+from convserve_server.engine import cancellation, resources
 from convserve_server.engine.info import FiniteCheck, any_nonfinite
 from convserve_server.engine.signal import opencv_bands
 from convserve_server.engine.signal import separable as separable_kernels
@@ -91,8 +91,18 @@ def try_linear_region(
     if chosen == "numpy_1d":
         return _numpy_1d(x, h, starts[0], lengths[0], compute, checked)
     single = compute == np.float32 and x.dtype == np.float32  # a float32 image OpenCV reads as it is
-    if chosen == "opencv" and (summed(sides, single) or _finite_floats(x, h)):
+    if chosen == "opencv" and summed(sides, single):
         return _opencv(x, h, axes, starts, lengths, compute, checked)
+    if chosen == "opencv" and x.dtype.kind == "f" and h.dtype.kind == "f":  # OpenCV's DFT path
+        # Its transforms' values reach sum|x| * sum|h| times the transform size before scaling.
+        growth = 4.0 * math.sqrt(x.size) * math.prod(x.shape[a] + h.shape[a] for a in axes)
+        if _finite_bound(x, h, compute, growth):  # finite inputs, and nothing can overflow
+            result = _opencv(x, h, axes, starts, lengths, compute)
+            if checked is not None and result is not None:
+                checked.nonfinite = False
+            return result
+        if not any_nonfinite(h, x):  # finite but huge: the result is checked after
+            return _opencv(x, h, axes, starts, lengths, compute)
     return None  # the numpy tap loop (OpenCV's DFT path would round integers and spread NaN)
 
 
@@ -125,28 +135,20 @@ def backend(n_axes: int, ndim: int, sides: Sequence[int], work_dtype: np.dtype[A
     return "opencv"
 
 
-def _finite_floats(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
-    """Float inputs without NaN or Inf (OpenCV may then use its DFT path for large kernels).
-
-    One pass each (:func:`.info.has_nonfinite`); ``isfinite().all()`` took two, and a 64 MiB
-    temporary, on a 4096^2 image."""
-    return x.dtype.kind == "f" and h.dtype.kind == "f" and not any_nonfinite(h, x)
-
-
 def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int, dtype: np.dtype[Any], checked: FiniteCheck | None = None) -> npt.NDArray[Any]:
     """One signal: numpy.convolve over the requested outputs, in chunks of ~CHUNK_MACS work.
 
     A chunk of outputs ``[a, b)`` convolves the slice ``x[lo:hi]`` it needs (``"valid"`` mode
     inside the signal, ``"full"`` at its ends), so every output is the same dot product numpy
     computes for the whole signal (bit-identical results); ``cancellation.check`` runs between
-    chunks. ``x`` is the longer operand (``len(x) >= len(h)``). For a long real signal the inputs
-    are checked on another core while numpy convolves (:func:`_finite_bound`), which can tell
-    ``checked`` that the result is finite.
+    chunks. ``x`` is the longer operand (``len(x) >= len(h)``). For a long real signal, when the
+    request may use two threads, the inputs are checked on another core while numpy convolves
+    (:func:`_finite_bound`), which can tell ``checked`` that the result is finite.
     """
     xs, hs = x.astype(dtype, copy=False), h.astype(dtype, copy=False)
     m = hs.shape[0]
-    if checked is not None and xs.size >= CONCURRENT_CHECK_MIN and dtype.kind == "f":
-        bound = _POOL.submit(_finite_bound, xs, hs)
+    if checked is not None and xs.size >= CONCURRENT_CHECK_MIN and dtype.kind == "f" and resources.thread_limit(2) >= 2:
+        bound = _POOL.submit(_finite_bound, xs, hs, dtype)
         result = _numpy_1d(xs, hs, start, length, dtype)
         if bound.result():
             checked.nonfinite = False
@@ -163,17 +165,22 @@ def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int,
     return out
 
 
-def _finite_bound(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
-    """Whether every output of convolving ``x`` by ``h`` is finite, proven from the inputs alone.
+def _finite_bound(x: npt.NDArray[Any], h: npt.NDArray[Any], dtype: np.dtype[Any], growth: float = 1.0) -> bool:
+    """Whether every value computed while convolving ``x`` by ``h`` in ``dtype`` is finite, proven from the inputs alone.
 
-    A finite sum of squares proves every ``x`` finite and ``max|x| <= sqrt(sum x^2)``, so every
-    partial sum is at most ``sqrt(sum x^2) * sum|h|``; below half the dtype's largest value nothing
-    overflows. One pass over ``x`` (``numpy.einsum``, one thread). False means "not proven".
+    A finite sum of squares proves every ``x`` finite and ``max|x| <= sqrt(sum x^2)``, so a direct
+    sum's partial sums are at most ``sqrt(sum x^2) * sum|h|``; ``growth`` scales that bound for
+    methods whose intermediate values are larger (a DFT's). Below an eighth of the dtype's largest
+    value (room for the rounding of a float32 sum of squares) nothing overflows. One pass over
+    ``x`` (``numpy.einsum``, one thread, any layout). False means "not proven".
     """
+    index = list(range(x.ndim))
     with np.errstate(invalid="ignore", over="ignore"):
-        squares = float(np.einsum("i,i->", x, x))
-        weight = float(np.abs(h).sum())
-    return math.isfinite(squares) and math.isfinite(weight) and math.sqrt(squares) * weight < float(np.finfo(x.dtype).max) / 2
+        squares = float(np.einsum(x, index, x, index, []))
+        weight = float(np.abs(h).sum(dtype=np.float64))
+    if not (math.isfinite(squares) and math.isfinite(weight)):
+        return False
+    return math.sqrt(squares) * weight * growth < float(np.finfo(dtype).max) / 8
 
 
 def _numpy_chunk(x: npt.NDArray[Any], h: npt.NDArray[Any], a: int, b: int) -> npt.NDArray[Any]:

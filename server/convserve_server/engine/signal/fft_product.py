@@ -96,6 +96,8 @@ def periodic_product(
     forward, inverse = ("r2c", "c2r") if real else ("c2c", "c2c_inverse")
     out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
     spectrum_key = kernel_spectra.key(h, (tuple(h_shape), work_dtype.str, axes, backend, scale))
+    if spectrum_key is not None:  # transform the bytes the key holds, even if the caller's array changes meanwhile
+        h = kernel_spectra.kernel_of(spectrum_key)
     with plans.plan(forward, tuple(x_shape), work_dtype, axes, backend) as px:
         load_x(px.input)
         _transform(px, forward, axes, extents=x_extents or x_shape)

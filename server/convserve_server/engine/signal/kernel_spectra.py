@@ -4,9 +4,13 @@ The FFT product transforms both operands on every call. For the smaller one (the
 up to a third of the work: on a 512^2 float32 image with a 15x15 kernel, the kernel's transform
 took 0.3 of the call's 1.9 ms here. A kernel of at most :data:`MAX_KERNEL_BYTES` is looked up by
 its exact bytes with the transform it went into (shape, dtype, axes, backend, scale); a hit reuses
-the spectrum, a miss computes it and keeps a copy. Equal bytes give the same spectrum, so a hit
-returns the numbers a miss computes. The entries are bounded in count and bytes (least recently
-used first out), and a spectrum larger than :data:`MAX_SPECTRUM_BYTES` is never kept.
+the spectrum, a miss transforms the bytes of its key (not the caller's array, which could change
+meanwhile) and keeps a copy. Equal bytes give the same spectrum to rounding: a hit's may come from
+an earlier plan of the same transform (another thread count or planner effort), which can change
+the last bits. The entries are bounded in count and bytes (least recently used first out), and a
+spectrum larger than :data:`MAX_SPECTRUM_BYTES` is never kept. The cache is shared by every caller
+of the process: a hit takes less time than a miss, so a caller could tell that some caller used a
+kernel it can guess exactly (public kernels such as a Gaussian blur are the common case).
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ def key(kernel: npt.NDArray[Any], transform: tuple[Any, ...]) -> Hashable | None
     if kernel.nbytes > MAX_KERNEL_BYTES:
         return None
     return (kernel.tobytes(), kernel.shape, kernel.dtype.str, transform)
+
+
+def kernel_of(cache_key: Hashable) -> npt.NDArray[Any]:
+    """The kernel whose bytes a key holds (a read-only array over them, no copy)."""
+    assert isinstance(cache_key, tuple)
+    data: bytes = cache_key[0]
+    shape: tuple[int, ...] = cache_key[1]
+    return np.frombuffer(data, dtype=np.dtype(cache_key[2])).reshape(shape)
 
 
 def get(cache_key: Hashable | None) -> npt.NDArray[Any] | None:

@@ -1,9 +1,9 @@
 """OpenCV's 2-D filter in bands of output rows, on the engine's threads, each band checked while in cache.
 
-OpenCV runs single-threaded here (``cv2.setNumThreads(1)`` in :mod:`.direct_fast`): the engine
-splits the rows itself, over the request's share of the cores (``resources.thread_limit``). Each
-thread filters its rows in bands of about :data:`BAND_BYTES` of output, writing straight into the
-result, and sums each band (``numpy.einsum``) while it is still in the core's cache; so the
+The engine splits the rows itself, over the request's share of the cores this process may run on
+(``resources.thread_limit``). Each thread filters its rows in bands of about :data:`BAND_BYTES` of
+output, small enough that OpenCV does not split a band over its own threads, writing straight into
+the result, and sums each band (``numpy.einsum``) while it is still in the core's cache; so the
 NaN/Inf check costs no pass over memory. Measured here (2 cores, medians of 21, float32, same
 mode) against one multi-threaded ``cv2.filter2D`` plus the check over its result:
 
@@ -42,7 +42,7 @@ BAND_BYTES = 1024 * 1024
 # Below this many output bytes one thread filters the whole image in one call (a hand-off to
 # another thread costs more than it saves).
 MIN_SPLIT_BYTES = 2 * 1024 * 1024
-_CORES = os.cpu_count() or 1
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _POOL = ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="convserve-bands")
 
 
@@ -62,7 +62,7 @@ def filter_rows(
     C-contiguous array of ``dtype``) and whether they hold NaN or Inf.
     """
     cols = src.shape[1]
-    spare = kernel.shape[0]  # OpenCV writes up to M - 1 rows past a band
+    spare = max(0, min(kernel.shape[0], src.shape[0]) - 1)  # OpenCV writes up to this many rows past a band
     buffer = np.empty((rows + spare, cols), dtype=dtype)
     threads = resources.thread_limit(_CORES)
     if rows * cols * dtype.itemsize < MIN_SPLIT_BYTES or threads == 1 or rows < 2 * threads:
@@ -83,6 +83,8 @@ def filter_rows(
             job.exception()
     for job in jobs:
         nonfinite |= job.result()
+    if spare > rows:  # a few rows of a tall kernel: do not keep the spare rows alive with the result
+        return buffer[:rows].copy(), nonfinite
     return buffer[:rows], nonfinite
 
 
@@ -111,7 +113,9 @@ def _share(
             local_anchor = (ax, ay - (a - lo))
             if last or a + (hi - lo) <= stop:  # the spill rows are this thread's next band, or spare rows
                 target = buffer[a - first : a - first + (hi - lo)]
-                cv2.filter2D(src[lo:hi], ddepth, kernel, dst=target, anchor=local_anchor, borderType=cv2.BORDER_CONSTANT)
+                written = cv2.filter2D(src[lo:hi], ddepth, kernel, dst=target, anchor=local_anchor, borderType=cv2.BORDER_CONSTANT)
+                if written is not target:  # OpenCV made a new array (it could not write in place)
+                    buffer[a - first : b - first] = written[: b - a]
             else:  # the spill would land on another thread's rows
                 scratch = cv2.filter2D(src[lo:hi], ddepth, kernel, anchor=local_anchor, borderType=cv2.BORDER_CONSTANT)
                 buffer[a - first : b - first] = scratch[: b - a]
