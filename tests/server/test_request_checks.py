@@ -94,3 +94,44 @@ def test_long_lists_are_not_echoed_whole(server: RunningServer) -> None:
     signal = pb.SignalRequest(in1=codec.encode(np.ones((3, 3))), in2=codec.encode(np.ones((2, 2))), axes=pb.Axes(values=[0] * 100_000))
     error = _call(server, "Convolve", signal)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and len(error.details()) < 1200
+
+
+@pytest.mark.parametrize(
+    "shape,kernel",
+    [((1100, 700), (3, 3)), ((300_000,), (3,)), ((600, 500), (15, 15))],
+    ids=["2-D bands over threads", "long 1-D, inputs checked beside numpy", "OpenCV DFT path"],
+)
+def test_nan_inf_and_overflow_warn_on_the_fused_checks(client: convserve.Client, shape: tuple[int, ...], kernel: tuple[int, ...]) -> None:
+    import scipy.signal as ss
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    h = rng.standard_normal(kernel).astype(np.float32)
+    result, info = client.convolve(x, h, mode="same", method="direct", return_info=True)
+    assert not info.warnings
+    np.testing.assert_allclose(result, ss.convolve(x.astype(np.float64), h.astype(np.float64), "same"), atol=1e-4 * np.abs(result).max())
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y.flat[y.size // 2 + 3] = bad  # the middle: where two threads' rows meet
+        result, info = client.convolve(y, h, mode="same", method="direct", return_info=True)
+        assert any("NaN or Inf" in text for text in info.warnings), info.warnings
+        assert 0 < (~np.isfinite(result)).sum() <= h.size
+    huge = np.full(shape, 3e38, np.float32)  # finite, but the sums overflow float32
+    result, info = client.convolve(huge, np.abs(h) + 1, mode="same", method="direct", return_info=True)
+    assert any("NaN or Inf" in text for text in info.warnings) and not np.isfinite(result).all()
+
+
+def test_concurrent_callers_of_the_banded_path_get_their_own_results_and_warnings(client: convserve.Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    images = [rng.standard_normal((1100, 700)).astype(np.float32) for _ in range(6)]
+    for i in (1, 4):
+        images[i][550, 10 * i] = np.nan
+    h = rng.standard_normal((3, 3)).astype(np.float32)
+    expected = [client.convolve(img, h, mode="same", method="direct") for img in images]
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(lambda img: client.convolve(img, h, mode="same", method="direct", return_info=True), images * 2))
+    for k, (result, info) in enumerate(outcomes):
+        np.testing.assert_array_equal(result, expected[k % 6])
+        assert any("NaN or Inf" in text for text in info.warnings) == (k % 6 in (1, 4))
