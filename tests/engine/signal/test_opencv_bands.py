@@ -137,4 +137,4 @@ def test_band_threads_follow_the_cores_this_process_may_use() -> None:
     import os
 
     if hasattr(os, "sched_getaffinity"):
-        assert opencv_bands._CORES == len(os.sched_getaffinity(0))
+        assert resources.CORES == len(os.sched_getaffinity(0))

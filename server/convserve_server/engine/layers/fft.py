@@ -26,13 +26,9 @@ float32 runs in single precision: the error measured against float64 stays well 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import contextvars
 import math
-import os
-import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
@@ -238,7 +234,7 @@ def _forward(
             p.fftw.execute()
             xf[:, lo:hi] = p.output.reshape(hi - lo, points).T
 
-    _run_split(forward, rows, parts)
+    resources.run_split(forward, rows, parts)
     return xf
 
 
@@ -255,7 +251,7 @@ def _products(xf3: NDArray[Any], spectra: NDArray[Any], parts: int) -> NDArray[A
     def products(lo: int, hi: int) -> None:
         np.matmul(xf3[lo:hi], spectra[lo:hi], out=yf[lo:hi])
 
-    _run_split(products, points, parts)
+    resources.run_split(products, points, parts)
     return yf
 
 
@@ -280,7 +276,7 @@ def _inverse(
             q.fftw.execute()
             out[lo:hi] = q.output[crop]
 
-    _run_split(inverse, rows, parts)
+    resources.run_split(inverse, rows, parts)
     return out
 
 
@@ -288,38 +284,10 @@ def _inverse(
 _PARALLEL_MIN_POINTS = 1 << 17
 # OpenBLAS threads a GEMM of about this many multiply-adds and more.
 _BLAS_THREADED_MIN = 1 << 16
-_CPUS = os.cpu_count() or 1
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
 
 
 def _parts(points: int) -> int:
     """How many threads to split the work into: the request's share of the cores, or 1 when small."""
     if points < _PARALLEL_MIN_POINTS:
         return 1
-    return max(1, resources.thread_limit(_CPUS))
-
-
-def _run_split(fn: Callable[[int, int], None], total: int, parts: int) -> None:
-    """Run ``fn(lo, hi)`` over ``parts`` contiguous slices of ``range(total)``, in parallel.
-
-    The first slice runs in the calling thread, the others in a module thread pool (FFTW and
-    numpy release the GIL). Each task runs in a copy of the caller's context, so the request's
-    thread share and cancellation token follow it.
-    """
-    parts = max(1, min(parts, total))
-    bounds = [total * i // parts for i in range(parts + 1)]
-    if parts == 1:
-        fn(0, total)
-        return
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=max(2, _CPUS), thread_name_prefix="conv-fft")
-        pool = _POOL
-    futures = [pool.submit(contextvars.copy_context().run, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    try:
-        fn(bounds[0], bounds[1])
-    finally:
-        for future in futures:
-            future.result()
+    return max(1, resources.thread_limit(resources.CORES))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,7 +56,6 @@ OPENCV_CHUNK_MACS = 1 << 30
 # OpenCV's DFT path (large kernels): the cost of one output pixel in multiply-add equivalents.
 _DFT_PIXEL_COST = 32
 _CV_DEPTHS = {np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32), np.dtype(np.float64)}
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convserve-direct")
 
 
 def available() -> bool:
@@ -96,13 +94,12 @@ def try_linear_region(
     if chosen == "opencv" and x.dtype.kind == "f" and h.dtype.kind == "f":  # OpenCV's DFT path
         # Its transforms' values reach sum|x| * sum|h| times the transform size before scaling.
         growth = 4.0 * math.sqrt(x.size) * math.prod(x.shape[a] + h.shape[a] for a in axes)
-        if _finite_bound(x, h, compute, growth):  # finite inputs, and nothing can overflow
+        proven = _finite_bound(x, h, compute, growth)  # finite inputs, and nothing can overflow
+        if proven or not any_nonfinite(h, x):  # finite but huge inputs: the result is checked after
             result = _opencv(x, h, axes, starts, lengths, compute)
-            if checked is not None and result is not None:
+            if proven and checked is not None and result is not None:
                 checked.nonfinite = False
             return result
-        if not any_nonfinite(h, x):  # finite but huge: the result is checked after
-            return _opencv(x, h, axes, starts, lengths, compute)
     return None  # the numpy tap loop (OpenCV's DFT path would round integers and spread NaN)
 
 
@@ -148,7 +145,7 @@ def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int,
     xs, hs = x.astype(dtype, copy=False), h.astype(dtype, copy=False)
     m = hs.shape[0]
     if checked is not None and xs.size >= CONCURRENT_CHECK_MIN and dtype.kind == "f" and resources.thread_limit(2) >= 2:
-        bound = _POOL.submit(_finite_bound, xs, hs, dtype)
+        bound = resources.submit(_finite_bound, xs, hs, dtype)
         result = _numpy_1d(xs, hs, start, length, dtype)
         if bound.result():
             checked.nonfinite = False
@@ -275,7 +272,7 @@ def _region_2d(
     ``cancellation.check`` between bands.
     """
     kernel = np.ascontiguousarray(h[::-1, ::-1], dtype=dtype)
-    separable = separable_kernels.factors(kernel, dtype)
+    separable = _flipped_factors(h, dtype)
     rows, m = lengths[0], h.shape[0]
     if separable is not None:
         per_pixel = h.shape[0] + h.shape[1]
@@ -302,28 +299,41 @@ def _region_2d(
     return out
 
 
+def _flipped_factors(h: npt.NDArray[Any], dtype: np.dtype[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]] | None:
+    """The factors of the flipped kernel OpenCV applies, from the factors of ``h`` itself: the
+    planner has already looked ``h`` up (:mod:`.separable` remembers it), so no second lookup."""
+    found = separable_kernels.factors(h, dtype)
+    if found is None:
+        return None
+    column, row = found
+    return np.ascontiguousarray(column[::-1]), np.ascontiguousarray(row[::-1])
+
+
 def _banded(
     src: npt.NDArray[Any], kernel: npt.NDArray[Any], starts: Sequence[int], lengths: Sequence[int], ddepth: int, dtype: np.dtype[Any]
 ) -> tuple[npt.NDArray[Any], bool] | None:
     """The region by :func:`.opencv_bands.filter_rows` and its NaN/Inf verdict; None if it is narrower than the image."""
-    anchor, crop, padded = _placement(src, kernel, starts, lengths)
-    if crop[1] != 0 or lengths[1] != padded.shape[1]:
+    anchor, crop, after = _placement(src.shape, kernel.shape, starts, lengths)
+    if crop[1] != 0 or lengths[1] != src.shape[1] + after[1]:
         return None
-    return opencv_bands.filter_rows(cv2, padded, kernel, (anchor[1], anchor[0]), crop[0], lengths[0], ddepth, dtype)
+    return opencv_bands.filter_rows(cv2, _pad_far(src, after), kernel, (anchor[1], anchor[0]), crop[0], lengths[0], ddepth, dtype)
 
 
-def _placement(src: npt.NDArray[Any], kernel: npt.NDArray[Any], starts: Sequence[int], lengths: Sequence[int]) -> tuple[list[int], list[int], npt.NDArray[Any]]:
-    """OpenCV's anchor (row, column), the crop offsets and the source padded at its far end, for :func:`_filter`."""
+def _placement(src_shape: Sequence[int], kernel_shape: Sequence[int], starts: Sequence[int], lengths: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    """OpenCV's anchor (row, column), the crop offsets, and the zeros needed past the source's far end, for :func:`_filter`."""
     anchor, crop, after = [], [], []
     for axis in (0, 1):
-        n, m, s, length = src.shape[axis], kernel.shape[axis], starts[axis], lengths[axis]
+        n, m, s, length = src_shape[axis], kernel_shape[axis], starts[axis], lengths[axis]
         c = max(0, s - (m - 1))
         anchor.append(m - 1 - (s - c))
         crop.append(c)
         after.append(max(0, c + length - n))
-    if any(after):
-        src = np.pad(src, [(0, after[0]), (0, after[1])])
-    return anchor, crop, src
+    return anchor, crop, after
+
+
+def _pad_far(src: npt.NDArray[Any], after: Sequence[int]) -> npt.NDArray[Any]:
+    """``src`` with ``after`` zeros past its far end on each axis (``src`` itself when none)."""
+    return np.pad(src, [(0, after[0]), (0, after[1])]) if any(after) else src
 
 
 def _filter(
@@ -341,7 +351,8 @@ def _filter(
     crop offset ``c = max(0, s - (M - 1))`` and ``d = s - c`` keeps the anchor inside the kernel,
     so only the far end is ever zero-padded (``full`` mode).
     """
-    anchor, crop, src = _placement(src, kernel, starts, lengths)
+    anchor, crop, after = _placement(src.shape, kernel.shape, starts, lengths)
+    src = _pad_far(src, after)
     if separable is not None:
         ky, kx = separable
         dst = cv2.sepFilter2D(src, ddepth, kx, ky, anchor=(anchor[1], anchor[0]), borderType=cv2.BORDER_CONSTANT)
@@ -379,7 +390,7 @@ def _row_split(src: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: i
     pieces = list(zip(bounds[:-1], bounds[1:]))
     for first in range(0, len(pieces), 2):
         cancellation.check()
-        jobs = [_POOL.submit(part, a, b) for a, b in pieces[first : first + 2]]
+        jobs = [resources.submit(part, a, b) for a, b in pieces[first : first + 2]]
         for job in jobs:
             job.result()
     return out
