@@ -26,6 +26,8 @@ _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 _THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("convserve_threads", default=None)
+# The current request's thread share, None outside a share (the variable's own getter: one C call).
+current_share = _THREADS.get
 
 
 @contextmanager

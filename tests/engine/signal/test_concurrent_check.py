@@ -7,7 +7,7 @@ import pytest
 
 from convserve_server.engine import convolve, correlate
 from convserve_server.engine.info import NONFINITE_WARNING, FiniteCheck
-from convserve_server.engine.signal import direct, direct_fast
+from convserve_server.engine.signal import direct, direct_fast, finite_bound
 
 RNG = np.random.default_rng(31)
 N = direct_fast.CONCURRENT_CHECK_MIN + 1000
@@ -53,18 +53,20 @@ def test_huge_finite_inputs_with_a_finite_result_are_not_reported() -> None:
 def test_the_bound_is_what_it_says() -> None:
     x = RNG.standard_normal(1000)
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
-    assert direct_fast._finite_bound(x, np.ones(3), f64)
-    assert not direct_fast._finite_bound(x * 1e154, np.ones(3), f64)  # squares overflow
-    assert not direct_fast._finite_bound(np.full(1000, 1e150), np.full(3, 1e158), f64)  # the product may overflow
-    assert not direct_fast._finite_bound(x, np.ones(3), f64, growth=1e308)
+    assert finite_bound.finite_bound(x, np.ones(3), f64)
+    assert not finite_bound.finite_bound(x * 1e154, np.ones(3), f64)  # squares overflow
+    assert not finite_bound.finite_bound(np.full(1000, 1e150), np.full(3, 1e158), f64)  # the product may overflow
+    assert not finite_bound.finite_bound(x, np.ones(3), f64, growth=1e308)
     x32 = RNG.standard_normal(1000).astype(np.float32)
-    assert direct_fast._finite_bound(x32, np.ones(3, np.float32), f32)
-    assert not direct_fast._finite_bound(x32 * 1e18, np.ones(3, np.float32), f32)
-    assert direct_fast._finite_bound(x32 * 1e18, np.ones(3, np.float32), f64) is False  # float32 squares overflow: not proven
+    assert finite_bound.finite_bound(x32, np.ones(3, np.float32), f32)
+    assert finite_bound.finite_bound(x32 * 1e18, np.ones(3, np.float32), f32)  # the squares are summed in float64: no overflow
+    assert not finite_bound.finite_bound(x32 * 1e37, np.ones(3, np.float32), f32)  # partial sums may pass float32's largest value
+    assert finite_bound.finite_bound(x32 * 1e37, np.ones(3, np.float32), f64)
+    assert not finite_bound.finite_bound(x32.reshape(10, 10, 10) * 1e37, np.ones(3, np.float32), f32)  # 3-D: the numpy sum
     image = RNG.standard_normal((30, 40))[:, ::-2]  # any layout
-    assert direct_fast._finite_bound(image, np.ones((3, 3)), f64)
+    assert finite_bound.finite_bound(image, np.ones((3, 3)), f64)
     image[3, 4] = np.nan
-    assert not direct_fast._finite_bound(image, np.ones((3, 3)), f64)
+    assert not finite_bound.finite_bound(image, np.ones((3, 3)), f64)
 
 
 @pytest.mark.parametrize("dtype,k", [(np.float32, 15), (np.float64, 9)])
@@ -93,7 +95,7 @@ def test_a_one_thread_request_checks_in_its_own_thread() -> None:
     checked = FiniteCheck()
     with resources.thread_share(1):
         direct.linear_region(x, h, (0,), [0], [N + 2], np.dtype(np.float64), checked)
-    assert checked.nonfinite is None  # not proven beside numpy: the caller checks the result itself
+    assert checked.nonfinite is False  # proven in this thread, in front of numpy (no second thread to run beside it)
     with resources.thread_share(1):
         x[7] = np.nan
         assert NONFINITE_WARNING in convolve(x, h, return_info=True)[1].warnings

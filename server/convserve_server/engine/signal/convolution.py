@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from convserve_server.engine.signal import direct, fft_product, integers, overlap_add
+from convserve_server.engine.signal import direct, fft_product, integers, overlap_add, recipes
 from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, FiniteCheck, has_nonfinite, nonfinite_warnings  # noqa: F401 (re-exported)
 from convserve_server.engine.signal.planner import SignalPlan, plan_signal_call
 
@@ -60,8 +60,7 @@ def convolve(
     OutOfRangeError
         When an integer result would not fit the output dtype.
     """
-    plan = plan_signal_call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate=False)
-    return _finish(plan, return_info)
+    return _call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, False, return_info)
 
 
 def correlate(
@@ -80,8 +79,19 @@ def correlate(
     The arguments, result and errors are those of :func:`convolve`; in2 is conjugated for
     complex data.
     """
-    plan = plan_signal_call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate=True)
-    return _finish(plan, return_info)
+    return _call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, True, return_info)
+
+
+def _call(in1: Any, in2: Any, mode: Any, method: Any, axes: Any, boundary: Any, fill_value: Any, output_dtype: Any, correlate: bool, return_info: bool) -> Any:
+    """A remembered recipe when one applies (:mod:`.recipes`), else plan and run (and remember)."""
+    started = time.perf_counter()
+    key, result = recipes.attempt(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate)
+    if result is not None:
+        return (result, CallInfo(method="direct", compute_seconds=time.perf_counter() - started)) if return_info else result
+    plan = plan_signal_call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate=correlate)
+    finished = _finish(plan, return_info)
+    recipes.learn(key, in1, in2, plan, correlate)
+    return finished
 
 
 def _finish(plan: SignalPlan, return_info: bool) -> Any:

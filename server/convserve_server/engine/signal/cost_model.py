@@ -88,6 +88,10 @@ def calibration_path() -> str:
     return config.current().calibration or os.path.join(os.path.expanduser("~"), ".cache", "convserve", "calibration.json")
 
 
+# How many times the constants were (re)loaded: a choice memoised by the constants keys on LOADS[0].
+LOADS = [0]
+
+
 def load(path: str | None = None) -> str:
     """(Re)load the constants from a calibration file; fall back to the defaults. Returns what happened."""
     global _LOADED, _SOURCE
@@ -108,6 +112,7 @@ def load(path: str | None = None) -> str:
         source = f"built-in defaults ({path} unreadable: {exc})"
     with _LOCK:
         _LOADED, _SOURCE = constants, source
+        LOADS[0] += 1
     return source
 
 

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from convserve_server.engine import cancellation, resources
 from convserve_server.engine.info import FiniteCheck, any_nonfinite
 from convserve_server.engine.signal import opencv_bands
+from convserve_server.engine.signal.finite_bound import finite_bound
 from convserve_server.engine.signal import separable as separable_kernels
 
 cv2: Any
@@ -94,7 +95,7 @@ def try_linear_region(
     if chosen == "opencv" and x.dtype.kind == "f" and h.dtype.kind == "f":  # OpenCV's DFT path
         # Its transforms' values reach sum|x| * sum|h| times the transform size before scaling.
         growth = 4.0 * math.sqrt(x.size) * math.prod(x.shape[a] + h.shape[a] for a in axes)
-        proven = _finite_bound(x, h, compute, growth)  # finite inputs, and nothing can overflow
+        proven = finite_bound(x, h, compute, growth)  # finite inputs, and nothing can overflow
         if proven or not any_nonfinite(h, x):  # finite but huge inputs: the result is checked after
             result = _opencv(x, h, axes, starts, lengths, compute)
             if proven and checked is not None and result is not None:
@@ -140,16 +141,18 @@ def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int,
     computes for the whole signal (bit-identical results); ``cancellation.check`` runs between
     chunks. ``x`` is the longer operand (``len(x) >= len(h)``). For a long real signal, when the
     request may use two threads, the inputs are checked on another core while numpy convolves
-    (:func:`_finite_bound`), which can tell ``checked`` that the result is finite.
+    (:func:`.finite_bound.finite_bound`), which can tell ``checked`` that the result is finite.
     """
     xs, hs = x.astype(dtype, copy=False), h.astype(dtype, copy=False)
     m = hs.shape[0]
     if checked is not None and xs.size >= CONCURRENT_CHECK_MIN and dtype.kind == "f" and resources.thread_limit(2) >= 2:
-        bound = resources.submit(_finite_bound, xs, hs, dtype)
+        bound = resources.submit(finite_bound, xs, hs, dtype)
         result = _numpy_1d(xs, hs, start, length, dtype)
         if bound.result():
             checked.nonfinite = False
         return result
+    if checked is not None and dtype.kind == "f" and finite_bound(xs, hs, dtype):  # one pass that warms x for numpy
+        checked.nonfinite = False
     if length * m <= 2 * CHUNK_MACS:
         return _numpy_chunk(xs, hs, start, start + length)
     step = max(m, CHUNK_MACS // m)
@@ -160,24 +163,6 @@ def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int,
         b = min(end, a + step)
         out[a - start : b - start] = _numpy_chunk(xs, hs, a, b)
     return out
-
-
-def _finite_bound(x: npt.NDArray[Any], h: npt.NDArray[Any], dtype: np.dtype[Any], growth: float = 1.0) -> bool:
-    """Whether every value computed while convolving ``x`` by ``h`` in ``dtype`` is finite, proven from the inputs alone.
-
-    A finite sum of squares proves every ``x`` finite and ``max|x| <= sqrt(sum x^2)``, so a direct
-    sum's partial sums are at most ``sqrt(sum x^2) * sum|h|``; ``growth`` scales that bound for
-    methods whose intermediate values are larger (a DFT's). Below an eighth of the dtype's largest
-    value (room for the rounding of a float32 sum of squares) nothing overflows. One pass over
-    ``x`` (``numpy.einsum``, one thread, any layout). False means "not proven".
-    """
-    index = list(range(x.ndim))
-    with np.errstate(invalid="ignore", over="ignore"):
-        squares = float(np.einsum(x, index, x, index, []))
-        weight = float(np.abs(h).sum(dtype=np.float64))
-    if not (math.isfinite(squares) and math.isfinite(weight)):
-        return False
-    return math.sqrt(squares) * weight * growth < float(np.finfo(dtype).max) / 8
 
 
 def _numpy_chunk(x: npt.NDArray[Any], h: npt.NDArray[Any], a: int, b: int) -> npt.NDArray[Any]:
@@ -277,6 +262,10 @@ def _region_2d(
     if separable is not None:
         per_pixel = h.shape[0] + h.shape[1]
     elif summed(h.shape, src.dtype == np.float32 and dtype == np.float32):
+        if checked is not None and src.dtype.kind == "f" and rows * lengths[1] * dtype.itemsize < opencv_bands.MIN_SPLIT_BYTES and finite_bound(src, h, dtype):
+            checked.nonfinite = False  # a small image: one pass over the input (which warms it for the filter) proves the result finite
+            cancellation.check()
+            return _filter(src, kernel, None, starts, lengths, ddepth, dtype)
         if checked is not None:
             banded = _banded(src, kernel, starts, lengths, ddepth, dtype)
             if banded is not None:
@@ -313,13 +302,13 @@ def _banded(
     src: npt.NDArray[Any], kernel: npt.NDArray[Any], starts: Sequence[int], lengths: Sequence[int], ddepth: int, dtype: np.dtype[Any]
 ) -> tuple[npt.NDArray[Any], bool] | None:
     """The region by :func:`.opencv_bands.filter_rows` and its NaN/Inf verdict; None if it is narrower than the image."""
-    anchor, crop, after = _placement(src.shape, kernel.shape, starts, lengths)
+    anchor, crop, after = placement(src.shape, kernel.shape, starts, lengths)
     if crop[1] != 0 or lengths[1] != src.shape[1] + after[1]:
         return None
     return opencv_bands.filter_rows(cv2, _pad_far(src, after), kernel, (anchor[1], anchor[0]), crop[0], lengths[0], ddepth, dtype)
 
 
-def _placement(src_shape: Sequence[int], kernel_shape: Sequence[int], starts: Sequence[int], lengths: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+def placement(src_shape: Sequence[int], kernel_shape: Sequence[int], starts: Sequence[int], lengths: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
     """OpenCV's anchor (row, column), the crop offsets, and the zeros needed past the source's far end, for :func:`_filter`."""
     anchor, crop, after = [], [], []
     for axis in (0, 1):
@@ -351,7 +340,7 @@ def _filter(
     crop offset ``c = max(0, s - (M - 1))`` and ``d = s - c`` keeps the anchor inside the kernel,
     so only the far end is ever zero-padded (``full`` mode).
     """
-    anchor, crop, after = _placement(src.shape, kernel.shape, starts, lengths)
+    anchor, crop, after = placement(src.shape, kernel.shape, starts, lengths)
     src = _pad_far(src, after)
     if separable is not None:
         ky, kx = separable

@@ -1,0 +1,37 @@
+"""A patient FFTW plan timed against ducc0 on the same buffers: which backend this host runs faster.
+
+FFTW's MEASURE keeps the plan that was fastest when it timed its candidates; timing beside other
+work can keep a slow one. :func:`ducc0_faster` times the plan and a ducc0 transform between the
+same buffers, interleaved, and says whether ducc0's median is lower.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy.typing as npt
+
+from convserve_server.engine.fft import ducc
+
+# Timed rounds (one call of each backend per round) behind a verdict.
+ROUNDS = 7
+
+
+def ducc0_faster(key: tuple[Any, ...], fftw: Any, inp: npt.NDArray[Any], out: npt.NDArray[Any]) -> bool:
+    """Whether ducc0 transforms ``inp`` into ``out`` faster than the FFTW plan ``fftw`` (medians of interleaved rounds).
+
+    ``key`` is the plan's cache key (kind, shape, dtype, axes, threads, backend). Each run reads
+    the same finite values (a complex-to-real transform destroys its input).
+    """
+    kind, _, _, axes, threads, _ = key
+    other = ducc.DuccTransform(kind, inp, out, axes, threads)
+    times: dict[str, list[float]] = {ducc.FFTW: [], ducc.DUCC0: []}
+    for _ in range(ROUNDS):
+        for name, run in ((ducc.FFTW, fftw.execute), (ducc.DUCC0, other.execute)):
+            inp[...] = 1
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return statistics.median(times[ducc.DUCC0]) < statistics.median(times[ducc.FFTW])

