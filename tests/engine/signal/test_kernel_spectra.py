@@ -66,14 +66,14 @@ def test_the_cache_is_bounded_and_large_kernels_are_not_kept(monkeypatch: pytest
         assert kernel_spectra.held_bytes() <= 200_000
     assert len(kernel_spectra._CACHE) <= kernel_spectra.MAX_ENTRIES
     kernel_spectra.clear()
-    big = RNG.standard_normal((100, 100))  # 80 kB: more than MAX_KERNEL_BYTES
-    convolve(RNG.standard_normal((120, 120)), big, "same", "fft")
+    big = RNG.standard_normal((400, 400))  # 1.28 MB: more than MAX_KERNEL_BYTES
+    convolve(RNG.standard_normal((420, 420)), big, "same", "fft")
     assert kernel_spectra.held_bytes() == 0
 
 
 def test_kept_spectra_cannot_be_written() -> None:
     convolve(RNG.standard_normal((64, 64)), RNG.standard_normal((5, 5)), "same", "fft")
-    (spectrum,) = kernel_spectra._CACHE.values()
+    ((_, spectrum),) = kernel_spectra._CACHE.values()
     with pytest.raises(ValueError):
         spectrum[0, 0] = 1.0
 
@@ -81,6 +81,24 @@ def test_kept_spectra_cannot_be_written() -> None:
 def test_the_key_holds_the_kernel_it_transforms() -> None:
     h = RNG.standard_normal((6, 5))[::-1, ::2]  # a view with negative strides
     key = kernel_spectra.key(h, ("transform",))
-    np.testing.assert_array_equal(kernel_spectra.kernel_of(key), h)
+    np.testing.assert_array_equal(kernel_spectra.kernel_of(key, h), h)
     h[0, 0] += 1.0  # the caller's array changes: the key's kernel does not
-    assert kernel_spectra.kernel_of(key)[0, 0] == h[0, 0] - 1.0
+    assert kernel_spectra.kernel_of(key, h)[0, 0] == h[0, 0] - 1.0
+
+
+def test_a_large_kernel_is_kept_by_a_sample_and_compared_whole_on_a_hit() -> None:
+    x = RNG.standard_normal(120_000)
+    h = RNG.standard_normal(20_001)  # 160 kB: past the bytes key, keyed by a sample of its values
+    first = convolve(x, h, "full", "fft")
+    assert len(kernel_spectra._CACHE) == 1 and kernel_spectra.held_bytes() > h.nbytes
+    np.testing.assert_array_equal(convolve(x, h, "full", "fft"), first)  # a hit
+    between = h.copy()
+    between[1] += 1.0  # outside the sample (every 78th value): the same key, another kernel
+    assert kernel_spectra.key(between, ("t",)) == kernel_spectra.key(h, ("t",))
+    np.testing.assert_allclose(convolve(x, between, "full", "fft"), ss.fftconvolve(x, between), atol=1e-9)
+    assert len(kernel_spectra._CACHE) == 1  # the new kernel's spectrum replaced the old one
+    np.testing.assert_allclose(convolve(x, h, "full", "fft"), first, atol=1e-9)
+    view = RNG.standard_normal((2, 30_000))[:, ::2]  # a non-contiguous kernel
+    signals = RNG.standard_normal((2, 50_000))
+    for _ in range(2):
+        np.testing.assert_allclose(convolve(signals, view, "same", "fft", axes=1), ss.fftconvolve(signals, view, "same", axes=1), atol=1e-9)

@@ -110,7 +110,7 @@ def execute(plan: SignalPlan) -> npt.NDArray[Any]:
     ``plan.warnings`` (unless the planner already warned about NaN), on every method. A method
     that checked its result while computing it (OpenCV's bands) saves the pass over it.
     """
-    checked = FiniteCheck()
+    checked = FiniteCheck(nonfinite=False if plan.result_finite else None)  # reset by _compute if the result is cast
     with np.errstate(invalid="ignore", over="ignore"):  # reported as a call warning instead
         result = _compute(plan, checked)
         if any("NaN" in note for note in plan.warnings):

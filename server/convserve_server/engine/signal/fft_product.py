@@ -96,18 +96,18 @@ def periodic_product(
     forward, inverse = ("r2c", "c2r") if real else ("c2c", "c2c_inverse")
     out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
     spectrum_key = kernel_spectra.key(h, (tuple(h_shape), work_dtype.str, axes, backend, scale))
-    if spectrum_key is not None:  # transform the bytes the key holds, even if the caller's array changes meanwhile
-        h = kernel_spectra.kernel_of(spectrum_key)
+    spectrum = kernel_spectra.get(spectrum_key, h)
+    if spectrum is None and spectrum_key is not None:  # transform the key's bytes (or a copy), even if the caller's array changes meanwhile
+        h = kernel_spectra.kernel_of(spectrum_key, h)
     with plans.plan(forward, tuple(x_shape), work_dtype, axes, backend) as px:
         load_x(px.input)
         _transform(px, forward, axes, extents=x_extents or x_shape)
-        spectrum = kernel_spectra.get(spectrum_key)
         if spectrum is not None:
             return _inverse_product(px.output, spectrum, out_shape, inverse, work_dtype, axes, backend, finish, needed)
         with plans.plan(forward, tuple(h_shape), work_dtype, axes, backend) as ph:
             load(ph.input, h, scale)
             _transform(ph, forward, axes, extents=h.shape)
-            kernel_spectra.put(spectrum_key, ph.output)
+            kernel_spectra.put(spectrum_key, ph.output, h)
             return _inverse_product(px.output, ph.output, out_shape, inverse, work_dtype, axes, backend, finish, needed)
 
 

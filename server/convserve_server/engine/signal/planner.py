@@ -22,6 +22,7 @@ from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.info import any_nonfinite
 from convserve_server.engine.signal import cost_model, direct_fast, integers, signature
 from convserve_server.engine.signal import separable as separable_kernels
+from convserve_server.engine.signal.finite_bound import finite_bound
 from convserve_server.engine.signal.options import METHODS, MODES, as_input, choose, normalize_axes, normalize_output_dtype
 from convserve_server.engine.signal.signature import float_work_dtype, output_window
 
@@ -43,6 +44,7 @@ class SignalPlan:
     output_shape: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
     fft_backend: str = "fftw"  # who transforms when the method is an FFT: "fftw" or "ducc0"
+    result_finite: bool = False  # the inputs proved every value the FFT computes finite: no pass over the result
 
 
 def plan_signal_call(
@@ -90,10 +92,11 @@ def plan_signal_call(
         assert call.work_dtype is not None
         work = call.work_dtype
     lengths = list(call.lengths)
+    proof = [False]
     if call.method == "auto" and not call.exact:  # the common case: one lookup for the method and the backend
-        chosen, backend = _auto_float(key, x, h, conv_axes, lengths, call.mode, work, plan_warnings)
+        chosen, backend = _auto_float(key, x, h, conv_axes, lengths, call.mode, work, plan_warnings, proof)
     else:
-        chosen = _choose_method(call.method, call.mode, x, h, conv_axes, lengths, call.exact, bound, work, plan_warnings)
+        chosen = _choose_method(call.method, call.mode, x, h, conv_axes, lengths, call.exact, bound, work, plan_warnings, proof)
         backend = choose_backend(chosen, call.mode, x.shape, h.shape, conv_axes, call.exact, work)
     return SignalPlan(
         x=x,
@@ -109,6 +112,7 @@ def plan_signal_call(
         output_shape=call.output_shape,
         warnings=plan_warnings,
         fft_backend=backend,
+        result_finite=proof[0] and chosen != "direct",
     )
 
 
@@ -137,8 +141,9 @@ def _choose_method(
     bound: float,
     work: np.dtype[Any],
     notes: list[str],
+    proof: list[bool] | None = None,
 ) -> str:
-    """Resolve ``auto`` with the cost model and keep integer results exact and NaN local."""
+    """Resolve ``auto`` with the cost model and keep integer results exact and NaN local (``proof``: see :func:`_finite`)."""
     if (
         exact
         and method in ("fft", "overlap_add", "auto")
@@ -148,14 +153,14 @@ def _choose_method(
             notes.append(f"method '{method}' cannot give exact integers at this range; ran 'direct' instead")
         return "direct"
     if method != "auto":
-        if method != "direct" and not (exact or _finite(x, h)):
+        if method != "direct" and not (exact or _finite(x, h, work, axes, proof)):
             notes.append(f"an input holds NaN or Inf; method '{method}' spreads it over the output (use 'direct' to keep it local)")
         if method == "overlap_add" and mode == "circular":
             notes.append("overlap-add does not apply to circular mode; ran 'fft'")
             return "fft"
         return method
     chosen = fastest(mode, x.shape, h, axes, lengths, exact, bound < direct_fast.EXACT_FLOAT64, work)
-    if chosen != "direct" and not (exact or _finite(x, h)):
+    if chosen != "direct" and not (exact or _finite(x, h, work, axes, proof)):
         notes.append("an input holds NaN or Inf; ran 'direct' to keep it local")
         return "direct"
     return chosen
@@ -174,9 +179,10 @@ def _auto_float(
     mode: str,
     work: np.dtype[Any],
     notes: list[str],
+    proof: list[bool] | None = None,
 ) -> tuple[str, str]:
     """``auto``'s method and FFT backend for a float call: memoised by signature, the kernel's
-    separability, the thread share and the constants; then the NaN rule on the values."""
+    separability, the thread share and the constants; then the NaN rule on the values (``proof``: see :func:`_finite`)."""
     memo: tuple[Any, ...] | None = (key, _separable(x.shape, h, axes, work), _memo_token())
     try:
         decided = _AUTO.get(memo)  # type: ignore[arg-type]
@@ -189,7 +195,7 @@ def _auto_float(
             if len(_AUTO) >= signature.MAX_SIGNATURES:
                 _AUTO.clear()
             _AUTO[memo] = decided
-    if decided[0] != "direct" and not _finite(x, h):
+    if decided[0] != "direct" and not _finite(x, h, work, axes, proof):
         notes.append("an input holds NaN or Inf; ran 'direct' to keep it local")
         return "direct", "fftw"
     return decided
@@ -205,8 +211,19 @@ def _separable(x_shape: tuple[int, ...], h: npt.NDArray[Any] | tuple[int, ...], 
     return separable_kernels.is_separable(np.squeeze(h), fft_work)
 
 
-def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any]) -> bool:
-    """Whether both inputs are free of NaN and Inf (checked only when an FFT would run; one cheap pass each)."""
+def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any], work: np.dtype[Any] | None = None, axes: tuple[int, ...] = (), proof: list[bool] | None = None) -> bool:
+    """Whether both inputs are free of NaN and Inf (checked only when an FFT would run; one cheap pass each).
+
+    With ``proof``, the pass is :func:`.finite_bound.finite_bound` with a transform's growth
+    (every value an FFT of these inputs computes is at most ``sum|x| * sum|h|`` times its length,
+    before the 1/L scaling); when it proves nothing can overflow, ``proof[0]`` becomes True and
+    the result needs no pass of its own. Finite but huge inputs take the plain check.
+    """
+    if proof is not None and work is not None and work.kind in "fc":
+        growth = 4.0 * math.sqrt(x.size) * math.prod(x.shape[a] + h.shape[a] for a in axes)
+        if finite_bound(x, h, work, growth):
+            proof[0] = True
+            return True
     return not any_nonfinite(h, x)
 
 
