@@ -151,8 +151,10 @@ def _recipe(x: npt.NDArray[Any], h: npt.NDArray[Any], plan: SignalPlan, correlat
         return None  # the direct path would swap the operands
     if x.ndim == 1:
         start, length = plan.starts[0], plan.lengths[0]
-        if taps > direct_fast.NUMPY_1D_MAX_TAPS or x.shape[0] >= direct_fast.CONCURRENT_CHECK_MIN:
-            return None
+        if direct_fast.backend(1, 1, h.shape, dtype, True) != "numpy_1d" or x.shape[0] >= direct_fast.CONCURRENT_CHECK_MIN:
+            return None  # OpenCV's row split, or the input pass beside numpy on the other core
+        if length * taps > 2 * direct_fast.CHUNK_MACS:
+            return None  # numpy in chunks, with cancellation checks between them
         if plan.mode == "valid":
             return Recipe("numpy", correlate, (0, 0), 0, length, "valid", 0, limit, False)
         return Recipe("numpy", correlate, (0, 0), start, start + length, "full", 0, limit, False)
