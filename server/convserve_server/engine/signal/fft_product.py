@@ -94,7 +94,7 @@ def periodic_product(
     axes = tuple(axes)
     scale = 1.0 / math.prod(x_shape[a] for a in axes)
     forward, inverse = ("r2c", "c2r") if real else ("c2c", "c2c_inverse")
-    out_shape = tuple(np.broadcast_shapes(tuple(x_shape), tuple(h_shape)))
+    out_shape = _broadcast(x_shape, h_shape)
     spectrum_key = kernel_spectra.key(h, (tuple(h_shape), work_dtype.str, axes, backend, scale))
     spectrum = kernel_spectra.get(spectrum_key, h)
     if spectrum is None and spectrum_key is not None:  # transform the key's bytes (or a copy), even if the caller's array changes meanwhile
@@ -154,6 +154,12 @@ def _crop(starts: Sequence[int], lengths: Sequence[int], axes: Sequence[int], nd
     return tuple(index)
 
 
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """The broadcast shape of two shapes (equal shapes, the common case, without numpy's general rule: 3-5 us a call)."""
+    a, b = tuple(a), tuple(b)
+    return a if a == b else tuple(np.broadcast_shapes(a, b))
+
+
 def _owned(view: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """A C-contiguous copy of ``view`` (never a view of a cached buffer)."""
     return np.array(view, copy=True, order="C")
@@ -181,7 +187,7 @@ def linear_region(
     x_shape = [sizes.get(i, n) for i, n in enumerate(x.shape)]
     h_shape = [sizes.get(i, n) for i, n in enumerate(h.shape)]
     crop = _crop(starts, lengths, axes, x.ndim)
-    out_shape = np.broadcast_shapes(tuple(x_shape), tuple(h_shape))
+    out_shape = _broadcast(x_shape, h_shape)
     needed = [(index.start or 0, out_shape[i] if index.stop is None else index.stop) for i, index in enumerate(crop)]
     load_x = lambda buffer: load(buffer, x)  # noqa: E731
     return periodic_product(x_shape, load_x, h, h_shape, axes, work_dtype, lambda y: _owned(y[crop]), backend, x.shape, needed)

@@ -33,12 +33,18 @@ def finite_bound(x: npt.NDArray[Any], h: npt.NDArray[Any], dtype: np.dtype[Any],
     value (room for rounding) nothing overflows. One pass over ``x`` on one thread
     (:func:`sum_of_squares`). False means "not proven".
     """
-    with np.errstate(invalid="ignore", over="ignore"):
-        squares = sum_of_squares(x)
-        weight = sum_of_squares(h, absolute=True)
+    squares = sum_of_squares(x)
+    weight = sum_of_squares(h, absolute=True)
     if not (math.isfinite(squares) and math.isfinite(weight)):
         return False
-    return math.sqrt(squares) * weight * growth < float(np.finfo(dtype).max) / 8
+    limit = _LIMITS.get(dtype)
+    if limit is None:
+        limit = _LIMITS[dtype] = float(np.finfo(dtype).max) / 8
+    return math.sqrt(squares) * weight * growth < limit
+
+
+# An eighth of each dtype's largest value (numpy.finfo takes a microsecond a call).
+_LIMITS: dict[np.dtype[Any], float] = {}
 
 
 def sum_of_squares(a: npt.NDArray[Any], absolute: bool = False) -> float:
@@ -62,7 +68,8 @@ def sum_of_squares(a: npt.NDArray[Any], absolute: bool = False) -> float:
         rows = a if a.ndim <= 2 else a.reshape(a.shape[0], -1)
         return float(cv2.norm(rows, cv2.NORM_L1 if absolute else cv2.NORM_L2SQR))
     wide = None if a.dtype in _CV_NORM_DTYPES else np.dtype(np.float64)
-    if absolute:
-        return float(np.abs(a).sum(dtype=np.float64))
-    index = list(range(a.ndim))
-    return float(np.einsum(a, index, a, index, [], dtype=wide))
+    with np.errstate(invalid="ignore", over="ignore"):  # an overflowing sum is reported as Inf, not warned about
+        if absolute:
+            return float(np.abs(a).sum(dtype=np.float64))
+        index = list(range(a.ndim))
+        return float(np.einsum(a, index, a, index, [], dtype=wide))
