@@ -18,6 +18,8 @@ from convserve_server.transport.status import Failure, failure_for
 
 log = logging.getLogger("convserve.server")
 REQUEST_ID_KEY = "x-request-id"
+# The most a caller's deadline may precede the server's and still count as the server's (see CallRecord.gone_code).
+DEADLINE_SKEW_SECONDS = 0.1
 
 
 class CallRecord:
@@ -109,9 +111,19 @@ class CallRecord:
         )
 
     def gone_code(self) -> grpc.StatusCode:
-        """DEADLINE_EXCEEDED if the caller's deadline has passed, else CANCELLED (the caller went away)."""
+        """DEADLINE_EXCEEDED if the caller's deadline has passed, else CANCELLED (the caller went away).
+
+        The server's deadline runs from when the call's headers arrived, with the timeout rounded
+        up on the wire, so when the caller's own deadline cancels the call the server may still see
+        a few milliseconds left (seen here: a 1 s deadline recorded as cancelled at 1001.9 ms). A
+        call that ends within 5% of its timeout (at most 0.1 s) of the server's deadline counts as
+        past it.
+        """
         remaining = self.context.time_remaining()
-        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+        if remaining is None:
+            return grpc.StatusCode.CANCELLED
+        total = self._elapsed_ms() / 1000 + max(remaining, 0.0)
+        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining <= min(DEADLINE_SKEW_SECONDS, 0.05 * total) else grpc.StatusCode.CANCELLED
 
     def cancelled(self, code: grpc.StatusCode | None = None) -> None:
         """Record a call the client cancelled, or whose deadline passed (told apart by the time remaining)."""

@@ -112,3 +112,22 @@ def test_the_timed_check_finds_the_faster_backend_on_the_patient_plans_buffers(m
     monkeypatch.setattr(rival.ducc.DuccTransform, "execute", lambda self: _Repeated(lambda: original(self), 30).execute())
     assert timed_check(patient.key, patient.fftw, patient.input, patient.output) is False
     assert np.isfinite(patient.output).all()  # the runs read finite values, even after c2r destroyed its input
+
+
+class _Everything(set):  # type: ignore[type-arg]
+    """A set that holds every transform: as if each patient FFTW plan had lost to ducc0."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def test_exact_integer_transforms_stay_on_fftw_where_ducc0_timed_faster(fft_backend: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    fft_backend("fftw")
+    monkeypatch.setattr(rival, "DUCC0_FASTER", _Everything())
+    x, h = RNG.integers(-1000, 1000, 3011), RNG.integers(-1000, 1000, 263)  # shapes no other test uses
+    made = plans.stats()["ducc0_plans"]
+    np.testing.assert_array_equal(convolve(x, h, method="fft"), np.convolve(x, h))  # exact, on FFTW's proven path
+    assert plans.stats()["ducc0_plans"] == made
+    floats = convolve(x.astype(np.float64), h.astype(np.float64), method="fft")
+    assert plans.stats()["ducc0_plans"] > made  # float transforms of the same shapes go to ducc0
+    np.testing.assert_allclose(floats, np.convolve(x, h), atol=1e-6)

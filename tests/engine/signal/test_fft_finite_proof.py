@@ -92,3 +92,18 @@ def test_sum_of_squares_covers_every_dtype_and_layout() -> None:
         exact = np.abs(a.astype(np.complex128))
         assert sum_of_squares(a) == pytest.approx(float((exact**2).sum()), rel=1e-3)
         assert sum_of_squares(a, absolute=True) == pytest.approx(float(exact.sum()), rel=1e-3)
+
+
+@pytest.mark.parametrize("kernel_dtype", [np.int8, np.int16, np.int32])
+@pytest.mark.parametrize("method,shape", [("fft", (64,)), ("overlap_add", (3000,)), ("direct", (16, 16))])
+def test_the_most_negative_integer_kernel_still_bounds_the_result(kernel_dtype: Any, method: str, shape: tuple[int, ...]) -> None:
+    dtype = np.result_type(np.float32, kernel_dtype)  # float64 for int32 kernels
+    x = np.full(shape, np.finfo(dtype).max / 4, dtype)  # every sum overflows
+    h = np.full((4,) if len(shape) == 1 else (3, 3), np.iinfo(kernel_dtype).min, kernel_dtype)  # abs() wraps in the integer dtype
+    result, info = convolve(x, h, "same", method, return_info=True)
+    assert not np.isfinite(result).all() and NONFINITE_WARNING in info.warnings
+
+
+def test_integer_magnitudes_are_summed_without_wrapping() -> None:
+    assert sum_of_squares(np.array([-128, 127], np.int8), absolute=True) == 255
+    assert sum_of_squares(np.array([-128, 127], np.int8)) == 128**2 + 127**2

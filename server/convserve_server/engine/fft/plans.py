@@ -123,9 +123,6 @@ class Plan:
     generation: int = 0
 
 
-# Transforms (kind, shape, dtype, axes, threads) whose patient FFTW plan lost to ducc0 when timed.
-_DUCC0_FASTER: set[tuple[Any, ...]] = set()
-
 # Bumped by :func:`retire` when better wisdom for a key exists: plans of older generations are
 # dropped instead of being cached again.
 _GENERATIONS: dict[tuple[Any, ...], int] = {}
@@ -324,7 +321,7 @@ def plan(kind: str, shape: tuple[int, ...], dtype: np.dtype[Any], axes: tuple[in
     """
     threads = threads_for(math.prod(shape), backend)
     key = (kind, tuple(shape), np.dtype(dtype).str, tuple(axes), threads, backend)
-    if backend == ducc.FFTW and key[:5] in _DUCC0_FASTER:  # timed on this host: ducc0 beat the patient plan
+    if backend == ducc.FFTW and rival.prefers_ducc0(key[:5]):  # timed on this host: ducc0 beat the patient plan
         key = key[:5] + (ducc.DUCC0,)
         backend = ducc.DUCC0
     current = CACHE.take(key)
@@ -362,7 +359,7 @@ def _plan_patiently(key: tuple[Any, ...]) -> None:
     kind, shape, dtype, axes, threads, _ = key
     patient = build(kind, shape, dtype, axes, threads, effort="FFTW_MEASURE", timelimit=background.seconds() or None)
     if rival.ducc0_faster(patient.key, patient.fftw, patient.input, patient.output):
-        _DUCC0_FASTER.add(key[:5])
+        rival.DUCC0_FASTER.add(key[:5])
     retire(key)
 
 
@@ -375,7 +372,7 @@ def stats() -> dict[str, int]:
         "wisdom_loaded": wisdom.loaded(),
         "unplanned_transforms": _STATS["unplanned_transforms"],
         "ducc0_plans": _STATS["ducc0_plans"],
-        "ducc0_faster_shapes": len(_DUCC0_FASTER),
+        "ducc0_faster_shapes": len(rival.DUCC0_FASTER),
         "cache_bytes": CACHE.nbytes,
         "cache_plans": len(CACHE),
         "planned_shapes": planned_shapes(),

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from convserve_server.engine.fft import rival
 from convserve_server.engine.signal import direct, fft_product, integers, overlap_add, recipes
 from convserve_server.engine.info import NONFINITE_WARNING, CallInfo, FiniteCheck, has_nonfinite, nonfinite_warnings  # noqa: F401 (re-exported)
 from convserve_server.engine.signal.planner import SignalPlan, plan_signal_call
@@ -124,7 +125,14 @@ def execute(plan: SignalPlan) -> npt.NDArray[Any]:
 def _compute(plan: SignalPlan, checked: FiniteCheck) -> npt.NDArray[Any]:
     """Run the planned method and cast the result to its output dtype and shape (``checked``: see :class:`FiniteCheck`)."""
     exact_fft = plan.exact_integer and plan.method != "direct"
-    work = np.dtype(np.float64) if exact_fft else plan.work_dtype
+    if exact_fft:
+        with rival.fftw_pinned():  # the exactness bound is FFTW's
+            return _compute_methods(plan, checked, np.dtype(np.float64), exact_fft)
+    return _compute_methods(plan, checked, plan.work_dtype, exact_fft)
+
+
+def _compute_methods(plan: SignalPlan, checked: FiniteCheck, work: np.dtype[Any], exact_fft: bool) -> npt.NDArray[Any]:
+    """:func:`_compute` in ``work`` (float64 for exact integers on an FFT)."""
     if plan.mode == "circular":
         if plan.method == "direct":
             raw = _direct_circular(plan, work)

@@ -154,6 +154,7 @@ def _numpy_1d(x: npt.NDArray[Any], h: npt.NDArray[Any], start: int, length: int,
     if checked is not None and dtype.kind == "f" and finite_bound(xs, hs, dtype):  # one pass that warms x for numpy
         checked.nonfinite = False
     if length * m <= 2 * CHUNK_MACS:
+        cancellation.check()
         return _numpy_chunk(xs, hs, start, start + length)
     step = max(m, CHUNK_MACS // m)
     out = np.empty(length, dtype=dtype)

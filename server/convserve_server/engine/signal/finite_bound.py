@@ -58,6 +58,8 @@ def sum_of_squares(a: npt.NDArray[Any], absolute: bool = False) -> float:
     would wrap, float16 overflow).
     """
     kind = a.dtype.kind
+    if kind in "biu":  # in float64: abs() of the most negative integer wraps to itself
+        a = a.astype(np.float64)
     if kind == "c":
         if absolute:
             return float(np.abs(a).sum(dtype=np.float64))
