@@ -42,3 +42,21 @@ def fft_backend(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
                     monkeypatch.setitem(constants, key, constants[key] * 1e6)
 
     return force
+
+
+@pytest.fixture
+def count_calls(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str], list[int]]:
+    """``count_calls(module, "name")`` wraps ``module.name`` to count its calls for one test and returns the counter (``counter[0]``)."""
+
+    def install(module: object, name: str) -> list[int]:
+        count = [0]
+        original = getattr(module, name)
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            count[0] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+        return count
+
+    return install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,17 +18,9 @@ RNG = np.random.default_rng(31)
 
 
 @pytest.fixture
-def result_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def result_checks(count_calls: Callable[[object, str], list[int]]) -> list[int]:
     """Counts the passes over a result (``convolution.has_nonfinite``)."""
-    count = [0]
-    check = convolution.has_nonfinite
-
-    def counting(*args: Any, **kwargs: Any) -> bool:
-        count[0] += 1
-        return check(*args, **kwargs)
-
-    monkeypatch.setattr(convolution, "has_nonfinite", counting)
-    return count
+    return count_calls(convolution, "has_nonfinite")
 
 
 def _complex(shape: tuple[int, ...]) -> np.ndarray:

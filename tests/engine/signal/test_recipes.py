@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,17 +37,9 @@ def no_recipes() -> Iterator[None]:
 
 
 @pytest.fixture
-def planned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def planned(count_calls: Callable[[object, str], list[int]]) -> list[int]:
     """Counts the calls that went through the planner (the full path)."""
-    count = [0]
-    plan = convolution.plan_signal_call
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        count[0] += 1
-        return plan(*args, **kwargs)
-
-    monkeypatch.setattr(convolution, "plan_signal_call", counting)
-    return count
+    return count_calls(convolution, "plan_signal_call")
 
 
 @pytest.mark.parametrize("function,reference", [(convolve, ss.convolve), (correlate, ss.correlate)])
