@@ -27,7 +27,7 @@ import numpy.typing as npt
 from convserve_server.engine import cancellation, resources
 from convserve_server.engine.info import FiniteCheck, any_nonfinite
 from convserve_server.engine.signal import opencv_bands
-from convserve_server.engine.signal.finite_bound import finite_bound
+from convserve_server.engine.signal.finite_bound import finite_bound, transform_growth
 from convserve_server.engine.signal import separable as separable_kernels
 
 cv2: Any
@@ -93,9 +93,7 @@ def try_linear_region(
     if chosen == "opencv" and summed(sides, single):
         return _opencv(x, h, axes, starts, lengths, compute, checked)
     if chosen == "opencv" and x.dtype.kind == "f" and h.dtype.kind == "f":  # OpenCV's DFT path
-        # Its transforms' values reach sum|x| * sum|h| times the transform size before scaling.
-        growth = 4.0 * math.sqrt(x.size) * math.prod(x.shape[a] + h.shape[a] for a in axes)
-        proven = finite_bound(x, h, compute, growth)  # finite inputs, and nothing can overflow
+        proven = finite_bound(x, h, compute, transform_growth(x, h, axes))  # finite inputs, and nothing can overflow
         if proven or not any_nonfinite(h, x):  # finite but huge inputs: the result is checked after
             result = _opencv(x, h, axes, starts, lengths, compute)
             if proven and checked is not None and result is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,12 @@ def finite_bound(x: npt.NDArray[Any], h: npt.NDArray[Any], dtype: np.dtype[Any],
     if limit is None:
         limit = _LIMITS[dtype] = float(np.finfo(dtype).max) / 8
     return math.sqrt(squares) * weight * growth < limit
+
+
+def transform_growth(x: npt.NDArray[Any], h: npt.NDArray[Any], axes: Sequence[int]) -> float:
+    """The ``growth`` of :func:`finite_bound` for a DFT of ``x`` and ``h`` along ``axes``: its values
+    reach ``sum|x| <= sqrt(x.size) * sqrt(sum x^2)`` times ``sum|h|`` times the transform's length."""
+    return 4.0 * math.sqrt(x.size) * math.prod(x.shape[a] + h.shape[a] for a in axes)
 
 
 # An eighth of each dtype's largest value (numpy.finfo takes a microsecond a call).

@@ -22,7 +22,7 @@ from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.info import any_nonfinite
 from convserve_server.engine.signal import cost_model, direct_fast, integers, signature
 from convserve_server.engine.signal import separable as separable_kernels
-from convserve_server.engine.signal.finite_bound import finite_bound
+from convserve_server.engine.signal.finite_bound import finite_bound, transform_growth
 from convserve_server.engine.signal.options import METHODS, MODES, as_input, choose, normalize_axes, normalize_output_dtype
 from convserve_server.engine.signal.signature import float_work_dtype, output_window
 
@@ -220,8 +220,7 @@ def _finite(x: npt.NDArray[Any], h: npt.NDArray[Any], work: np.dtype[Any] | None
     the result needs no pass of its own. Finite but huge inputs take the plain check.
     """
     if proof is not None and work is not None and work.kind in "fc":
-        growth = 4.0 * math.sqrt(x.size) * math.prod(x.shape[a] + h.shape[a] for a in axes)
-        if finite_bound(x, h, work, growth):
+        if finite_bound(x, h, work, transform_growth(x, h, axes)):
             proof[0] = True
             return True
     return not any_nonfinite(h, x)
