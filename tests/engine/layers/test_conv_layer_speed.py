@@ -48,13 +48,58 @@ def _arrays(xs: tuple[int, ...], ws: tuple[int, ...], dtype: Any = np.float32, s
 
 def test_geometry_is_memoised_by_plain_options() -> None:
     x, w, b = _arrays((2, 3, 11, 13), (4, 3, 3, 3))
-    plan_layer(x, w, b, stride=(2, 1), padding=1)
+    pool = {"kind": "max", "kernel_size": 2}  # a call with pooling is checked in full (no signature memo)
+    plan_layer(x, w, b, stride=(2, 1), padding=1, pool=pool)
     hits = planner._geometry_of.cache_info().hits
-    again = plan_layer(x, w, b, stride=(2, 1), padding=1)
+    again = plan_layer(x, w, b, stride=(2, 1), padding=1, pool=pool)
     assert planner._geometry_of.cache_info().hits == hits + 1
     assert again.out_spatial == (6, 13) and again.pads == ((1, 1), (1, 1))
     numpy_ints = plan_layer(x, w, b, stride=np.array([2, 1]), padding=np.int64(1))  # not a memo key, same geometry
     assert numpy_ints.out_spatial == again.out_spatial and planner._geometry_of.cache_info().hits == hits + 1
+
+
+def test_a_checked_signature_skips_the_checks_and_plans_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, w, b = _arrays((2, 3, 11, 13), (4, 3, 3, 3), seed=3)
+    first = plan_layer(x, w, b, stride=(2, 1), padding=1, dilation=1, activation="relu")
+    full = planner._plan
+    calls: list[int] = []
+    monkeypatch.setattr(planner, "_plan", lambda *a: calls.append(1) or full(*a))
+    again = plan_layer(x, w, b, stride=(2, 1), padding=1, dilation=1, activation="relu")
+    assert not calls and again.x is x and again.w is w and again.bias is b
+    for field in ("batched", "strides", "dilations", "pads", "padding_mode", "groups", "out_spatial", "relu", "problem", "path"):
+        assert getattr(again, field) == getattr(first, field), field
+    unbatched = plan_layer(x[0], w, b, stride=(2, 1), padding=1, dilation=1, activation="relu")
+    assert calls == [1] and not unbatched.batched and unbatched.x.shape == (1,) + x.shape[1:]
+    plan_layer(x[0], w, b, stride=(2, 1), padding=1, dilation=1, activation="relu")
+    assert calls == [1]
+    for _ in range(2):  # a numpy int option and a non-ndarray bias are no signature: checked in full, every time
+        plan_layer(x, w, b, stride=(np.int64(2), 1), padding=1, dilation=1, activation="relu")
+        plan_layer(x, w, b.tolist(), stride=(2, 1), padding=1, dilation=1, activation="relu")
+    assert len(calls) == 5
+
+
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(bias=np.zeros(4, np.float64)), "bias"),
+        (dict(bias=np.zeros(5, np.float32)), "bias"),
+        (dict(input=np.zeros((2, 3, 11, 13), ">f4")), "input"),
+        (dict(input=np.zeros((2, 3, 11, 13), np.float64)), "weight"),
+        (dict(input=np.zeros((2, 3, 1, 13), np.float32), padding=0), "weight"),
+        (dict(activation="gelu"), "activation"),
+        (dict(groups=2), "groups"),
+        (dict(padding_mode="zero"), "padding_mode"),
+    ],
+)
+def test_a_checked_signature_never_answers_for_a_bad_call(kw: dict[str, Any], field: str) -> None:
+    x, w, b = _arrays((2, 3, 11, 13), (4, 3, 3, 3), seed=4)
+    call = dict(input=x, weight=w, bias=b, padding=1, activation="relu")
+    for _ in range(2):
+        plan_layer(**call)  # the good call's signature is remembered
+    for _ in range(2):
+        with pytest.raises(InvalidArgumentError) as info:
+            plan_layer(**(call | kw))
+        assert info.value.field == field
 
 
 @pytest.mark.parametrize(
@@ -186,9 +231,10 @@ def test_calibration_measures_the_layer_constants_within_bounds(monkeypatch: pyt
     assert policy.layer_constants() == (default, 1.0)
 
 
-def test_inline_weights_are_found_by_fingerprint_and_verified_bit_for_bit() -> None:
+@pytest.mark.parametrize("c_out", [6, 40])  # 864 bytes (keyed by its bytes) and 5.6 KB (by a sample, verified)
+def test_inline_weights_are_found_by_content_and_verified_bit_for_bit(c_out: int) -> None:
     prepared.clear()
-    x, w, b = _arrays((1, 4, 9, 9), (6, 4, 3, 3), seed=11)
+    x, w, b = _arrays((1, 4, 9, 9), (c_out, 4, 3, 3), seed=11)
     store = prepared.store_for(w)
     assert prepared.store_for(w.copy()) is store
     negative_zero = w.copy()
@@ -199,6 +245,14 @@ def test_inline_weights_are_found_by_fingerprint_and_verified_bit_for_bit() -> N
     with_nan = w.copy()
     with_nan[1, 1, 1, 1] = np.nan
     assert prepared.store_for(with_nan) is prepared.store_for(with_nan.copy())  # NaN weights still find their store
+    for i in range(c_out):  # one changed value anywhere is another store (whatever the sample)
+        changed = w.copy()
+        changed[i, i % 4, 2, 1] += 1
+        assert prepared.store_for(changed) is not store
+        assert prepared.store_for(w) is store
+    strided = np.zeros((c_out, 8, 3, 3), np.float32)[:, ::2]
+    strided[...] = w  # not contiguous: the same content, the same store
+    assert prepared.store_for(strided) is store
     mutated = w.copy()
     conv_layer(x, mutated, b, padding=1)
     mutated[2] += 1  # the caller changes its weights in place: the cache kept its own copy
@@ -206,15 +260,29 @@ def test_inline_weights_are_found_by_fingerprint_and_verified_bit_for_bit() -> N
     prepared.clear()
 
 
-def test_a_fingerprint_collision_never_shares_a_store(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("collide", [("sample_key",), ("sample_key", "fingerprint")])
+def test_a_key_collision_never_shares_a_store(monkeypatch: pytest.MonkeyPatch, collide: tuple[str, ...]) -> None:
     prepared.clear()
-    monkeypatch.setattr(prepared, "fingerprint", lambda array: b"same")
-    x, w, b = _arrays((2, 3, 10, 10), (5, 3, 3, 3), seed=13)
+    for name in collide:
+        monkeypatch.setattr(prepared, name, lambda array, name=name: name.encode())
+    x, w, b = _arrays((2, 3, 10, 10), (40, 3, 3, 3), seed=13)
+    assert w.nbytes > prepared.SMALL_KEY_BYTES
     other = w[::-1].copy()
     first, second = prepared.store_for(w), prepared.store_for(other)
     assert first is not second and prepared.store_for(other) is second and prepared.store_for(w) is first
     for weights in (w, other, w):
         _close(conv_layer(x, weights, b, padding=1), _torch(x, weights, b, padding=1))
+    prepared.clear()
+
+
+def test_the_byte_bound_counts_what_calls_add_to_their_stores(engine_config: Callable[..., None]) -> None:
+    prepared.clear()
+    w = np.arange(54, dtype=np.float32).reshape(2, 3, 3, 3)
+    engine_config(layer_cache_bytes=1 << 20)
+    first = prepared.store_for(w)
+    first["form"] = np.zeros(1 << 18, np.float32)  # 1 MiB added after the lookup
+    prepared.store_for(w + 1)  # counts the first store's growth: together over the bound, so the first goes
+    assert prepared.store_for(w) is not first
     prepared.clear()
 
 

@@ -2,21 +2,29 @@
 
 The server hands registered weights' store to
 :func:`convserve_server.engine.layers.conv_layer.conv_layer`; a call with
-inline weights has none. For those, this module keeps a small LRU of stores keyed by a
-fingerprint of the weights (with their shape and dtype), so a client that sends the same
-weights with every call still gets the packed matrices, FFT spectra and ONNX Runtime sessions
-made once. The fingerprint is one dot product (numpy's einsum, one thread) of the weights with a random
-vector drawn once per process (16 us for 0.59 MB here, where SHA-256 took 330 us: on small layers with
-large weights that was a third of the call); a store found by it is used only if its copy of
-the weights is bit for bit the caller's (25 us more), so two weights with one fingerprint never
-share a store (the second one is then keyed by its SHA-256 digest instead). Weights of more than
-2^20 elements are keyed by their SHA-256 digest, so the random vector stays at most 8 MB.
+inline weights has none. For those, this module keeps a small LRU of stores keyed by the
+weights' content (with their shape and dtype), so a client that sends the same weights with
+every call still gets the packed matrices, FFT spectra and ONNX Runtime sessions made once.
+
+A lookup costs one pass over the weights at most. Weights of up to :data:`SMALL_KEY_BYTES` are
+keyed by their bytes (exact: the key is the content). Larger weights are keyed by
+:data:`SAMPLES` of their values at positions drawn once per process and size (secret to the
+process, so colliding weights cannot be made on purpose), and a store found by that key is
+used only if its own copy of the weights is bit for bit the caller's (NaN and -0.0 included;
+one SIMD comparison, 12 us for 0.59 MB here). Weights that share the sample but not the bytes
+(a sparse update of the same weights, say) are keyed by a fingerprint next, one dot product with
+a random vector (:func:`fingerprint`), then by their SHA-256 digest, each verified the same way,
+so two weights never share a store. Measured for 4 KB of weights with 16 stores kept: 22 us per
+lookup with the fingerprint and a sum over every store's bytes, against 2-3 us now (0.59 MB:
+45 against 15 us).
 
 The engine configuration's ``layer_cache_weights`` sets how many weights' stores are kept
 (default 16; 0 disables the cache, and then nothing is memoized across calls), and
 ``layer_cache_bytes`` how many bytes of prepared forms they may hold together (default 256 MiB;
 an object that is not an array, such as an ONNX Runtime session, counts as much as the weights
-it was made from). Both are read on every use (:func:`convserve_server.engine.config.current`),
+it was made from). The bytes a store holds are counted again each time it is looked up, and
+when the next lookup of another store follows (the forms a call adds to its store count from
+then on). Both bounds are read on every use (:func:`convserve_server.engine.config.current`),
 so a new configuration applies from the next call on.
 """
 
@@ -25,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -35,10 +44,16 @@ from convserve_server.engine import config
 
 _STORES: OrderedDict[bytes, dict[Any, Any]] = OrderedDict()
 _WEIGHT_BYTES: dict[bytes, int] = {}
-_WEIGHTS: dict[bytes, NDArray[Any]] = {}  # each store's copy of its weights
+_WEIGHTS: dict[bytes, NDArray[Any]] = {}  # each sampled, fingerprinted or digested store's copy of its weights
+_HELD: dict[bytes, int] = {}  # bytes each store held when last counted
 _RANDOM: dict[str, NDArray[Any]] = {}  # per dtype: the fingerprints' random vector (grown on demand)
-FINGERPRINT_MAX_ELEMENTS = 1 << 20  # larger weights are keyed by their SHA-256 digest
+_POSITIONS: dict[int, NDArray[np.intp]] = {}  # per element count: the sampled key's positions
+FINGERPRINT_MAX_ELEMENTS = 1 << 20  # larger weights skip the fingerprint (the random vector stays at most 8 MB)
+SMALL_KEY_BYTES = 4096  # weights up to this size are keyed by their bytes
+SAMPLES = 64  # values that key larger weights
+MAX_POSITION_SETS = 256  # sizes whose sample positions are kept
 _LOCK = threading.Lock()
+_last = [b""]  # the key the previous lookup returned (its forms are counted at the next lookup)
 
 
 def capacity() -> int:
@@ -59,14 +74,21 @@ def _held(store: dict[Any, Any], weight_bytes: int) -> int:
     return total
 
 
+def _count(key: bytes) -> None:
+    """Count again the bytes store ``key`` holds, if it is still kept (under the lock)."""
+    store = _STORES.get(key)
+    if store is not None:
+        _HELD[key] = _held(store, _WEIGHT_BYTES[key])
+
+
 def _evict(keep: bytes) -> None:
     """Drop least recently used stores (never ``keep``) past the count and byte bounds (under the lock)."""
     limit, limit_bytes = capacity(), capacity_bytes()
-    while len(_STORES) > 1 and (len(_STORES) > limit or sum(_held(s, _WEIGHT_BYTES.get(k, 0)) for k, s in _STORES.items()) > limit_bytes):
+    while len(_STORES) > 1 and (len(_STORES) > limit or sum(_HELD.values()) > limit_bytes):
         oldest = next(k for k in _STORES if k != keep)
         del _STORES[oldest]
-        _WEIGHT_BYTES.pop(oldest, None)
-        _WEIGHTS.pop(oldest, None)
+        for table in (_WEIGHT_BYTES, _WEIGHTS, _HELD):
+            table.pop(oldest, None)
 
 
 def digest(array: NDArray[Any] | None) -> bytes:
@@ -99,10 +121,38 @@ def fingerprint(array: NDArray[Any]) -> bytes:
     return f"{array.shape}{array.dtype.str}".encode() + np.asarray(dot).tobytes()
 
 
+def sample_key(array: NDArray[Any]) -> bytes:
+    """Shape, dtype and :data:`SAMPLES` values of ``array`` at positions drawn once per process and size."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    positions = _POSITIONS.get(flat.size)
+    if positions is None:
+        with _LOCK:
+            if len(_POSITIONS) >= MAX_POSITION_SETS:
+                _POSITIONS.clear()
+            drawn = np.random.default_rng().choice(flat.size, min(SAMPLES, flat.size), replace=False)
+            positions = _POSITIONS[flat.size] = np.sort(drawn).astype(np.intp)
+    return b"sample:" + f"{array.shape}{array.dtype.str}".encode() + flat[positions].tobytes()
+
+
 def _same(a: NDArray[Any], b: NDArray[Any]) -> bool:
     """Whether two arrays of one shape and dtype hold the same bytes (NaN and -0.0 included)."""
-    as_int = np.dtype(f"u{a.dtype.itemsize}")
-    return bool(np.array_equal(np.ascontiguousarray(a).view(as_int), np.ascontiguousarray(b).view(as_int)))
+    ua = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    ub = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    if ua.size != ub.size:
+        return False
+    if ua.size < (1 << 31):  # OpenCV's SIMD comparison: 12 against 17 us for numpy's on 0.59 MB
+        return bool(cv2.norm(ua, ub, cv2.NORM_INF) == 0)
+    return bool(np.array_equal(ua, ub))
+
+
+def _keys(weight: NDArray[Any]) -> Iterator[bytes]:
+    """The keys a weight's store may have, cheapest first; each but the bytes key is verified by content."""
+    if weight.nbytes <= SMALL_KEY_BYTES:
+        yield b"bytes:" + f"{weight.shape}{weight.dtype.str}".encode() + np.ascontiguousarray(weight).tobytes()
+        return
+    yield sample_key(weight)
+    yield fingerprint(weight)
+    yield b"sha256:" + digest(weight)
 
 
 def store_for(weight: NDArray[Any]) -> MutableMapping[Any, Any]:
@@ -119,29 +169,33 @@ def store_for(weight: NDArray[Any]) -> MutableMapping[Any, Any]:
         A dict shared by every call with identical weights while it stays in the LRU (a fresh,
         unshared dict when the cache is disabled).
     """
-    limit = capacity()
-    if limit == 0:
+    if capacity() == 0:
         return {}
-    key = fingerprint(weight)
-    with _LOCK:
-        kept = _WEIGHTS.get(key)
-    if kept is not None and not _same(kept, weight):  # another weight with this fingerprint
-        key = b"sha256:" + digest(weight)
+    for key in _keys(weight):
+        if key.startswith(b"bytes:"):
+            break
+        with _LOCK:
+            kept = _WEIGHTS.get(key)
+        if kept is None or _same(kept, weight):
+            break
     with _LOCK:
         store = _STORES.get(key)
         if store is None:
             store = _STORES[key] = {}
             _WEIGHT_BYTES[key] = int(weight.nbytes)
-            _WEIGHTS[key] = np.array(weight, copy=True)
+            if not key.startswith(b"bytes:"):  # a bytes key is its own copy
+                _WEIGHTS[key] = np.array(weight, copy=True)
         else:
             _STORES.move_to_end(key)
-        _evict(key)  # also accounts for what earlier calls added to the stores
+        _count(_last[0])  # what the previous call added to its store
+        _count(key)
+        _last[0] = key
+        _evict(key)
         return store
 
 
 def clear() -> None:
     """Drop every store."""
     with _LOCK:
-        _STORES.clear()
-        _WEIGHT_BYTES.clear()
-        _WEIGHTS.clear()
+        for table in (_STORES, _WEIGHT_BYTES, _WEIGHTS, _HELD):
+            table.clear()
