@@ -311,6 +311,33 @@ def test_tiled_fft_with_pending_padding_matches_torch() -> None:
     _close(got, _torch(x, w, None, padding=2))
 
 
+@pytest.mark.parametrize("backend", ["ducc0", "fftw"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "xs,ws,padding,tile",
+    [
+        ((8, 32, 15, 15), (8, 32, 12, 12), 6, None),  # split over two threads: rows of the transposed spectra
+        ((2, 3, 17, 14), (4, 3, 6, 5), "same", None),
+        ((1, 4, 12, 11, 10), (3, 4, 3, 3, 3), 1, None),
+        ((1, 2, 30, 26), (3, 2, 5, 5), 2, (16, 16)),
+    ],
+)
+def test_fft_path_on_either_backend_matches_torch(
+    monkeypatch: pytest.MonkeyPatch, backend: str, dtype: Any, xs: tuple[int, ...], ws: tuple[int, ...], padding: Any, tile: Any
+) -> None:
+    """ducc0 writes and reads the transposed spectra through strided views; FFTW's plans copy them."""
+    from convserve_server.engine.layers import fft
+
+    monkeypatch.setattr(fft, "backend_for", lambda *args: backend)
+    x, w, b = _arrays(xs, ws, dtype, seed=31)
+    if tile is None:
+        got, info = conv_layer(x, w, b, padding=padding, path="fft", return_info=True, prepared={})
+        assert info.method == "fft"
+    else:
+        got = fft.fft_correlate(x, w, (1,) * (x.ndim - 2), x.shape[2:], {}, tile=tile, pads=((padding, padding),) * (x.ndim - 2)) + b.reshape(-1, 1, 1)
+    _close(got, _torch(x, w, b, padding=padding))
+
+
 def test_finite_check_is_exact_for_huge_values_and_catches_nan() -> None:
     from convserve_server.engine.layers.conv_layer import _all_finite
 

