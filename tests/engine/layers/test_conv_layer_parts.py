@@ -107,6 +107,21 @@ def test_onnx_model_bytes_are_a_valid_model() -> None:
     assert [n.op_type for n in model.graph.node] == ["Conv", "Relu"]
 
 
+@needs_ort
+def test_split_groups_model_bytes_are_a_valid_model() -> None:
+    onnx_package = pytest.importorskip("onnx")
+    w = np.arange(4 * 2 * 6 * 6, dtype=np.float32).reshape(4, 2, 6, 6)
+    pool = validate_pool({"kind": "max", "kernel_size": 2}, (4, 4))
+    model_bytes = onnx_model.conv_model_bytes((1, 4, 9, 9), w, np.ones(4, np.float32), (1, 1), [(0, 0), (0, 0)], (1, 1), 2, True, pool, True)
+    model = onnx_package.load_from_string(model_bytes)
+    onnx_package.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Split", "Conv", "Relu", "Conv", "Relu", "Concat", "MaxPool"]
+    assert all({a.name: a.i for a in n.attribute}.get("group") == 1 for n in model.graph.node if n.op_type == "Conv")
+    weights = {t.name: onnx_package.numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(weights["w1"], w[2:])  # group 1's filters
+    assert len({n.name for n in model.graph.node}) == len(model.graph.node)
+
+
 # --------------------------------------------------------------------------- pooling of the numpy paths
 
 POOL_SPECS = [

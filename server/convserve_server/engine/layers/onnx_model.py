@@ -1,7 +1,8 @@
 """The ONNX model of one ConvLayer call, encoded by hand as protobuf bytes.
 
 :func:`conv_model_bytes` writes ``y = [Pool]([Relu](Conv(x, weight, bias)))`` as a serialized
-``ModelProto`` (one to three nodes, the weights as initializers), so the server needs the
+``ModelProto`` (one to three nodes, or a ``Conv`` per group between ``Split`` and ``Concat``; the
+weights as initializers), so the server needs the
 ``onnxruntime`` package only, not ``onnx`` (31 MB). The ``onnxruntime`` path
 (:mod:`convserve_server.engine.layers.onnx`) makes its sessions from these bytes.
 """
@@ -73,7 +74,7 @@ def _value_info(name: str, shape: tuple[int | str, ...]) -> bytes:
 def _node(op_type: str, inputs: list[str], outputs: list[str], attributes: list[bytes]) -> bytes:
     """A ``NodeProto``."""
     body = b"".join(_field_bytes(1, i) for i in inputs) + b"".join(_field_bytes(2, o) for o in outputs)
-    body += _field_bytes(3, op_type.lower()) + _field_bytes(4, op_type)
+    body += _field_bytes(3, f"{op_type.lower()}_{outputs[0]}") + _field_bytes(4, op_type)
     return body + b"".join(_field_bytes(5, a) for a in attributes)
 
 
@@ -87,6 +88,7 @@ def conv_model_bytes(
     groups: int,
     relu: bool,
     pool: PoolSpec | None = None,
+    split_groups: bool = False,
 ) -> bytes:
     """Encode an ONNX model ``y = [Pool]([Relu](Conv(x, weight, bias)))`` as protobuf bytes.
 
@@ -108,6 +110,10 @@ def conv_model_bytes(
     pool : PoolSpec, optional
         Append a ``MaxPool`` or ``AveragePool`` (``count_include_pad=1``, floor mode) with
         torch's default semantics: max ignores the padding, average counts it as zeros.
+    split_groups : bool
+        Write a grouped convolution as ``Split`` -> one dense ``Conv`` per group -> ``Concat``
+        (MLAS then runs each group in its dense kernels; see
+        :func:`convserve_server.engine.layers.policy.split_groups`).
 
     Returns
     -------
@@ -115,20 +121,31 @@ def conv_model_bytes(
         A serialized ``ModelProto`` (IR version 8, opset 17) with input ``x`` and output ``y``.
     """
     nd = len(strides)
+    assert len(pads) == nd
+    split = split_groups and groups > 1
     attributes = [
         _attr_ints("kernel_shape", list(weight.shape[2:])),
         _attr_ints("strides", list(strides)),
         _attr_ints("dilations", list(dilations)),
         _attr_ints("pads", [b for b, _ in pads] + [a for _, a in pads]),
-        _attr_int("group", groups),
+        _attr_int("group", 1 if split else groups),
     ]
-    assert len(pads) == nd
-    conv_inputs = ["x", "w"] + (["b"] if bias is not None else [])
     names = ["c"] + (["r"] if relu else []) + (["p"] if pool is not None else [])
     names[-1] = "y"
-    graph = _field_bytes(1, _node("Conv", conv_inputs, [names[0]], attributes))
-    if relu:
-        graph += _field_bytes(1, _node("Relu", [names[0]], [names[1]], []))
+    if split:  # each group's ReLU follows its Conv directly, so ONNX Runtime fuses the two
+        parts = [f"x{g}" for g in range(groups)]
+        graph = _field_bytes(1, _node("Split", ["x"], parts, [_attr_int("axis", 1)]))
+        for g in range(groups):
+            inputs = [parts[g], f"w{g}"] + ([f"b{g}"] if bias is not None else [])
+            graph += _field_bytes(1, _node("Conv", inputs, [f"c{g}"], attributes))
+            if relu:
+                graph += _field_bytes(1, _node("Relu", [f"c{g}"], [f"r{g}"], []))
+        stage = "r" if relu else "c"
+        graph += _field_bytes(1, _node("Concat", [f"{stage}{g}" for g in range(groups)], [names[1 if relu else 0]], [_attr_int("axis", 1)]))
+    else:
+        graph = _field_bytes(1, _node("Conv", ["x", "w"] + (["b"] if bias is not None else []), [names[0]], attributes))
+        if relu:
+            graph += _field_bytes(1, _node("Relu", [names[0]], [names[1]], []))
     if pool is not None:
         pool_attributes = [
             _attr_ints("kernel_shape", list(pool.kernel_size)),
@@ -140,9 +157,16 @@ def conv_model_bytes(
         op = "MaxPool" if pool.kind == "max" else "AveragePool"
         graph += _field_bytes(1, _node(op, [names[-2]], ["y"], pool_attributes))
     graph += _field_bytes(2, "convserve_conv_layer")
-    graph += _field_bytes(5, _tensor("w", weight))
-    if bias is not None:
-        graph += _field_bytes(5, _tensor("b", bias))
+    if split:
+        per = weight.shape[0] // groups
+        for g in range(groups):
+            graph += _field_bytes(5, _tensor(f"w{g}", weight[g * per : (g + 1) * per]))
+            if bias is not None:
+                graph += _field_bytes(5, _tensor(f"b{g}", bias[g * per : (g + 1) * per]))
+    else:
+        graph += _field_bytes(5, _tensor("w", weight))
+        if bias is not None:
+            graph += _field_bytes(5, _tensor("b", bias))
     graph += _field_bytes(11, _value_info("x", ("N",) + tuple(input_shape[1:])))
     out_spatial = conv_out_spatial(input_shape, weight.shape, strides, pads, dilations)
     if pool is not None:
