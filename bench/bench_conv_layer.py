@@ -22,7 +22,7 @@ against torch (1e-5 of the output's peak), and so is a random grid of shapes and
 the run exits 1 on a mismatch. It prints per layer the ratio convserve / torch, the geometric
 mean, and the misses (over 1.05x).
 
-Usage: ``python bench/bench_conv_layer.py [--rounds 11] [--burst 3] [--paths] [--only A,B] [--json FILE]``,
+Usage: ``python bench/bench_conv_layer.py [--rounds 21] [--burst 3] [--paths] [--only A,B] [--json FILE]``,
 or ``--quick`` for a sanity run (every 6th layer, 3 rounds).
 """
 
@@ -362,7 +362,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     """Run the correctness checks and the timing; print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=11, help="interleaved timed rounds per layer (default 11)")
+    ap.add_argument("--rounds", type=int, default=21, help="interleaved timed rounds per layer (default 21)")
     ap.add_argument("--burst", type=int, default=3, help="timed calls per contender and round (default 3)")
     ap.add_argument("--grid", type=int, default=60, help="random option configurations checked against torch first")
     ap.add_argument("--paths", action="store_true", help="also time every eligible path forced")

@@ -24,7 +24,9 @@ The rules, and the measurements behind them, are in ``docs/conv_layer.md``:
    costs tens of microseconds and float32 is accumulated in float64.
 2. Large kernels go to ``fft`` where its estimated cost (transforms plus the per-frequency
    channel products) is below :data:`FFT_ADVANTAGE` of the direct multiply-adds' cost.
-3. Other float32 layers go to ``onnxruntime`` when it is installed.
+3. Other float32 layers go to ``onnxruntime`` when it is installed (a 1-D layer as a 2-D one of
+   height 1, :func:`lift_1d`; a grouped 2-D layer with a large kernel as one dense convolution
+   per group, :func:`.onnx.split_groups`).
 4. Otherwise (float64, or no ONNX Runtime) the numpy path that fits the shape:
    ``pointwise``, ``depthwise`` or ``im2col_gemm``.
 
