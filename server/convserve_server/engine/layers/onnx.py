@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import threading
 from collections.abc import MutableMapping
 from typing import Any
@@ -59,8 +58,8 @@ RUNTIME_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,) + tuple(
     getattr(_ort_state, name) for name in _ERROR_NAMES if isinstance(getattr(_ort_state, name, None), type)
 )
 
-# os.cpu_count() reads /sys on every call (7 us here): read it once.
-_CPUS = os.cpu_count() or 1
+# The cores this process may run on, read once by the engine (affinity, not the machine's count).
+_CPUS = resources.CORES
 
 
 def available() -> bool:

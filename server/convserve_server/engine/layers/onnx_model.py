@@ -113,15 +113,14 @@ def conv_model_bytes(
     split_groups : bool
         Write a grouped convolution as ``Split`` -> one dense ``Conv`` per group -> ``Concat``
         (MLAS then runs each group in its dense kernels; see
-        :func:`convserve_server.engine.layers.policy.split_groups`).
+        :func:`convserve_server.engine.layers.onnx.split_groups`).
 
     Returns
     -------
     bytes
         A serialized ``ModelProto`` (IR version 8, opset 17) with input ``x`` and output ``y``.
     """
-    nd = len(strides)
-    assert len(pads) == nd
+    assert len(pads) == len(strides)
     split = split_groups and groups > 1
     attributes = [
         _attr_ints("kernel_shape", list(weight.shape[2:])),
@@ -132,41 +131,11 @@ def conv_model_bytes(
     ]
     names = ["c"] + (["r"] if relu else []) + (["p"] if pool is not None else [])
     names[-1] = "y"
-    if split:  # each group's ReLU follows its Conv directly, so ONNX Runtime fuses the two
-        parts = [f"x{g}" for g in range(groups)]
-        graph = _field_bytes(1, _node("Split", ["x"], parts, [_attr_int("axis", 1)]))
-        for g in range(groups):
-            inputs = [parts[g], f"w{g}"] + ([f"b{g}"] if bias is not None else [])
-            graph += _field_bytes(1, _node("Conv", inputs, [f"c{g}"], attributes))
-            if relu:
-                graph += _field_bytes(1, _node("Relu", [f"c{g}"], [f"r{g}"], []))
-        stage = "r" if relu else "c"
-        graph += _field_bytes(1, _node("Concat", [f"{stage}{g}" for g in range(groups)], [names[1 if relu else 0]], [_attr_int("axis", 1)]))
-    else:
-        graph = _field_bytes(1, _node("Conv", ["x", "w"] + (["b"] if bias is not None else []), [names[0]], attributes))
-        if relu:
-            graph += _field_bytes(1, _node("Relu", [names[0]], [names[1]], []))
+    graph = _conv_nodes(attributes, groups if split else 1, bias is not None, relu, names[1 if relu else 0])
     if pool is not None:
-        pool_attributes = [
-            _attr_ints("kernel_shape", list(pool.kernel_size)),
-            _attr_ints("strides", list(pool.stride)),
-            _attr_ints("pads", list(pool.padding) * 2),
-        ]
-        if pool.kind == "avg":
-            pool_attributes.append(_attr_int("count_include_pad", 1))
-        op = "MaxPool" if pool.kind == "max" else "AveragePool"
-        graph += _field_bytes(1, _node(op, [names[-2]], ["y"], pool_attributes))
+        graph += _field_bytes(1, _pool_node(pool, names[-2]))
     graph += _field_bytes(2, "convserve_conv_layer")
-    if split:
-        per = weight.shape[0] // groups
-        for g in range(groups):
-            graph += _field_bytes(5, _tensor(f"w{g}", weight[g * per : (g + 1) * per]))
-            if bias is not None:
-                graph += _field_bytes(5, _tensor(f"b{g}", bias[g * per : (g + 1) * per]))
-    else:
-        graph += _field_bytes(5, _tensor("w", weight))
-        if bias is not None:
-            graph += _field_bytes(5, _tensor("b", bias))
+    graph += _initializers(weight, bias, groups if split else 1)
     graph += _field_bytes(11, _value_info("x", ("N",) + tuple(input_shape[1:])))
     out_spatial = conv_out_spatial(input_shape, weight.shape, strides, pads, dilations)
     if pool is not None:
@@ -174,6 +143,49 @@ def conv_model_bytes(
     graph += _field_bytes(12, _value_info("y", ("N", weight.shape[0]) + out_spatial))
     opset = _field_bytes(1, "") + _field_varint(2, _OPSET)
     return _field_varint(1, _IR_VERSION) + _field_bytes(2, "convserve") + _field_bytes(7, graph) + _field_bytes(8, opset)
+
+
+def _conv_nodes(attributes: list[bytes], parts: int, bias: bool, relu: bool, output: str) -> bytes:
+    """The graph's ``Conv`` (+ ``Relu``) nodes from ``x`` to ``output``: one ``Conv``, or ``Split`` -> a ``Conv`` per part -> ``Concat``.
+
+    Each part's ``Relu`` follows its ``Conv`` directly, so ONNX Runtime fuses the two.
+    """
+    if parts == 1:
+        graph = _field_bytes(1, _node("Conv", ["x", "w"] + (["b"] if bias else []), ["c" if relu else output], attributes))
+        return graph + (_field_bytes(1, _node("Relu", ["c"], [output], [])) if relu else b"")
+    names = [f"x{g}" for g in range(parts)]
+    graph = _field_bytes(1, _node("Split", ["x"], names, [_attr_int("axis", 1)]))
+    for g in range(parts):
+        graph += _field_bytes(1, _node("Conv", [names[g], f"w{g}"] + ([f"b{g}"] if bias else []), [f"c{g}"], attributes))
+        if relu:
+            graph += _field_bytes(1, _node("Relu", [f"c{g}"], [f"r{g}"], []))
+    stage = "r" if relu else "c"
+    return graph + _field_bytes(1, _node("Concat", [f"{stage}{g}" for g in range(parts)], [output], [_attr_int("axis", 1)]))
+
+
+def _pool_node(pool: PoolSpec, source: str) -> bytes:
+    """A ``MaxPool`` or ``AveragePool`` node from ``source`` to ``y`` (torch's defaults: floor mode, average counting the padding)."""
+    attributes = [
+        _attr_ints("kernel_shape", list(pool.kernel_size)),
+        _attr_ints("strides", list(pool.stride)),
+        _attr_ints("pads", list(pool.padding) * 2),
+    ]
+    if pool.kind == "avg":
+        attributes.append(_attr_int("count_include_pad", 1))
+    return _node("MaxPool" if pool.kind == "max" else "AveragePool", [source], ["y"], attributes)
+
+
+def _initializers(weight: NDArray[np.float32], bias: NDArray[np.float32] | None, parts: int) -> bytes:
+    """The weights (and bias) as initializers: ``w``/``b``, or ``w0``/``b0``... one per part of the output channels."""
+    if parts == 1:
+        return _field_bytes(5, _tensor("w", weight)) + (_field_bytes(5, _tensor("b", bias)) if bias is not None else b"")
+    per = weight.shape[0] // parts
+    out = b""
+    for g in range(parts):
+        out += _field_bytes(5, _tensor(f"w{g}", weight[g * per : (g + 1) * per]))
+        if bias is not None:
+            out += _field_bytes(5, _tensor(f"b{g}", bias[g * per : (g + 1) * per]))
+    return out
 
 
 def conv_out_spatial(
