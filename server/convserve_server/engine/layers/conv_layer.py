@@ -30,7 +30,6 @@ from numpy.typing import NDArray
 from convserve_server.engine.info import CallInfo, has_nonfinite, nonfinite_warnings
 from convserve_server.engine.layers import depthwise, fft, gemm, onnx, policy, pooling_taps
 from convserve_server.engine.layers.planner import ACTIVATIONS, PADDING_MODES, LayerPlan, plan_layer
-from convserve_server.engine.layers.pooling import PoolSpec
 from convserve_server.engine.layers.prepared import store_for
 
 __all__ = ["ACTIVATIONS", "PADDING_MODES", "LayerPlan", "conv_layer", "execute", "plan_layer"]
@@ -175,10 +174,7 @@ def execute(plan: LayerPlan, prepared: MutableMapping[Any, Any] | None = None, r
     if chosen == "onnxruntime":  # bias, ReLU and pooling all run inside ONNX Runtime
         xo, ort_pads = _onnx_input(plan)
         try:
-            if policy.lift_1d(plan.problem):  # MLAS's 2-D kernels, on one row
-                out = _lifted_run(plan, xo, ort_pads, prepared)
-            else:
-                out = onnx.run(xo, plan.w, plan.bias, plan.strides, ort_pads, plan.dilations, plan.groups, plan.relu, prepared, plan.pool)
+            out = onnx.run(xo, plan.w, plan.bias, plan.strides, ort_pads, plan.dilations, plan.groups, plan.relu, prepared, plan.pool)
         except onnx.RUNTIME_ERRORS as exc:  # never fail a call ONNX Runtime cannot run
             chosen = policy.numpy_path(plan.problem)
             warnings = (f"onnxruntime failed ({type(exc).__name__}: {str(exc)[:200]}); computed by {chosen}",)
@@ -210,16 +206,6 @@ def _onnx_input(plan: LayerPlan) -> tuple[NDArray[Any], list[tuple[int, int]]]:
     if plan.padding_mode == "zeros":
         return plan.x, pads
     return _pad(plan.x, pads, plan.padding_mode), [(0, 0)] * plan.nd
-
-
-def _lifted_run(plan: LayerPlan, x: NDArray[Any], pads: list[tuple[int, int]], prepared: MutableMapping[Any, Any]) -> NDArray[Any]:
-    """A 1-D layer run by ONNX Runtime as a 2-D one of height 1 (see :func:`.policy.lift_1d`); the result drops the height again."""
-    pool = plan.pool
-    if pool is not None:
-        pool = PoolSpec(pool.kind, (1,) + pool.kernel_size, (1,) + pool.stride, (0,) + pool.padding, (1,) + pool.output_shape)
-    x2, w2 = x[:, :, np.newaxis], plan.w[:, :, np.newaxis]
-    out = onnx.run(x2, w2, plan.bias, (1,) + plan.strides, [(0, 0)] + pads, (1,) + plan.dilations, plan.groups, plan.relu, prepared, pool)
-    return out.reshape(out.shape[:2] + out.shape[3:])
 
 
 def _all_finite(a: NDArray[Any]) -> bool:

@@ -161,6 +161,11 @@ def run(
     ndarray
         float32 ``(N, C_out, *out_spatial)``.
     """
+    if len(strides) == 1 and lift_1d(x.shape[1], weight.shape[0]):  # MLAS's 2-D kernels, on one row
+        if pool is not None:
+            pool = PoolSpec(pool.kind, (1,) + pool.kernel_size, (1,) + pool.stride, (0,) + pool.padding, (1,) + pool.output_shape)
+        lifted = run(x[:, :, np.newaxis], weight[:, :, np.newaxis], bias, (1,) + strides, [(0, 0)] + pads, (1,) + dilations, groups, relu, prepared, pool)
+        return lifted.reshape(lifted.shape[:2] + lifted.shape[3:])
     threads = session_threads(resources.thread_limit(_CPUS))
     if cancellation.current() is None:  # library use: one run of the whole layer
         return _run_part(x, weight, bias, strides, pads, dilations, groups, relu, prepared, pool, threads, None)
@@ -242,6 +247,20 @@ def _run_rows(
                 piece, weight, bias, strides, piece_pads, dilations, groups, relu, prepared, None, threads, None
             )
     cancellation.check()
+
+
+def lift_1d(c_in: int, c_out: int) -> bool:
+    """Whether a 1-D layer of ``c_in`` input and ``c_out`` output channels runs as a 2-D layer of height 1.
+
+    MLAS runs 1-D convolutions through im2col and a GEMM, and 2-D ones in its blocked-channel,
+    depthwise and first-layer kernels. Measured side by side (2 threads, medians of 21 interleaved
+    rounds), 1-D as 1-D against as 2-D: C256 1166 K64 6 s2 g4 0.44 against 0.21 ms (torch 0.22);
+    N32 C64 42 K128 3 s2 d2 0.30 against 0.17 (torch 0.14); C3 9100 K16 15 s2 0.17 against
+    0.08; N8 C64 19179 depthwise 11: 11.1 against 6.9; level on grouped layers with 2 channels
+    per group. Single-channel inputs with many filters are the exception, where im2col's GEMM is
+    one large product: C1 65536 K256 2 d3 5.5 against 7.1, C1 3468 K64 14 s2 1.09 against 1.15.
+    """
+    return not (c_in == 1 and c_out >= 64)
 
 
 def split_groups(groups: int, weight_shape: tuple[int, ...]) -> bool:

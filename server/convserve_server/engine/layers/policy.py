@@ -25,7 +25,7 @@ The rules, and the measurements behind them, are in ``docs/conv_layer.md``:
 2. Large kernels go to ``fft`` where its estimated cost (transforms plus the per-frequency
    channel products) is below :data:`FFT_ADVANTAGE` of the direct multiply-adds' cost.
 3. Other float32 layers go to ``onnxruntime`` when it is installed (a 1-D layer as a 2-D one of
-   height 1, :func:`lift_1d`; a grouped 2-D layer with a large kernel as one dense convolution
+   height 1, :func:`.onnx.lift_1d`; a grouped 2-D layer with a large kernel as one dense convolution
    per group, :func:`.onnx.split_groups`).
 4. Otherwise (float64, or no ONNX Runtime) the numpy path that fits the shape:
    ``pointwise``, ``depthwise`` or ``im2col_gemm``.
@@ -133,20 +133,6 @@ def direct_cost(p: Problem) -> float:
     """
     slow = DIRECT_SLOW if (p.c_out // p.groups) % 16 else 1.0
     return p.macs * layer_constants()[0] * slow
-
-
-def lift_1d(p: Problem) -> bool:
-    """Whether a 1-D layer runs on ONNX Runtime as a 2-D layer of height 1.
-
-    MLAS runs 1-D convolutions through im2col and a GEMM, and 2-D ones in its blocked-channel,
-    depthwise and first-layer kernels. Measured side by side (2 threads, medians of 21 interleaved
-    rounds), 1-D as 1-D against as 2-D: C256 1166 K64 6 s2 g4 0.44 against 0.21 ms (torch 0.22);
-    N32 C64 42 K128 3 s2 d2 0.30 against 0.17 (torch 0.14); C3 9100 K16 15 s2 0.17 against
-    0.08; N8 C64 19179 depthwise 11: 11.1 against 6.9; level on grouped layers with 2 channels
-    per group. Single-channel inputs with many filters are the exception, where im2col's GEMM is
-    one large product: C1 65536 K256 2 d3 5.5 against 7.1, C1 3468 K64 14 s2 1.09 against 1.15.
-    """
-    return len(p.kernel) == 1 and not (p.c_in == 1 and p.c_out >= 64)
 
 
 def numpy_path(p: Problem) -> str:
