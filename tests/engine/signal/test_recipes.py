@@ -126,7 +126,7 @@ def test_new_constants_and_another_thread_share_make_new_recipes(planned: list[i
 def test_calls_with_other_options_never_have_a_recipe(options: dict[str, Any]) -> None:
     x, h = RNG.standard_normal((50, 60)), RNG.standard_normal((3, 3))
     arguments = dict(mode="same", method="auto", axes=None, boundary="fill", fill_value=0, output_dtype=None) | options
-    assert recipes.attempt(x, h, correlate=False, **arguments) == (None, None)
+    assert recipes.attempt(x, h, correlate=False, **arguments) == (None, None, "")
     convolve(x, h, **arguments)
     convolve(x, h, **arguments)
     assert not recipes._RECIPES
@@ -141,7 +141,7 @@ def test_odd_option_types_still_get_the_planners_errors(options: dict[str, Any])
 
 
 def test_lists_and_integers_take_the_full_path() -> None:
-    assert recipes.attempt([1.0, 2.0], [1.0], "full", "auto", None, "fill", 0, None, False) == (None, None)
+    assert recipes.attempt([1.0, 2.0], [1.0], "full", "auto", None, "fill", 0, None, False) == (None, None, "")
     x = RNG.integers(0, 9, (40, 40))
     convolve(x, np.ones((3, 3), int), "same")
     convolve(x, np.ones((3, 3), int), "same")

@@ -86,9 +86,9 @@ def correlate(
 def _call(in1: Any, in2: Any, mode: Any, method: Any, axes: Any, boundary: Any, fill_value: Any, output_dtype: Any, correlate: bool, return_info: bool) -> Any:
     """A remembered recipe when one applies (:mod:`.recipes`), else plan and run (and remember)."""
     started = time.perf_counter()
-    key, result = recipes.attempt(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate)
+    key, result, recipe_method = recipes.attempt(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate)
     if result is not None:
-        return (result, CallInfo(method="direct", compute_seconds=time.perf_counter() - started)) if return_info else result
+        return (result, CallInfo(method=recipe_method, compute_seconds=time.perf_counter() - started)) if return_info else result
     plan = plan_signal_call(in1, in2, mode, method, axes, boundary, fill_value, output_dtype, correlate=correlate)
     finished = _finish(plan, return_info)
     recipes.learn(key, in1, in2, plan, correlate)
